@@ -1,0 +1,171 @@
+"""The collector contract every module in this package implements.
+
+A collector is a plain object. The exporter calls, in this order:
+
+    probe()    in a worker thread; raises SourceUnavailable(reason) when the source is not there
+    start()    once, after the first successful probe (periodic collectors start their loop here)
+    collect()  in a worker thread, once per collection; yields prometheus_client metric families
+    close()    once, on shutdown
+
+collect() may raise anything: the exporter marks the collector failed for that collection, logs
+one line and keeps serving the others. Parsing lives in pure module-level functions so it is
+tested on fixture text without the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+from prometheus_client.core import Metric
+
+
+class SourceUnavailable(Exception):
+    """The collector's source is absent here (module not loaded, file missing, no privilege)."""
+
+
+class ParseError(ValueError):
+    """A source file did not have the format the kernel writes. The message names file and line."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A collector option, exposed as --collector.<collector>.<name> and NETSTACK_COLLECTOR_<..>.
+
+    kind: bool | int | float | str | duration | regex | list (repeatable flag; comma-separated env)
+    """
+
+    name: str
+    help: str
+    default: Any = None
+    kind: str = "str"
+
+
+@dataclass
+class Paths:
+    """Where the host's pseudo filesystems are mounted (the DaemonSet reads /host/proc)."""
+
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+
+    def proc(self, *parts: str) -> str:
+        return os.path.join(self.procfs, *parts)
+
+    def sys(self, *parts: str) -> str:
+        return os.path.join(self.sysfs, *parts)
+
+
+@dataclass
+class Context:
+    paths: Paths = field(default_factory=Paths)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str) -> Any:
+        return self.options[name]
+
+
+class Collector:
+    name: ClassVar[str]
+    default_enabled: ClassVar[bool] = True
+    help: ClassVar[str] = ""
+    options: ClassVar[Sequence[Option]] = ()
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.paths = ctx.paths
+
+    def option(self, name: str) -> Any:
+        return self.ctx.options[name]
+
+    def probe(self) -> None:
+        """Raise SourceUnavailable(reason) when this collector cannot work on this host."""
+
+    def start(self) -> None:
+        """Start background work (periodic probes). Called once, after a successful probe."""
+
+    def collect(self) -> Iterable[Metric]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop background work and release resources (sockets, BPF programs, probe files)."""
+
+
+# --- small helpers shared by collectors -------------------------------------------------------
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as f:
+        return f.read()
+
+
+def read_int(path: str) -> int:
+    text = read_text(path).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ParseError(f"{path}: expected an integer, got {text[:40]!r}") from None
+
+
+def require_file(path: str, what: str) -> None:
+    """Probe helper: SourceUnavailable with a readable reason when path cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        raise SourceUnavailable(f"{what}: {path} does not exist") from None
+    except PermissionError:
+        raise SourceUnavailable(f"{what}: permission denied reading {path}") from None
+    except OSError as e:
+        raise SourceUnavailable(f"{what}: cannot read {path}: {e.strerror}") from None
+
+
+class MonotonicCounters:
+    """Never let a counter go backwards.
+
+    Some sources (steal time on buggy hypervisors, per-CPU counters across hotplug) move back a
+    little; Prometheus would read that as a reset and rate() would spike. Values are clamped to the
+    highest value seen for the same key. `clamped` counts how often that happened.
+    """
+
+    def __init__(self) -> None:
+        self._high: dict[Any, float] = {}
+        self._lock = threading.Lock()
+        self.clamped = 0
+
+    def __call__(self, key: Any, value: float) -> float:
+        with self._lock:
+            high = self._high.get(key)
+            if high is not None and value < high:
+                self.clamped += 1
+                return high
+            self._high[key] = value
+            return value
+
+
+class PeriodicLoop:
+    """Run `work` every `interval` seconds in a daemon thread until stop() is called.
+
+    For collectors whose measurement is too expensive or too slow to run at scrape time (fsync
+    probes, eBPF map reads): they publish their last result and collect() returns it.
+    """
+
+    def __init__(self, name: str, interval: float, work: Callable[[], None]):
+        self._interval = interval
+        self._work = work
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._work()
+            self._stop.wait(self._interval)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
