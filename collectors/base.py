@@ -169,3 +169,26 @@ class PeriodicLoop:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+class WrappingCounters:
+    """Turn fixed-width kernel counters (u32 in /proc/softirqs and softnet_stat) into counters that
+    keep growing across the wrap.
+
+    A busy CPU wraps a u32 packet counter in about an hour; Prometheus would take each wrap for a
+    reset and lose up to one scrape interval of increase. A value lower than the last one is taken
+    as one wrap, exact as long as the counter wraps less than once between two collections.
+    """
+
+    def __init__(self, bits: int = 32) -> None:
+        self._modulus = 1 << bits
+        self._last: dict[Any, tuple[int, int]] = {}  # key -> (raw value, wraps so far)
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Any, raw: int) -> int:
+        with self._lock:
+            last_raw, wraps = self._last.get(key, (raw, 0))
+            if raw < last_raw:
+                wraps += 1
+            self._last[key] = (raw, wraps)
+            return wraps * self._modulus + raw

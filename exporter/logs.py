@@ -1,0 +1,56 @@
+"""One line per event, logfmt or JSON. Stack traces only at debug level."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
+                logging.ERROR: "error", logging.CRITICAL: "error"}
+
+
+def _fields(record: logging.LogRecord) -> dict:
+    out = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+        "level": _LEVEL_NAMES.get(record.levelno, "info"),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    out.update(getattr(record, "kv", {}) or {})
+    if record.exc_info and record.levelno <= logging.DEBUG:
+        out["trace"] = logging.Formatter().formatException(record.exc_info)
+    return out
+
+
+def _logfmt_value(value) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\n\t'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_fields(record), default=str)
+
+
+def setup(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[level])
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def event(logger: logging.Logger, level: int, msg: str, **kv) -> None:
+    """Log `msg` with structured key=value fields."""
+    logger.log(level, msg, extra={"kv": kv})

@@ -1,0 +1,29 @@
+"""The exporter's own metrics: build info and the process metrics of this process.
+
+The process collector always reads /proc/self of the exporter, never --path.procfs: in the
+DaemonSet the host's /proc is mounted elsewhere and its 'self' is not us.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from . import __version__
+
+
+class SelfMetrics:
+    def __init__(self) -> None:
+        self._runtime = CollectorRegistry()  # private: process_*, python_info, python_gc_*
+        ProcessCollector(registry=self._runtime, proc="/proc")
+        PlatformCollector(registry=self._runtime)
+        GCCollector(registry=self._runtime)
+        self._build = GaugeMetricFamily(
+            "netstack_build_info", "Version of netstack-exporter and of the Python running it; value 1.",
+            labels=["version", "python_version", "python_implementation"])
+        self._build.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
+
+    def families(self) -> list[Metric]:
+        return [self._build, *self._runtime.collect()]

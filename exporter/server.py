@@ -1,0 +1,112 @@
+"""HTTP endpoints: metrics (text or OpenMetrics, optionally gzip), health, readiness, landing page."""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+
+from aiohttp import web
+
+from . import __version__
+from .collection import CONTENT_TYPES, OPENMETRICS, TEXT, Scheduler
+
+log = logging.getLogger("netstack.http")
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+TIMEOUT_MARGIN = 0.5  # seconds kept back from Prometheus' scrape timeout for encoding and transfer
+
+
+def negotiate_format(accept: str) -> str:
+    """OpenMetrics when the client asks for it (Prometheus does), the 0.0.4 text format otherwise."""
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media != "application/openmetrics-text":
+            continue
+        q = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            if float(q) > 0:
+                return OPENMETRICS
+        except ValueError:
+            continue
+    return TEXT
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
+
+
+def scrape_timeout(request: web.Request) -> float | None:
+    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    try:
+        return max(0.1, float(header) - TIMEOUT_MARGIN) if header else None
+    except ValueError:
+        return None
+
+
+async def metrics(request: web.Request) -> web.Response:
+    scheduler = request.app[SCHEDULER]
+    snapshot = await scheduler.snapshot(scrape_timeout(request))
+    fmt = negotiate_format(request.headers.get("Accept", ""))
+    compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
+    body = await snapshot.encoded(fmt, compress, scheduler.encoder)
+    headers = {"Content-Type": CONTENT_TYPES[fmt], "Vary": "Accept, Accept-Encoding"}
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[SCHEDULER].ready:
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text="not ready: first collection has not completed\n")
+
+
+def _age(ts: float | None) -> str:
+    return "never" if ts is None else f"{time.time() - ts:.0f}s ago"
+
+
+async def landing(request: web.Request) -> web.Response:
+    scheduler = request.app[SCHEDULER]
+    path = request.app["telemetry_path"]
+    rows = []
+    for name, enabled in request.app["enabled"].items():
+        runner = next((r for r in scheduler.runners if r.name == name), None)
+        if runner is None:
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>no</td><td></td><td></td><td></td><td></td></tr>")
+            continue
+        available = {None: "not probed yet", True: "yes", False: "no"}[runner.available]
+        duration = "" if runner.last_duration is None else f"{runner.last_duration * 1000:.1f} ms"
+        problem = runner.reason if runner.available is False else runner.last_error
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>yes</td><td>{available}</td><td>{duration}</td>"
+            f"<td>{_age(runner.last_success_time)}</td><td>{html.escape(problem)}</td></tr>")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>netstack-exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
+tr:nth-child(even){{background:#f3f3f3}}</style></head>
+<body><h1>netstack-exporter {html.escape(__version__)}</h1>
+<p><a href="{html.escape(path)}">Metrics</a> &middot; <a href="/healthz">healthz</a> &middot;
+<a href="/readyz">readyz</a> &middot; collections so far: {scheduler.collections}</p>
+<table><tr><th>collector</th><th>enabled</th><th>available</th><th>last duration</th>
+<th>last success</th><th>last error / why unavailable</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    return web.Response(text=page, content_type="text/html")
+
+
+def build_app(scheduler: Scheduler, telemetry_path: str, enabled: dict[str, bool]) -> web.Application:
+    app = web.Application()
+    app[SCHEDULER] = scheduler
+    app["telemetry_path"] = telemetry_path
+    app["enabled"] = enabled
+    app.router.add_get(telemetry_path, metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", landing)
+    return app

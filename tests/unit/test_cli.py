@@ -1,0 +1,107 @@
+import re
+import subprocess
+import sys
+
+import pytest
+
+from collectors import available_collectors
+from exporter.cli import ConfigError, env_name, parse_config, parse_duration, parse_listen_address
+from tests.helpers import ROOT
+
+CLASSES = available_collectors()
+
+
+def config(*argv, env=None):
+    return parse_config(list(argv), env or {}, CLASSES)
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("1m", 60), ("1m30s", 90), ("500ms", 0.5),
+                                          ("2h", 7200), ("1d", 86400), ("0", 0)])
+def test_durations_in_prometheus_syntax(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "1.5s", "s", "1x", "-1s", "1s1m"])
+def test_bad_durations_rejected(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text,result", [(":9977", (None, 9977)), ("127.0.0.1:1", ("127.0.0.1", 1)),
+                                         ("[::1]:9977", ("::1", 9977)), ("localhost:80", ("localhost", 80))])
+def test_listen_addresses(text, result):
+    assert parse_listen_address(text) == result
+
+
+@pytest.mark.parametrize("text", ["9977", "host:", ":99999", "::1:9977", "[zz]:1", "h:p"])
+def test_bad_listen_addresses(text):
+    with pytest.raises(ValueError):
+        parse_listen_address(text)
+
+
+def test_defaults():
+    c = config()
+    assert (c.listen_host, c.listen_port, c.telemetry_path) == (None, 9977, "/metrics")
+    assert (c.procfs, c.sysfs, c.log_level, c.log_format) == ("/proc", "/sys", "info", "logfmt")
+    assert c.enabled["cpu"] and c.enabled["softirq"]
+    assert c.collector_options["softirq"] == {"all-vectors": False}
+
+
+def test_flags_beat_environment_and_environment_beats_defaults():
+    env = {"NETSTACK_WEB_LISTEN_ADDRESS": "127.0.0.1:1234", "NETSTACK_PATH_PROCFS": "/host/proc",
+           "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS": "true", "NETSTACK_COLLECTOR_CPU": "false"}
+    c = config(env=env)
+    assert (c.listen_port, c.procfs, c.enabled["cpu"]) == (1234, "/host/proc", False)
+    assert c.collector_options["softirq"]["all-vectors"] is True
+    c = config("--web.listen-address=:5555", "--collector.cpu", "--no-collector.softirq.all-vectors", env=env)
+    assert (c.listen_port, c.enabled["cpu"], c.collector_options["softirq"]["all-vectors"]) == (5555, True, False)
+
+
+def test_disable_defaults_then_enable_one():
+    c = config("--collector.disable-defaults", "--collector.softirq")
+    assert c.enabled["softirq"] and not c.enabled["cpu"]
+
+
+def test_env_names_follow_flags():
+    assert env_name("--collector.softirq.all-vectors") == "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS"
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    (["--web.listen-address=nope"], {}, "--web.listen-address"),
+    (["--web.telemetry-path=metrics"], {}, "--web.telemetry-path"),
+    (["--web.telemetry-path=/healthz"], {}, "--web.telemetry-path"),
+    (["--log.level=loud"], {}, "--log.level"),
+    (["--scrape.timeout=10"], {}, "--scrape.timeout"),
+    ([], {"NETSTACK_COLLECTOR_CPU": "maybe"}, "NETSTACK_COLLECTOR_CPU"),
+    ([], {"NETSTACK_LOG_FORMAT": "xml"}, "NETSTACK_LOG_FORMAT"),
+])
+def test_bad_values_name_the_flag(argv, env, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config(*argv, env=env)
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env=env)
+
+
+def test_bad_flag_exits_nonzero_with_one_line():
+    for args in (["--web.listen-address=1.2.3.4"], ["--no-such-flag"], ["--scrape.timeout=soon"]):
+        result = _run(*args)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("netstack-exporter: error:"), result.stderr
+
+
+def test_help_lists_flags_and_their_environment_variables():
+    result = _run("--help")
+    assert result.returncode == 0
+    for needle in ("--web.listen-address", "NETSTACK_WEB_LISTEN_ADDRESS", "--collector.cpu",
+                   "--no-collector.cpu", "--collector.disable-defaults", "--collector.softirq.all-vectors",
+                   "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS", "--log.format", "--version", ":9977"):
+        assert needle in result.stdout, needle
+
+
+def test_version():
+    result = _run("--version")
+    assert result.returncode == 0 and re.match(r"netstack-exporter \d+\.\d+\.\d+", result.stdout)
