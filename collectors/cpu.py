@@ -65,7 +65,7 @@ class CpuCollector(Collector):
             for mode, ticks in modes.items():
                 seconds.add_metric([cpu, mode], self._monotonic((cpu, mode), ticks) / self._user_hz)
         regressions = CounterMetricFamily(
-            "netstack_cpu_counter_regressions_total",
+            "netstack_cpu_backwards_jumps_total",
             "Times a /proc/stat CPU counter went backwards (a hypervisor or kernel bug) and the "
             "previous value was exported instead.")
         regressions.add_metric([], self._monotonic.clamped)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -86,13 +87,14 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
 
 
 def parse_path(text: str) -> str:
-    if not text.startswith("/"):
-        raise ValueError(f"must be an absolute path, got {text!r}")
-    return text
+    if not text:
+        raise ValueError("must not be empty")
+    return os.path.abspath(text)
 
 
 def parse_telemetry_path(text: str) -> str:
-    parse_path(text)
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
     if text in RESERVED_PATHS:
         raise ValueError(f"{text} is reserved for the exporter's own pages")
     return text

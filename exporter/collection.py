@@ -17,14 +17,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
-from prometheus_client import exposition
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.openmetrics import exposition as openmetrics
 
 from collectors.base import Collector, SourceUnavailable
 
+from .encode import encode_openmetrics, encode_text
 from .logs import event
 
 log = logging.getLogger("netstack.exporter")
@@ -87,12 +86,12 @@ class CollectorRunner:
         self._started = False
         self._busy = False
 
-    async def _call(self, fn: Callable, timeout: float):
-        """Run fn on the worker; raise TimeoutError after `timeout` (the call keeps its thread)."""
+    def _submit(self, fn: Callable) -> concurrent.futures.Future:
+        """Run fn on the worker; the collector counts as busy until fn returns, however long."""
         self._busy = True
         future = self.worker.submit(fn)
         future.add_done_callback(lambda _: setattr(self, "_busy", False))
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        return future
 
     def _probe_and_start(self) -> None:
         self.collector.probe()
@@ -100,27 +99,23 @@ class CollectorRunner:
             self._started = True
             self.collector.start()
 
-    async def ensure_available(self, timeout: float) -> bool:
-        if self.available or time.monotonic() - self._probed_at < REPROBE_INTERVAL:
-            return bool(self.available)
-        if self._busy:
-            return False
+    async def probe(self, timeout: float) -> None:
+        """Probe (and start, the first time) on the worker; records availability and the reason."""
         self._probed_at = time.monotonic()
         try:
-            await self._call(self._probe_and_start, timeout)
+            await asyncio.wait_for(asyncio.wrap_future(self._submit(self._probe_and_start)), timeout)
         except SourceUnavailable as e:
             self._set_unavailable(str(e))
-            return False
+            return
         except TimeoutError:
             self._set_unavailable(f"probe timed out after {timeout:g}s")
-            return False
+            return
         except Exception as e:  # a bug or an unexpected OS error: still only this collector
             self._set_unavailable(f"probe failed: {type(e).__name__}: {e}", exc=e)
-            return False
+            return
         if self.available is False:
             event(log, logging.INFO, "collector source is now available", collector=self.name)
         self.available, self.reason = True, ""
-        return True
 
     def _set_unavailable(self, reason: str, exc: BaseException | None = None) -> None:
         if reason != self.reason or self.available is not False:
@@ -134,22 +129,31 @@ class CollectorRunner:
         families = list(self.collector.collect())
         return families, time.perf_counter() - start
 
-    async def collect(self, timeout: float) -> Outcome:
-        start = time.perf_counter()
-        if not await self.ensure_available(timeout):
-            return Outcome([], False, time.perf_counter() - start)
-        if self._busy:
-            return self._failed("previous collection still running", start)
+    def needs_probe(self) -> bool:
+        return not self.available and not self._busy and time.monotonic() - self._probed_at >= REPROBE_INTERVAL
+
+    def begin(self) -> concurrent.futures.Future | None:
+        """Start a collection on the worker, or None when unavailable or still stuck in the last one."""
+        if not self.available or self._busy:
+            return None
+        return self._submit(self._collect_sync)
+
+    def finish(self, future: concurrent.futures.Future | None, timeout: float, elapsed: float) -> Outcome:
+        """The outcome of begin()'s future after the collection's wait ended."""
+        if future is None:
+            if not self.available:
+                return Outcome([], False, 0.0)
+            return self._failed("previous collection still running", elapsed)
+        if not future.done():
+            return self._failed(f"timed out after {timeout:g}s", elapsed)
         try:
-            families, duration = await self._call(self._collect_sync, timeout)
-        except TimeoutError:
-            return self._failed(f"timed out after {timeout:g}s", start)
+            families, duration = future.result()
         except SourceUnavailable as e:
             self._set_unavailable(str(e))
             self._probed_at = time.monotonic()
-            return Outcome([], False, time.perf_counter() - start)
+            return Outcome([], False, elapsed)
         except Exception as e:
-            return self._failed(f"{type(e).__name__}: {e}", start, exc=e)
+            return self._failed(f"{type(e).__name__}: {e}", elapsed, exc=e)
         if self.last_error:
             event(log, logging.INFO, "collector recovered", collector=self.name)
         self.last_error = ""
@@ -157,14 +161,14 @@ class CollectorRunner:
         self.last_success_time = time.time()
         return Outcome(families, True, duration)
 
-    def _failed(self, error: str, start: float, exc: BaseException | None = None) -> Outcome:
+    def _failed(self, error: str, elapsed: float, exc: BaseException | None = None) -> Outcome:
         if error != self.last_error:  # one line per distinct failure, not one per scrape
             event(log, logging.WARNING, "collector failed", collector=self.name, error=error)
             if exc is not None:
                 log.debug("collector traceback", exc_info=exc)
         self.last_error = error
-        self.last_duration = time.perf_counter() - start
-        return Outcome([], False, self.last_duration)
+        self.last_duration = elapsed
+        return Outcome([], False, elapsed)
 
     def close(self, timeout: float) -> None:
         """Close the collector on its own worker, waiting at most `timeout`."""
@@ -179,22 +183,15 @@ class CollectorRunner:
         self.worker.stop()
 
 
-class _Families:
-    """Adapter: prometheus_client's encoders want an object with collect()."""
-
-    def __init__(self, families: list[Metric]):
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
 OPENMETRICS = "openmetrics"
 TEXT = "text"
 CONTENT_TYPES = {
     TEXT: "text/plain; version=0.0.4; charset=utf-8",
     OPENMETRICS: "application/openmetrics-text; version=1.0.0; charset=utf-8",
 }
+# Below this many samples encoding takes well under a millisecond and runs inline; above, on the
+# encoder thread so that a 15,000-series IPVS table does not stall /healthz.
+INLINE_ENCODE_SAMPLES = 2000
 
 
 class Snapshot:
@@ -202,18 +199,22 @@ class Snapshot:
 
     def __init__(self, families: list[Metric]):
         self.families = families
+        self.samples = sum(len(f.samples) for f in families)
         self._encoded: dict[tuple[str, bool], asyncio.Future] = {}
 
-    def _encode(self, fmt: str, compress: bool) -> bytes:
-        source = _Families(self.families)
-        body = openmetrics.generate_latest(source) if fmt == OPENMETRICS else exposition.generate_latest(source)
+    def encode(self, fmt: str, compress: bool) -> bytes:
+        body = encode_openmetrics(self.families) if fmt == OPENMETRICS else encode_text(self.families)
         return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
 
     async def encoded(self, fmt: str, compress: bool, worker: Worker) -> bytes:
         key = (fmt, compress)
         future = self._encoded.get(key)
         if future is None:
-            future = asyncio.wrap_future(worker.submit(lambda: self._encode(fmt, compress)))
+            if self.samples < INLINE_ENCODE_SAMPLES:
+                future = asyncio.get_running_loop().create_future()
+                future.set_result(self.encode(fmt, compress))
+            else:
+                future = asyncio.wrap_future(worker.submit(lambda: self.encode(fmt, compress)))
             self._encoded[key] = future
         return await asyncio.shield(future)
 
@@ -242,7 +243,19 @@ class Scheduler:
         self._inflight = None
 
     async def _collect(self, timeout: float) -> Snapshot:
-        outcomes = await asyncio.gather(*(r.collect(timeout) for r in self.runners))
+        # One budget for probes and collections together, so a scrape never outlasts `timeout`.
+        start = time.perf_counter()
+        probing = [r.probe(timeout) for r in self.runners if r.needs_probe()]
+        if probing:
+            await asyncio.gather(*probing)
+        remaining = max(0.05, timeout - (time.perf_counter() - start))
+        start = time.perf_counter()
+        calls = [(r, r.begin()) for r in self.runners]
+        pending = [asyncio.wrap_future(f) for _, f in calls if f is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=remaining)
+        elapsed = time.perf_counter() - start
+        outcomes = [r.finish(f, remaining, elapsed) for r, f in calls]
         success = GaugeMetricFamily("netstack_scrape_collector_success",
                                     "1 if the collector's last collection succeeded, 0 if it failed or its "
                                     "source is unavailable.", labels=["collector"])

@@ -16,14 +16,17 @@ from . import __version__
 
 class SelfMetrics:
     def __init__(self) -> None:
-        self._runtime = CollectorRegistry()  # private: process_*, python_info, python_gc_*
+        self._runtime = CollectorRegistry()  # private: process_* and python_gc_*, read per collection
         ProcessCollector(registry=self._runtime, proc="/proc")
-        PlatformCollector(registry=self._runtime)
         GCCollector(registry=self._runtime)
+        platform_info = CollectorRegistry()
+        PlatformCollector(registry=platform_info)
+        self._static = list(platform_info.collect())  # python_info never changes
         self._build = GaugeMetricFamily(
             "netstack_build_info", "Version of netstack-exporter and of the Python running it; value 1.",
             labels=["version", "python_version", "python_implementation"])
         self._build.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
 
     def families(self) -> list[Metric]:
-        return [self._build, *self._runtime.collect()]
+        # /proc/self reads never block, so they run inline.
+        return [self._build, *self._static, *self._runtime.collect()]

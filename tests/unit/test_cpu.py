@@ -38,7 +38,7 @@ def test_collect_converts_ticks_to_seconds_and_never_goes_backwards(tmp_path):
     def steal():
         families = {f.name: f for f in collector.collect()}
         sample = next(s for s in families["netstack_cpu_seconds"].samples if s.labels["mode"] == "steal")
-        return sample.value, families["netstack_cpu_counter_regressions"].samples[0].value
+        return sample.value, families["netstack_cpu_backwards_jumps"].samples[0].value
 
     assert steal() == (500 / hz, 0)
     # A hypervisor bug: steal goes backwards. The exported counter holds and the regression is counted.

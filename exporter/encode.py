@@ -1,0 +1,80 @@
+"""Prometheus text (0.0.4) and OpenMetrics (1.0.0) encoders for prometheus_client metric families.
+
+prometheus_client's own encoders cost 2-3 µs per sample, the OpenMetrics one twice the text one;
+at 15,000 IPVS series that is tens of milliseconds per collection. These produce the same
+exposition with less work per sample (label strings are escaped only when they need it).
+Timestamps are written; exemplars are not used by this exporter and are not written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from prometheus_client.core import Metric
+
+_TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary",
+               "unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
+
+
+def _escape_label(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _value(v) -> str:
+    if type(v) is int:
+        return str(v)
+    v = float(v)
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
+
+
+def _samples(family: Metric, out: list[str], openmetrics: bool) -> None:
+    for s in family.samples:
+        if not openmetrics and s.name.endswith("_created"):
+            continue  # the 0.0.4 format has no _created samples
+        line = f"{s.name}{_labels(s.labels)} {_value(s.value)}"
+        if s.timestamp is not None:
+            ts = float(s.timestamp)
+            line += f" {ts}" if openmetrics else f" {int(ts * 1000)}"
+        out.append(line)
+
+
+def encode_text(families: Iterable[Metric]) -> bytes:
+    out: list[str] = []
+    for family in families:
+        name = family.name
+        if family.type == "counter":
+            name += "_total"
+        elif family.type == "info":
+            name += "_info"
+        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, 'untyped')}")
+        _samples(family, out, openmetrics=False)
+    out.append("")
+    return "\n".join(out).encode()
+
+
+def encode_openmetrics(families: Iterable[Metric]) -> bytes:
+    out: list[str] = []
+    for family in families:
+        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        out.append(f"# HELP {family.name} {help_text}")
+        out.append(f"# TYPE {family.name} {family.type}")
+        if family.unit:
+            out.append(f"# UNIT {family.name} {family.unit}")
+        _samples(family, out, openmetrics=True)
+    out.append("# EOF\n")
+    return "\n".join(out).encode()

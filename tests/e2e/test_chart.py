@@ -1,0 +1,322 @@
+"""The Helm chart, rendered by the real helm binary (scripts/tools.sh puts it in .tools/bin), with
+default values and with everything on: core objects validated by kubernetes-validate --strict for
+a pinned Kubernetes version, prometheus-operator objects by the cloudcoil models, and the
+DaemonSet checked for what the exporter needs on a node. The default arguments are also given to
+the real exporter process, which must accept them and become ready."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, Exporter, need, run
+
+pytestmark = pytest.mark.e2e
+
+CHART = ROOT / "charts" / "netstack-exporter"
+HELM = ROOT / ".tools" / "bin" / "helm"
+VALIDATE = ROOT / ".venv" / "bin" / "kubernetes-validate"
+KUBE_VERSION = "1.33.0"  # the Kubernetes version the chart is validated against (pinned)
+NAMESPACE = "monitoring"
+
+ALL_ON = {
+    "ebpf": {"enabled": True, "kernelSource": "/opt/kernel-headers"},
+    "fsync": {"extraDirectories": [{"name": "etcd", "hostPath": "/var/lib/etcd-fsync-probe"}]},
+    "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True, "additionalRuleLabels": {"team": "platform"},
+                       "disabledAlerts": ["NetstackIPVSSeriesCapped"]},
+    "dashboards": {"enabled": True},
+    "collectorOptions": {"conntrack.per-cpu": True, "ipvs.max-series": 20000},
+}
+
+
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        need(False, "needs PyYAML (scripts/tools.sh installs it)")
+    return yaml
+
+
+def helm() -> str:
+    need(HELM.exists(), "needs helm: run scripts/tools.sh")
+    return str(HELM)
+
+
+def render(values: dict | None = None, *extra: str) -> list[dict]:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        json.dump(values or {}, f)  # JSON is YAML
+        f.flush()
+        out = run([helm(), "template", "netstack", str(CHART), "--namespace", NAMESPACE,
+                   "--kube-version", KUBE_VERSION, "-f", f.name, *extra]).stdout
+    return [d for d in _yaml().safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def daemonset(docs: list[dict]) -> dict:
+    (ds,) = by_kind(docs, "DaemonSet")
+    return ds
+
+
+def container(docs: list[dict]) -> dict:
+    (c,) = daemonset(docs)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def validate_core(docs: list[dict]) -> None:
+    need(VALIDATE.exists(), "needs kubernetes-validate: run scripts/tools.sh")
+    core = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rendered.yaml"
+        path.write_text(_yaml().safe_dump_all(core))
+        result = run([str(VALIDATE), "--strict", "--kubernetes-version", KUBE_VERSION, str(path)],
+                     check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(core), result.stdout
+
+
+def validate_crd(doc: dict) -> None:
+    """Validates against the prometheus-operator models; the models ignore unknown keys, so a
+    round trip that loses a key is a field the CRD does not have (a typo, a wrong nesting)."""
+    try:
+        from cloudcoil.models.prometheus_operator import v1
+    except ImportError:
+        need(False, "needs cloudcoil-models-prometheus-operator: run scripts/tools.sh")
+    model = getattr(v1, doc["kind"]).model_validate(doc)
+    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc
+
+
+# --- helm itself ---------------------------------------------------------------------------------
+
+
+def test_helm_lint_passes_for_default_and_all_on():
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        json.dump(ALL_ON, f)
+        f.flush()
+        for args in ([], ["-f", f.name]):
+            result = run([helm(), "lint", "--strict", str(CHART), *args], check=False)
+            assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- default values ------------------------------------------------------------------------------
+
+
+def test_default_render_is_valid_and_minimal():
+    docs = render()
+    validate_core(docs)
+    assert sorted(d["kind"] for d in docs) == ["DaemonSet", "ServiceAccount"]
+
+
+def test_daemonset_runs_in_the_host_network_and_reads_the_host():
+    docs = render()
+    spec = daemonset(docs)["spec"]["template"]["spec"]
+    c = container(docs)
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["automountServiceAccountToken"] is False
+    assert {"operator": "Exists"} in spec["tolerations"]
+
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for host, inside in (("/proc", "/host/proc"), ("/sys", "/host/sys")):
+        assert mounts[inside]["readOnly"] is True
+        assert volumes[mounts[inside]["name"]]["hostPath"]["path"] == host
+    fsync = mounts["/var/lib/netstack-exporter/fsync/root"]
+    assert not fsync.get("readOnly")
+    assert volumes[fsync["name"]]["hostPath"] == {"path": "/var/lib/netstack-exporter/fsync",
+                                                  "type": "DirectoryOrCreate"}
+    assert "/lib/modules" not in mounts and "/usr/src" not in mounts  # only with eBPF
+
+    args = c["args"]
+    assert "--path.procfs=/host/proc" in args and "--path.sysfs=/host/sys" in args
+    assert "--web.listen-address=:9977" in args
+    assert "--collector.fsync.directory=/var/lib/netstack-exporter/fsync/root" in args
+    assert not any("ebpf" in a for a in args)
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9977, "hostPort": 9977,
+                           "protocol": "TCP"}]
+
+
+def test_probes_use_healthz_and_readyz():
+    c = container(render())
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_security_context_is_least_privilege():
+    docs = render()
+    c = container(docs)
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["privileged"] is False
+    assert daemonset(docs)["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] == \
+        {"type": "RuntimeDefault"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+
+
+def test_default_args_are_accepted_by_the_real_exporter(tmp_path):
+    """The chart's arguments, with the host paths swapped for this machine's, start the exporter."""
+    need((ROOT / "exporter" / "main.py").exists(), "the exporter process is not written yet")
+    args = []
+    for arg in container(render())["args"]:
+        if arg.startswith("--web.listen-address="):
+            continue  # the helper picks a free loopback port
+        arg = arg.replace("/host/proc", "/proc").replace("/host/sys", "/sys")
+        arg = arg.replace("/var/lib/netstack-exporter/fsync", str(tmp_path))
+        args.append(arg)
+    with Exporter(*args) as exporter:
+        with exporter.get("/healthz") as r:
+            assert r.status == 200
+        metrics = exporter.scrape()
+    success = {dict(labels)["collector"]: v for (name, labels), v in metrics.items()
+               if name == "netstack_scrape_collector_success"}
+    enabled = {a[len("--collector."):] for a in args
+               if a.startswith("--collector.") and not {".", "="} & set(a[len("--collector."):])}
+    assert enabled == set(success)  # every collector the chart turns on is running
+    assert success["cpu"] == 1 and success["softirq"] == 1  # and reads this host's /proc
+
+
+# --- everything on -------------------------------------------------------------------------------
+
+
+def test_all_on_render_is_valid():
+    docs = render(ALL_ON)
+    validate_core(docs)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ConfigMap", "DaemonSet", "PodMonitor", "PrometheusRule", "Service",
+                     "ServiceAccount", "ServiceMonitor"]
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate_crd(doc)
+
+
+def test_validators_reject_mistakes():
+    """Guards the two tests above: a validator that passed anything would prove nothing."""
+    docs = render(ALL_ON)
+    bad_ds = copy.deepcopy(daemonset(docs))
+    bad_ds["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(AssertionError):
+        validate_core([bad_ds])
+    bad_pm = copy.deepcopy(by_kind(docs, "PodMonitor")[0])
+    bad_pm["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"
+    with pytest.raises(AssertionError):
+        validate_crd(bad_pm)
+
+
+def test_ebpf_mounts_headers_read_only_and_adds_capabilities():
+    docs = render(ALL_ON)
+    c = container(docs)
+    spec = daemonset(docs)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for path in ("/lib/modules", "/usr/src", "/sys/kernel/tracing", "/sys/kernel/debug"):
+        assert mounts[path]["readOnly"] is True, path
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
+    assert "--collector.ebpf_softirq" in c["args"] and "--collector.ebpf_drops" in c["args"]
+    assert {"name": "BCC_KERNEL_SOURCE", "value": "/opt/kernel-headers"} in c["env"]
+    caps = c["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    assert {"NET_ADMIN", "BPF", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"} == set(caps["add"])
+    assert c["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    assert c["resources"]["limits"]["memory"] == "512Mi"  # clang at startup
+
+
+def test_ebpf_can_use_a_shipped_header_tree_only():
+    c = container(render({"ebpf": {"enabled": True, "hostKernelHeaders": False,
+                                   "kernelSource": "/opt/kernel-headers"}}))
+    paths = {m["mountPath"] for m in c["volumeMounts"]}
+    assert "/lib/modules" not in paths and "/usr/src" not in paths
+    assert "/sys/kernel/tracing" in paths
+
+
+def test_extra_fsync_directory_and_collector_options():
+    c = container(render(ALL_ON))
+    assert "--collector.fsync.directory=/var/lib/netstack-exporter/fsync/etcd" in c["args"]
+    assert "--collector.conntrack.per-cpu" in c["args"]
+    assert "--collector.ipvs.max-series=20000" in c["args"]
+    off = container(render({"collectorOptions": {"conntrack.per-cpu": False},
+                            "collectors": {"ipvs": False}}))["args"]
+    assert "--no-collector.conntrack.per-cpu" in off and "--no-collector.ipvs" in off
+
+
+def test_fsync_off_removes_its_mount():
+    docs = render({"collectors": {"fsync": False}})
+    c = container(docs)
+    assert "--no-collector.fsync" in c["args"]
+    assert not any("fsync" in m["mountPath"] for m in c["volumeMounts"])
+
+
+def test_monitors_scrape_every_node_as_job_netstack_exporter():
+    docs = render(ALL_ON)
+    (pm,) = by_kind(docs, "PodMonitor")
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    (svc,) = by_kind(docs, "Service")
+    pod_labels = daemonset(docs)["spec"]["template"]["metadata"]["labels"]
+    assert pm["metadata"]["labels"]["release"] == "prom"
+    for monitor, endpoints in ((pm, "podMetricsEndpoints"), (sm, "endpoints")):
+        # job label = app.kubernetes.io/name = "netstack-exporter", which the alerts expect
+        assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        (ep,) = monitor["spec"][endpoints]
+        assert ep["port"] == "metrics" and ep["path"] == "/metrics"
+        assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance",
+                "action": "replace"} in ep["relabelings"]
+    assert pod_labels["app.kubernetes.io/name"] == "netstack-exporter"
+    for key, val in pm["spec"]["selector"]["matchLabels"].items():
+        assert pod_labels[key] == val
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == pm["spec"]["selector"]["matchLabels"]
+
+
+def test_prometheus_rule_is_the_rules_file_with_values_applied():
+    yaml = _yaml()
+    source = yaml.safe_load((ROOT / "alerts" / "netstack.rules.yml").read_text())["groups"]
+    (rule,) = by_kind(render(ALL_ON), "PrometheusRule")
+    groups = rule["spec"]["groups"]
+    assert [g["name"] for g in groups] == [g["name"] for g in source]
+    rendered = {r["alert"]: r for g in groups for r in g["rules"]}
+    expected = {r["alert"]: r for g in source for r in g["rules"]}
+    assert set(expected) - set(rendered) == {"NetstackIPVSSeriesCapped"}
+    for name, r in rendered.items():
+        assert r["expr"] == expected[name]["expr"]
+        assert r["annotations"] == expected[name]["annotations"]
+        assert r["labels"] == {**expected[name]["labels"], "team": "platform"}
+
+    plain = by_kind(render({"prometheusRule": {"enabled": True}}), "PrometheusRule")[0]
+    assert plain["spec"]["groups"] == source
+
+
+def test_dashboards_configmap_carries_the_generated_json_for_the_sidecar():
+    docs = render(ALL_ON)
+    (cm,) = by_kind(docs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    committed = (ROOT / "dashboards" / "netstack-node.json").read_text()
+    assert json.loads(cm["data"]["netstack-node.json"]) == json.loads(committed)
+    custom = by_kind(render({"dashboards": {"enabled": True, "label": "my_dash", "labelValue": "yes",
+                                            "namespace": "grafana"}}), "ConfigMap")[0]
+    assert custom["metadata"]["labels"]["my_dash"] == "yes"
+    assert custom["metadata"]["namespace"] == "grafana"
+
+
+def test_chart_package_is_self_contained(tmp_path):
+    """helm package keeps files/ (rules and dashboards) inside the archive, so an installed
+    chart renders the same PrometheusRule and ConfigMap."""
+    out = run([helm(), "package", str(CHART), "--destination", str(tmp_path)]).stdout
+    archive = next(tmp_path.glob("netstack-exporter-*.tgz"))
+    assert archive.name in out
+    result = run([helm(), "template", "x", str(archive), "--set", "prometheusRule.enabled=true",
+                  "--set", "dashboards.enabled=true"])
+    kinds = [d["kind"] for d in _yaml().safe_load_all(result.stdout) if d]
+    assert "PrometheusRule" in kinds and "ConfigMap" in kinds
+    shutil.rmtree(tmp_path, ignore_errors=True)

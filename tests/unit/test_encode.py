@@ -1,0 +1,57 @@
+import math
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.encode import encode_openmetrics, encode_text
+
+
+def families():
+    c = CounterMetricFamily("x_things", 'Help with "quotes", a \\ and\na newline.', labels=["dev"])
+    c.add_metric(['we"ird\\na\nme'], 12345678901234)
+    c.add_metric(["eth0"], 1.5)
+    g = GaugeMetricFamily("x_level", "A gauge.", labels=["a", "b"])
+    g.add_metric(["1", "2"], float("inf"))
+    g.add_metric(["3", "4"], -0.25)
+    g.add_metric(["5", "6"], float("nan"))
+    h = HistogramMetricFamily("x_latency_seconds", "A histogram.", labels=["path"])
+    h.add_metric(["/"], buckets=[("0.001", 1), ("0.01", 3), ("+Inf", 4)], sum_value=0.02)
+    return [c, g, h]
+
+
+def _as_dict(parsed):
+    out = {}
+    for fam in parsed:
+        for s in fam.samples:
+            out[(fam.name, fam.type, s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _expected():
+    out = {}
+    for fam in families():
+        for s in fam.samples:
+            out[(fam.name, fam.type, s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k], k
+
+
+def test_text_round_trips_through_the_reference_parser():
+    _same(_as_dict(parse_text(encode_text(families()).decode())), _expected())
+
+
+def test_openmetrics_round_trips_through_the_reference_parser():
+    body = encode_openmetrics(families()).decode()
+    assert body.endswith("# EOF\n")
+    _same(_as_dict(parse_om(body)), _expected())
+
+
+def test_large_integers_are_exact():
+    assert b"x_things_total{dev=\"eth0\"} 1.5" in encode_text(families())
+    assert b"12345678901234\n" in encode_text(families())
