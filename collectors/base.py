@@ -14,6 +14,7 @@ tested on fixture text without the kernel.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -172,23 +173,38 @@ class PeriodicLoop:
 
 
 class WrappingCounters:
-    """Turn fixed-width kernel counters (u32 in /proc/softirqs and softnet_stat) into counters that
-    keep growing across the wrap.
+    """Extend fixed-width kernel counters (u32 in /proc/softirqs, softnet_stat and the conntrack
+    statistics) to counters that keep growing across the wrap, per key.
 
     A busy CPU wraps a u32 packet counter in about an hour; Prometheus would take each wrap for a
-    reset and lose up to one scrape interval of increase. A value lower than the last one is taken
-    as one wrap, exact as long as the counter wraps less than once between two collections.
+    reset and lose up to one scrape interval of increase, and a sum over CPUs would drop by 2**32.
+    A value lower than the last one is a wrap when the last one was in the upper half of the
+    range (exact as long as the counter wraps less than once between two collections); otherwise
+    the kernel really restarted the counter (module reloaded) and the new value counts from zero.
+    Either way the result never goes backwards.
     """
 
     def __init__(self, bits: int = 32) -> None:
         self._modulus = 1 << bits
-        self._last: dict[Any, tuple[int, int]] = {}  # key -> (raw value, wraps so far)
+        self._last: dict[Any, int] = {}
+        self._total: dict[Any, int] = {}
         self._lock = threading.Lock()
 
     def __call__(self, key: Any, raw: int) -> int:
         with self._lock:
-            last_raw, wraps = self._last.get(key, (raw, 0))
-            if raw < last_raw:
-                wraps += 1
-            self._last[key] = (raw, wraps)
-            return wraps * self._modulus + raw
+            last = self._last.get(key)
+            if last is None:
+                total = raw
+            elif raw >= last:
+                total = self._total[key] + raw - last
+            elif last >= self._modulus >> 1:
+                total = self._total[key] + raw + self._modulus - last
+            else:
+                total = self._total[key] + raw
+            self._last[key], self._total[key] = raw, total
+            return total
+
+
+def log_event(logger: logging.Logger, level: int, msg: str, **kv: Any) -> None:
+    """Log one line with structured key=value fields (rendered as logfmt or JSON)."""
+    logger.log(level, msg, extra={"kv": kv})

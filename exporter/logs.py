@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from collectors.base import log_event
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
                 logging.ERROR: "error", logging.CRITICAL: "error"}
@@ -51,6 +53,4 @@ def setup(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def event(logger: logging.Logger, level: int, msg: str, **kv) -> None:
-    """Log `msg` with structured key=value fields."""
-    logger.log(level, msg, extra={"kv": kv})
+event = log_event  # one helper for the exporter and the collectors

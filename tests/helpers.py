@@ -4,6 +4,7 @@ as a subprocess, and a scrape parser."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+CLONE_NEWNET = 0x40000000
 
 
 def need(condition: bool, reason: str) -> None:
@@ -76,6 +78,20 @@ class Netns:
     def popen(self, *cmd: str, **kw) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
 
+    @contextlib.contextmanager
+    def entered(self):
+        """Move the calling thread into this namespace for the block (setns), then back: an
+        exporter inside listens on the namespace's own loopback, unreachable from outside."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{self.name}") as target:
+            if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {self.name}")
+            try:
+                yield
+            finally:
+                if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
+
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """{(sample_name, sorted label items): value} for easy assertions."""
@@ -101,7 +117,10 @@ def value(metrics: dict, name: str, **labels: str) -> float:
 class Exporter:
     """netstack-exporter as a subprocess on a free loopback port, optionally inside a netns."""
 
-    def __init__(self, *args: str, netns: Netns | None = None, env: dict | None = None):
+    def __init__(self, *args: str, netns: Netns | None = None, env: dict | None = None,
+                 wait_ready: bool = True):
+        self.wait = wait_ready
+        self.netns = netns
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "exporter",
@@ -118,8 +137,16 @@ class Exporter:
         self.log_path = self._log.name
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT,
                                      stdout=self._log, stderr=subprocess.STDOUT)
-        self.wait_ready()
+        if self.wait:
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
         return self
+
+    def _http_context(self):
+        return self.netns.entered() if self.netns is not None else contextlib.nullcontext()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -127,7 +154,7 @@ class Exporter:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exporter exited {self.proc.returncode}: {self.log()}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                with self._http_context(), urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -140,7 +167,8 @@ class Exporter:
 
     def get(self, path: str = "/metrics", headers: dict | None = None, timeout: float = 30):
         req = urllib.request.Request(self.url + path, headers=headers or {})
-        return urllib.request.urlopen(req, timeout=timeout)
+        with self._http_context():  # the connection is made inside; reading it works from anywhere
+            return urllib.request.urlopen(req, timeout=timeout)
 
     def scrape_text(self) -> str:
         with self.get() as r:

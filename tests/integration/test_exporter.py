@@ -167,6 +167,25 @@ def test_stuck_source_cannot_delay_the_scrape_past_the_timeout(procfs):
         assert time.monotonic() - start < 1.5
 
 
+def test_not_ready_until_the_first_collection_completes(procfs):
+    os.unlink(procfs / "stat")
+    os.mkfifo(procfs / "stat")  # the first collection hangs on it until the 2 s timeout
+    with Exporter(*BASE, f"--path.procfs={procfs}", "--scrape.timeout=2s", wait_ready=False) as exp:
+        deadline = time.monotonic() + 10
+        while status_or_none(exp, "/healthz") != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(exp, "/readyz") == 503
+        exp.wait_ready()
+        assert status(exp, "/readyz") == 200
+
+
+def status_or_none(exp, path):
+    try:
+        return status(exp, path)
+    except OSError:
+        return None
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_shut_down_within_a_second(procfs, sig):
     with exporter(procfs) as exp:

@@ -1,6 +1,6 @@
 import pytest
 
-from collectors.base import Context, ParseError, Paths, WrappingCounters
+from collectors.base import Context, ParseError, Paths
 from collectors.softirq import SoftirqCollector, parse_softirqs, parse_softnet_stat
 from tests.helpers import FIXTURES
 
@@ -63,14 +63,6 @@ def test_softnet_15_columns():
 def test_softnet_rejects_malformed(text):
     with pytest.raises(ParseError):
         parse_softnet_stat(text, "softnet_stat")
-
-
-def test_u32_counters_keep_growing_across_a_wrap():
-    unwrap = WrappingCounters(32)
-    assert unwrap("k", 0xFFFFFFF0) == 0xFFFFFFF0
-    assert unwrap("k", 0x10) == 0x1_0000_0010
-    assert unwrap("k", 0x20) == 0x1_0000_0020
-    assert unwrap("other", 5) == 5
 
 
 def _families(procfs, **options):
