@@ -1,0 +1,507 @@
+"""fsync: would etcd be healthy on this disk?
+
+Every `interval` a probe writes `writes` sequential blocks of `block-size` bytes into one
+preallocated file per directory and calls fdatasync after each write, the pattern of etcd's WAL
+and of the usual `fio --rw=write --ioengine=sync --fdatasync=1 --bs=2300` check. Every fdatasync
+is timed; the results are published and collect() only reads them.
+
+Threads: one scheduler thread (base.PeriodicLoop) probes the directories one after the other, so
+two directories on the same disk never disturb each other's numbers; each probe runs in its own
+worker thread so that a probe stuck in the kernel can be reported as a timeout while it is still
+stuck. A directory whose previous probe has not returned is skipped (never two probes in flight).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+from .base import (Collector, Option, ParseError, PeriodicLoop, SourceUnavailable, log_event,
+                   read_text)
+
+log = logging.getLogger("netstack.fsync")
+
+
+def _event(level: int, msg: str, **kv) -> None:
+    log_event(log, level, msg, collector="fsync", **kv)
+
+
+# Fixed name: a probe file left behind by a crash is found and reused, never multiplied.
+PROBE_FILE = ".netstack-fsync-probe"
+DEFAULT_DIRECTORY = "/var/lib/netstack-exporter"
+MAX_PROBE_FILE = 256 << 20  # a typo in writes must not fill the disk being watched
+
+# etcd's WAL fsync buckets (0.001 s doubling up to 8.192 s) so dashboards and alerts written for
+# etcd_disk_wal_fsync_duration_seconds work unchanged, plus sub-millisecond buckets for NVMe.
+ETCD_WAL_BUCKETS = tuple(round(0.001 * 2**k, 3) for k in range(14))
+BUCKETS = (0.0001, 0.00025, 0.0005) + ETCD_WAL_BUCKETS
+QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+# The documented reason label values of netstack_fsync_probe_errors_total.
+REASONS = ("no_space", "read_only", "permission_denied", "io_error", "missing_directory",
+           "timeout", "other")
+_ERRNO_REASONS = {
+    errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space",
+    errno.EROFS: "read_only",
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.EIO: "io_error",
+    errno.ENOENT: "missing_directory",
+    errno.ENOTDIR: "missing_directory",
+}
+
+
+# --- pure functions ---------------------------------------------------------------------------
+
+
+def error_reason(err: OSError) -> str:
+    return _ERRNO_REASONS.get(err.errno, "other")
+
+
+@dataclass(frozen=True)
+class Mount:
+    major: int
+    minor: int
+    mount_point: str
+    fstype: str
+    source: str
+
+
+def _unescape(field_: str) -> str:
+    # The kernel writes space, tab, newline and backslash in paths as \040 \011 \012 \134.
+    if "\\" not in field_:
+        return field_
+    out, i = [], 0
+    while i < len(field_):
+        digits = field_[i + 1:i + 4]
+        if field_[i] == "\\" and len(digits) == 3 and digits.isdigit():
+            out.append(chr(int(digits, 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str, source_name: str = "mountinfo") -> list[Mount]:
+    """Parse /proc/<pid>/mountinfo (format: Documentation/filesystems/proc.rst, 3.5).
+
+    36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+    (1)(2)(3)   (4)   (5)      (6)      (7)   (8) (9)   (10)         (11)
+    Field 7 is zero or more optional fields, ended by a single "-".
+    """
+    mounts = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            major, minor = (int(x) for x in fields[2].split(":"))
+            mounts.append(Mount(major, minor, _unescape(fields[4]), fields[sep + 1],
+                                _unescape(fields[sep + 2])))
+        except (ValueError, IndexError):
+            raise ParseError(f"{source_name}:{lineno}: not a mountinfo line: {line[:80]!r}") from None
+    return mounts
+
+
+def find_mount(mounts: Sequence[Mount], path: str) -> Mount | None:
+    """The mount that holds `path` (absolute, symlinks resolved): the longest mount point that is
+    a path prefix of it; of several mounts on the same point the last one listed is on top."""
+    best: Mount | None = None
+    for m in mounts:
+        mp = m.mount_point
+        if path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/"):
+            if best is None or len(mp) >= len(best.mount_point):
+                best = m
+    return best
+
+
+def parse_uevent_devname(text: str) -> str | None:
+    """DEVNAME from /sys/dev/block/M:m/uevent (KEY=value lines), e.g. "nvme0n1p2"."""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "DEVNAME" and value:
+            return value
+    return None
+
+
+def nearest_rank_quantiles(durations: Sequence[float], qs: Sequence[float]) -> dict[float, float]:
+    """Quantiles by nearest rank: always one of the observed values; q=1 is the maximum."""
+    ordered = sorted(durations)
+    n = len(ordered)
+    return {q: ordered[max(0, math.ceil(q * n) - 1)] for q in qs}
+
+
+class Histogram:
+    """Per-bucket counts (not cumulative) plus sum; cumulative() gives Prometheus' form."""
+
+    def __init__(self, bounds: Sequence[float] = BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # last slot: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le is inclusive
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, n in zip(self.bounds + (math.inf,), self.counts):
+            running += n
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+# --- the probe itself -------------------------------------------------------------------------
+
+
+FALLOC_FL_ZERO_RANGE = 0x10  # include/uapi/linux/falloc.h
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = getattr(_libc, "fallocate64", _libc.fallocate)  # 64-bit offsets on every ABI
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def zero_range(fd: int, size: int) -> bool:
+    """fallocate(FALLOC_FL_ZERO_RANGE): ext4 and xfs turn the range into unwritten extents and
+    keep it allocated. False when the filesystem cannot (tmpfs, some network filesystems)."""
+    if _fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, size) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+@dataclass
+class ProbeResult:
+    durations: list[float] = field(default_factory=list)  # one per completed fdatasync
+    bytes_written: int = 0
+    error: OSError | None = None
+    stopped: bool = False  # ended early by should_stop (timeout or shutdown)
+
+
+def run_probe(directory: str, writes: int, block: bytes,
+              datasync: Callable[[int], None] = os.fdatasync,
+              should_stop: Callable[[], bool] = lambda: False,
+              reset_extents: bool = True) -> ProbeResult:
+    """One probe: `writes` sequential writes of `block` into the probe file of `directory`, each
+    followed by a timed fdatasync. Expected failures land in result.error, never raised."""
+    result = ProbeResult()
+    size = writes * len(block)
+    try:
+        # O_NOFOLLOW: directories may be shared hostPaths; never write through a planted symlink.
+        fd = os.open(os.path.join(directory, PROBE_FILE),
+                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        result.error = e
+        return result
+    try:
+        st = os.fstat(fd)
+        if st.st_size != size or st.st_blocks * 512 < size:
+            # Allocate once (and again only if block-size or writes changed): disk use stays
+            # constant and the probe's writes never have to find free space.
+            if st.st_size > size:
+                os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)
+        elif reset_extents:  # False only in bench/bench_fsync.py, to show why it is here
+            # Overwriting written blocks skips the extent conversion (a journal commit) that
+            # etcd's fresh preallocated WAL segment and fio's fresh file pay on most syncs, and
+            # measured 25-35% faster than fio. Turning the blocks back into allocated but
+            # unwritten extents reproduces that cost without freeing the space.
+            zero_range(fd, size)
+        os.fdatasync(fd)  # make the preparation durable outside the measured syncs
+        for i in range(writes):
+            if should_stop():
+                result.stopped = True
+                break
+            offset = i * len(block)
+            written = 0
+            while written < len(block):
+                written += os.pwrite(fd, block[written:], offset + written)
+            result.bytes_written += written
+            start = time.perf_counter()
+            datasync(fd)
+            result.durations.append(time.perf_counter() - start)
+    except OSError as e:
+        result.error = e
+    finally:
+        os.close(fd)
+    return result
+
+
+# --- the collector ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    timed_out: bool = False  # set by the scheduler, read by the worker, both under the lock
+
+
+class _Directory:
+    """One directory: its published results (guarded by the collector's lock) plus `worker`,
+    owned by the scheduler thread, and `existed`, owned by the probe in flight."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.device = ""
+        self.fstype = ""
+        self.histogram = Histogram()
+        self.quantiles: dict[float, float] | None = None
+        self.last_success: float | None = None
+        self.errors = {reason: 0 for reason in REASONS}
+        self.bytes_written = 0
+        self.skipped = 0
+        self.state: str | None = None  # "ok" or the last error reason; logged when it changes
+        self.worker: threading.Thread | None = None
+        self.existed = False
+
+
+class FsyncCollector(Collector):
+    name = "fsync"
+    default_enabled = True
+    help = "Periodic fdatasync latency probe per directory (etcd WAL pattern, etcd's buckets)."
+    options = (
+        Option("directory", "Directory to probe (repeatable); created if absent, but never "
+               "re-created after it has existed (it may be a disk's mount point).",
+               [DEFAULT_DIRECTORY], "list"),
+        Option("interval", "Pause between the end of one probe round and the next.", 60.0,
+               "duration"),
+        Option("writes", "Writes (each followed by fdatasync) per probe.", 456, "int"),
+        Option("block-size", "Bytes per write (etcd WAL entries are small; fio's check uses 2300).",
+               2300, "int"),
+        Option("timeout", "A probe still running after this is reported as reason=timeout.",
+               30.0, "duration"),
+    )
+
+    def __init__(self, ctx, *, datasync: Callable[[int], None] = os.fdatasync):
+        super().__init__(ctx)
+        # datasync is a seam for tests (slow or failing disks); production uses os.fdatasync.
+        self._datasync = datasync
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._loop: PeriodicLoop | None = None
+        self._mounts_warned = False
+        self._dirs = [_Directory(d) for d in self._opt("directory")]
+        self._block = os.urandom(max(1, int(self._opt("block-size"))))  # incompressible, like fio
+
+    def _opt(self, name: str):
+        if name in self.ctx.options:
+            return self.ctx.options[name]
+        return next(o.default for o in self.options if o.name == name)
+
+    def probe(self) -> None:
+        # Directory problems are per-directory errors, not a reason to disable the collector;
+        # only a configuration that cannot work is.
+        if not self._dirs:
+            raise SourceUnavailable("fsync: no --collector.fsync.directory given")
+        for d in self._dirs:
+            if not os.path.isabs(d.path):
+                raise SourceUnavailable(f"fsync: directory must be absolute, got {d.path!r}")
+        for name in ("writes", "block-size"):
+            if int(self._opt(name)) < 1:
+                raise SourceUnavailable(f"fsync: --collector.fsync.{name} must be >= 1")
+        size = int(self._opt("writes")) * int(self._opt("block-size"))
+        if size > MAX_PROBE_FILE:
+            raise SourceUnavailable(f"fsync: writes x block-size = {size} bytes; the probe file "
+                                    f"is limited to {MAX_PROBE_FILE >> 20} MiB")
+        for name in ("interval", "timeout"):
+            if float(self._opt(name)) <= 0:
+                raise SourceUnavailable(f"fsync: --collector.fsync.{name} must be > 0")
+        for d in self._dirs:
+            d.device, d.fstype = self._labels(d.path)
+
+    def start(self) -> None:
+        self._loop = PeriodicLoop("fsync", float(self._opt("interval")), self._probe_all)
+        self._loop.start()  # PeriodicLoop runs the first round immediately
+
+    # -- scheduling --
+
+    def _probe_all(self) -> None:
+        for d in self._dirs:
+            if self._closing.is_set():
+                return
+            self._probe_directory(d)
+
+    def _probe_directory(self, d: _Directory) -> None:
+        if d.worker is not None and d.worker.is_alive():
+            with self._lock:
+                d.skipped += 1  # the stuck probe keeps its slot until the kernel returns
+            return
+        timeout = float(self._opt("timeout"))
+        run = _Run(deadline=time.monotonic() + timeout)
+        d.worker = threading.Thread(target=self._work, args=(d, run), name="fsync-probe",
+                                    daemon=True)
+        d.worker.start()
+        while not run.done.wait(0.1):
+            if self._closing.is_set():
+                return
+            if time.monotonic() >= run.deadline:
+                with self._lock:
+                    if not run.done.is_set():
+                        run.timed_out = True
+                        self._fail(d, "timeout", f"probe still running after {timeout:g}s")
+                return
+
+    def _work(self, d: _Directory, run: _Run) -> None:
+        try:
+            device, fstype = self._labels(d.path)
+            result = self._prepare(d)
+            if result is None:
+                result = run_probe(
+                    d.path, int(self._opt("writes")), self._block, self._datasync,
+                    lambda: self._closing.is_set() or time.monotonic() >= run.deadline)
+            with self._lock:
+                d.device, d.fstype = device, fstype
+                self._publish(d, run, result)
+        except Exception as e:  # a bug must not kill the thread silently; keep the rest serving
+            _event(logging.ERROR, "fsync probe crashed", path=d.path, error=repr(e))
+            with self._lock:
+                if not run.timed_out:
+                    self._fail(d, "other", repr(e))
+        finally:
+            if self._closing.is_set():
+                self._remove_probe_file(d)
+            run.done.set()
+
+    def _prepare(self, d: _Directory) -> ProbeResult | None:
+        """Create the directory until it has existed once. After that it is never re-created:
+        it may be the mount point of the disk under test, and probing the disk below would
+        mislead; its disappearance is reported as missing_directory instead."""
+        if d.existed:
+            return None
+        try:
+            os.makedirs(d.path, mode=0o700, exist_ok=True)
+        except OSError as e:
+            return ProbeResult(error=e)
+        d.existed = True
+        return None
+
+    def _publish(self, d: _Directory, run: _Run, result: ProbeResult) -> None:
+        # Completed syncs are real observations even when the probe failed or ran late.
+        for duration in result.durations:
+            d.histogram.observe(duration)
+        d.bytes_written += result.bytes_written
+        if run.timed_out:
+            return  # already counted as a timeout by the scheduler
+        if result.error is not None:
+            e = result.error
+            self._fail(d, error_reason(e), f"{e.strerror or e} (errno {errno.errorcode.get(e.errno, e.errno)})")
+        elif result.stopped:
+            if not self._closing.is_set():  # it stopped itself at the deadline, first
+                run.timed_out = True
+                self._fail(d, "timeout", f"probe still running after {float(self._opt('timeout')):g}s")
+        else:
+            d.quantiles = nearest_rank_quantiles(result.durations, QUANTILES) if result.durations else None
+            d.last_success = time.time()
+            if d.state != "ok":
+                _event(logging.INFO, "fsync probe ok", path=d.path, device=d.device,
+                       fstype=d.fstype, p99_seconds=(d.quantiles or {}).get(0.99, 0.0))
+            d.state = "ok"
+
+    def _fail(self, d: _Directory, reason: str, detail: str) -> None:
+        d.errors[reason] += 1
+        if d.state != reason:
+            _event(logging.WARNING, "fsync probe failed", path=d.path, reason=reason, detail=detail)
+        d.state = reason
+
+    def _labels(self, path: str) -> tuple[str, str]:
+        """(device, fstype) of the filesystem holding path. device is the kernel's block device
+        name (as in node_disk_* metrics), else the mount source (tmpfs, overlay, server:/export)."""
+        mountinfo = self.paths.proc("self", "mountinfo")
+        try:
+            mount = find_mount(parse_mountinfo(read_text(mountinfo), mountinfo),
+                               os.path.realpath(path))
+        except (OSError, ParseError) as e:
+            if not self._mounts_warned:  # labels stay empty; say so once, not every probe
+                self._mounts_warned = True
+                _event(logging.WARNING, "fsync cannot read mounts", path=path, error=str(e))
+            return "", ""
+        if mount is None:
+            return "", ""
+        try:
+            devname = parse_uevent_devname(read_text(
+                self.paths.sys("dev", "block", f"{mount.major}:{mount.minor}", "uevent")))
+        except OSError:
+            devname = None  # not a block device: tmpfs, overlay, nfs
+        return devname or mount.source, mount.fstype
+
+    # -- exposition --
+
+    def collect(self) -> Iterable:
+        labels = ["path", "device", "fstype"]
+        hist = HistogramMetricFamily(
+            "netstack_fsync_duration_seconds",
+            "Duration of each fdatasync of the probe, cumulative over probes (etcd WAL buckets).",
+            labels=labels)
+        quant = GaugeMetricFamily(
+            "netstack_fsync_probe_quantile_seconds",
+            "fdatasync duration quantiles (nearest rank) of the last completed probe.",
+            labels=labels + ["quantile"])
+        success = GaugeMetricFamily(
+            "netstack_fsync_probe_last_success_timestamp_seconds",
+            "Unix time when the last probe completed without error.", labels=labels)
+        errors = CounterMetricFamily(
+            "netstack_fsync_probe_errors",
+            "Probes that failed, by reason: " + ", ".join(REASONS) + ".",
+            labels=labels + ["reason"])
+        written = CounterMetricFamily(
+            "netstack_fsync_written_bytes", "Bytes written by the probes.", labels=labels)
+        skipped = CounterMetricFamily(
+            "netstack_fsync_probes_skipped",
+            "Probes not started because the previous probe of the directory had not returned.",
+            labels=labels)
+        with self._lock:
+            for d in self._dirs:
+                lv = [d.path, d.device, d.fstype]
+                hist.add_metric(lv, d.histogram.cumulative(), d.histogram.sum)
+                if d.quantiles:
+                    for q, v in d.quantiles.items():
+                        quant.add_metric(lv + [f"{q:g}"], v)
+                if d.last_success is not None:
+                    success.add_metric(lv, d.last_success)
+                for reason, n in d.errors.items():
+                    errors.add_metric(lv + [reason], n)
+                written.add_metric(lv, d.bytes_written)
+                skipped.add_metric(lv, d.skipped)
+        return [hist, quant, success, errors, written, skipped]
+
+    def close(self) -> None:
+        # The exporter gives all collectors 0.5 s together to close, so nothing here waits on a
+        # probe: the file is unlinked now (a running probe keeps its open fd and stops after its
+        # current fdatasync), and a probe that opened the file after this unlink removes it itself.
+        self._closing.set()
+        for d in self._dirs:
+            self._remove_probe_file(d)
+        if self._loop is not None:
+            self._loop.stop(timeout=0.2)
+
+    def _remove_probe_file(self, d: _Directory) -> None:
+        try:
+            os.unlink(os.path.join(d.path, PROBE_FILE))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _event(logging.WARNING, "fsync cannot remove probe file", path=d.path,
+                   error=e.strerror or str(e))
+
+
+COLLECTOR = FsyncCollector
