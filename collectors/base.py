@@ -27,6 +27,11 @@ class SourceUnavailable(Exception):
     """The collector's source is absent here (module not loaded, file missing, no privilege)."""
 
 
+class NotReady(Exception):
+    """The collector started but has nothing to report yet (a BPF program still compiling).
+    Reported as success=0 and logged at info level, not as a failure."""
+
+
 class ParseError(ValueError):
     """A source file did not have the format the kernel writes. The message names file and line."""
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from collectors.base import Collector, SourceUnavailable
+from collectors.base import Collector, NotReady, SourceUnavailable
 
 from .encode import encode_openmetrics, encode_text
 from .logs import event
@@ -151,6 +151,11 @@ class CollectorRunner:
         except SourceUnavailable as e:
             self._set_unavailable(str(e))
             self._probed_at = time.monotonic()
+            return Outcome([], False, elapsed)
+        except NotReady as e:
+            if str(e) != self.last_error:
+                event(log, logging.INFO, "collector not ready yet", collector=self.name, reason=str(e))
+            self.last_error = str(e)
             return Outcome([], False, elapsed)
         except Exception as e:
             return self._failed(f"{type(e).__name__}: {e}", elapsed, exc=e)

@@ -1,0 +1,101 @@
+"""ebpf_drops: packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb).
+
+Interface counters say that packets were dropped, not why. Since 5.17 the kfree_skb tracepoint
+carries an `enum skb_drop_reason`. The BPF program (bpf/drops.c) counts drops per reason value;
+the names come from the running kernel's tracefs format file (its __print_symbolic table), so
+they are right whatever header version bcc compiled against — the enum's numbering changes
+between kernel versions (NO_SOCKET is 2 on 6.1 and 3 on 6.18).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from .base import Collector, Option, ParseError, SourceUnavailable
+from .ebpf_loader import (BackgroundLoad, Program, bpf_source, default_loader, find_tracefs,
+                          print_symbolic, read_tracepoint_format)
+
+# Hash map size: the kernel's table (~130 reasons in 6.18) plus room for values outside it
+# (subsystem reasons, e.g. mac80211's, carry high bits and are not in the table).
+MAX_REASONS = 1024
+
+
+def reason_names(fmt, source: str = "kfree_skb format") -> dict[int, str]:
+    """{reason value: name} from kfree_skb's format; SourceUnavailable if it has no reason."""
+    if "reason" not in fmt.fields:
+        raise SourceUnavailable("skb:kfree_skb has no reason argument (kernel older than 5.17)")
+    try:
+        return print_symbolic(fmt, "reason", source)
+    except ParseError as e:
+        raise SourceUnavailable(str(e)) from None
+
+
+def reason_label(value: int, names: dict[int, str]) -> str:
+    return names.get(value, f"UNKNOWN_{value}")
+
+
+def drops_family(counts: dict[int, int], names: dict[int, str],
+                 all_reasons: bool) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "netstack_skb_drops",
+        "Packets freed as dropped, by kernel drop reason (eBPF, skb:kfree_skb; names from the "
+        "running kernel's tracepoint format).", labels=["reason"])
+    values = dict.fromkeys(names, 0) if all_reasons else {}
+    values.update(counts)
+    for value, count in sorted(values.items()):
+        family.add_metric([reason_label(value, names)], count)
+    return family
+
+
+class EbpfDrops(Collector):
+    name = "ebpf_drops"
+    default_enabled = False
+    help = ("packet drops by kernel drop reason from the skb:kfree_skb tracepoint, via eBPF "
+            "(bcc; needs root, kernel >= 5.17 and kernel headers)")
+    options = (
+        Option("all-reasons", "export every reason the kernel knows, zero until it occurs "
+               "(stable series for alerts; ~70-130 series) instead of only those seen",
+               False, "bool"),
+    )
+
+    def __init__(self, ctx, loader=None):
+        super().__init__(ctx)
+        self.loader = loader or default_loader()
+        self.names: dict[int, str] = {}
+        self.load: BackgroundLoad | None = None
+
+    def probe(self) -> None:
+        tracefs = find_tracefs()
+        fmt = read_tracepoint_format(tracefs, "skb", "kfree_skb")
+        self.names = reason_names(fmt, f"{tracefs}/events/skb/kfree_skb/format")
+        self.loader.check()
+        if self.load is not None:  # re-probe after a failed compile: stay unavailable, say why
+            self.load.raise_if_failed()
+
+    def _setup(self) -> Program:
+        program = self.loader.load(bpf_source("drops.c"), {"MAX_REASONS": MAX_REASONS})
+        try:
+            program.attach_tracepoint("skb", "kfree_skb", "tracepoint__skb__kfree_skb")
+        except BaseException:
+            program.close()
+            raise
+        return program
+
+    def start(self) -> None:
+        self.load = BackgroundLoad(self.name, self._setup)
+        self.load.start()
+
+    def collect(self) -> Iterable[Metric]:
+        if self.load is None:
+            raise SourceUnavailable("not started")
+        counts = self.load.program().read_map("drops")
+        yield drops_family(counts, self.names, self.option("all-reasons"))
+
+    def close(self) -> None:
+        if self.load is not None:
+            self.load.close()
+
+
+COLLECTOR = EbpfDrops

@@ -1,0 +1,444 @@
+"""The small interface between the eBPF collectors and a BPF backend, and the bcc backend.
+
+A collector hands C text to a Loader, attaches tracepoints and reads hash maps; it never touches
+bcc itself. A second backend (precompiled CO-RE objects loaded with libbpf, which needs no
+clang or headers at runtime) implements the same two classes without touching the collectors.
+
+Also here: tracefs helpers shared by both collectors (finding the tracefs mount, reading and
+parsing a tracepoint's format file) and the exact log2-slot -> Prometheus bucket conversion.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .base import NotReady, ParseError, SourceUnavailable, log_event, read_text
+
+log = logging.getLogger("netstack.ebpf")
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf")
+
+# bcc resolves tracepoint formats in exactly these places (bcc/__init__.py TRACEFS), so the
+# collectors look there too, not under --path.sysfs.
+TRACEFS_CANDIDATES = ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
+
+# Capability bits (include/uapi/linux/capability.h).
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+# --- tracefs ---------------------------------------------------------------------------------
+
+
+def find_tracefs(candidates: Iterable[str] | None = None) -> str:
+    """The first mounted tracefs (it has an events/ directory)."""
+    candidates = TRACEFS_CANDIDATES if candidates is None else candidates
+    for path in candidates:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            # tracefs is mode 0700: without root it looks empty rather than absent.
+            raise SourceUnavailable(f"permission denied on {path}: tracing needs root "
+                                    "(or CAP_BPF + CAP_PERFMON and access to tracefs)")
+    raise SourceUnavailable(
+        "tracefs is not mounted (looked in " + ", ".join(candidates)
+        + "; mount -t tracefs nodev /sys/kernel/tracing)")
+
+
+@dataclass(frozen=True)
+class Field:
+    type: str
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class TracepointFormat:
+    name: str
+    fields: dict[str, Field]
+    print_fmt: str
+
+
+_FIELD = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);")
+_DECL = re.compile(r"^(?P<type>.*?)\s*\b(?P<name>\w+)(?:\[[^\]]*\])?$")
+
+
+def parse_format(text: str, source: str = "format") -> TracepointFormat:
+    """Parse a tracefs events/<system>/<event>/format file."""
+    name = None
+    fields: dict[str, Field] = {}
+    print_fmt = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.startswith("name:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("print fmt:"):
+            print_fmt = line.split(":", 1)[1].strip()
+        elif line.strip().startswith("field:"):
+            m = _FIELD.match(line)
+            decl = m and _DECL.match(m.group("decl").strip())
+            if not decl:
+                raise ParseError(f"{source}:{lineno}: unexpected field line {line.strip()[:60]!r}")
+            fields[decl.group("name")] = Field(decl.group("type"), decl.group("name"),
+                                               int(m.group("off")), int(m.group("size")))
+    if name is None or print_fmt is None:
+        raise ParseError(f"{source}: not a tracepoint format file (no name: or print fmt: line)")
+    return TracepointFormat(name, fields, print_fmt)
+
+
+_SYMBOL = re.compile(r'\{\s*([^,{}]+?)\s*,\s*"([^"]*)"\s*\}')
+
+
+def print_symbolic(fmt: TracepointFormat, field: str, source: str = "format") -> dict[int, str]:
+    """{value: name} from the __print_symbolic(REC-><field>, { v, "NAME" }, ...) table.
+
+    The kernel rewrites enum names in this table to numbers at boot (TRACE_DEFINE_ENUM), so the
+    numbers are the running kernel's own, whatever headers a program was compiled with.
+    """
+    start = fmt.print_fmt.find(f"__print_symbolic(REC->{field},")
+    if start < 0:
+        raise ParseError(f"{source}: no __print_symbolic table for field {field!r}")
+    # The table ends at the parenthesis that closes __print_symbolic( (outside quoted names).
+    depth, in_string, end = 0, False, len(fmt.print_fmt)
+    for i in range(start + len("__print_symbolic"), len(fmt.print_fmt)):
+        c = fmt.print_fmt[i]
+        if c == '"':
+            in_string = not in_string
+        elif not in_string:
+            depth += c == "("
+            depth -= c == ")"
+            if depth == 0:
+                end = i
+                break
+    table: dict[int, str] = {}
+    for value, symbol in _SYMBOL.findall(fmt.print_fmt[start:end]):
+        try:
+            table[int(value, 0)] = symbol
+        except ValueError:
+            raise ParseError(f"{source}: {field} value {value!r} is not a number "
+                             "(enum not resolved by the kernel)") from None
+    if not table:
+        raise ParseError(f"{source}: empty __print_symbolic table for field {field!r}")
+    return table
+
+
+def read_tracepoint_format(tracefs: str, system: str, event: str) -> TracepointFormat:
+    path = os.path.join(tracefs, "events", system, event, "format")
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        raise SourceUnavailable(f"tracepoint {system}:{event} does not exist ({path})") from None
+    except PermissionError:
+        raise SourceUnavailable(f"permission denied reading {path}") from None
+    return parse_format(text, path)
+
+
+# --- log2 histograms -------------------------------------------------------------------------
+
+
+def slot_of(ns: int) -> int:
+    """Python twin of slot_of() in bpf/softirq.c: slot 0 holds 0, slot s holds [2^(s-1), 2^s)."""
+    return ns.bit_length()
+
+
+def slot_upper_bound_ns(slot: int) -> int:
+    """Largest integer in a slot: values are whole nanoseconds, so le = 2^s - 1 is exact."""
+    return (1 << slot) - 1
+
+
+def log2_buckets(slots: dict[int, int], first_slot: int, last_slot: int
+                 ) -> list[tuple[str, int]]:
+    """Cumulative Prometheus buckets [(le_seconds, count), ..., ("+Inf", total)] from log2 slots.
+
+    One bucket per slot first_slot..last_slot with le = (2^s - 1) ns, which is exact: every value
+    <= 2^s - 1 lies in a slot <= s and no other. Slots below first_slot fold into the first bucket,
+    slots above last_slot only into +Inf. The bucket set is fixed so series never appear mid-way.
+    """
+    buckets = []
+    cumulative = sum(n for s, n in slots.items() if s < first_slot)
+    for s in range(first_slot, last_slot + 1):
+        cumulative += slots.get(s, 0)
+        buckets.append((repr(slot_upper_bound_ns(s) / 1e9), cumulative))
+    buckets.append(("+Inf", sum(slots.values())))
+    return buckets
+
+
+# --- privileges and headers ------------------------------------------------------------------
+
+
+def effective_capabilities(status_text: str) -> int:
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise ParseError("/proc/self/status: no CapEff line")
+
+
+def can_trace(cap_eff: int) -> bool:
+    """Loading tracing programs needs CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON (kernel >= 5.8)."""
+    has = lambda cap: bool(cap_eff >> cap & 1)  # noqa: E731
+    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+
+
+def find_kernel_headers(release: str, environ: dict, modules_root: str = "/lib/modules",
+                        kheaders: str = "/sys/kernel/kheaders.tar.xz") -> str:
+    """The header tree bcc will use, or SourceUnavailable saying how to get one.
+
+    Same order as bcc: BCC_KERNEL_SOURCE, then /lib/modules/<release>/{build,source}, then the
+    kernel's own kheaders archive (CONFIG_IKHEADERS).
+    """
+    env = environ.get("BCC_KERNEL_SOURCE")
+    if env:
+        if os.path.isdir(os.path.join(env, "include")):
+            return env
+        raise SourceUnavailable(f"BCC_KERNEL_SOURCE={env} is not a kernel header tree "
+                                "(no include/ directory)")
+    for link in ("build", "source"):
+        path = os.path.join(modules_root, release, link)
+        if os.path.isdir(os.path.join(path, "include")):
+            return path
+    if os.path.exists(kheaders):
+        return kheaders
+    raise SourceUnavailable(
+        f"no kernel headers for {release}: install linux-headers-{release}, or set "
+        "BCC_KERNEL_SOURCE to a tree made by scripts/kernel-headers.sh")
+
+
+def check_privileges() -> None:
+    try:
+        caps = effective_capabilities(read_text("/proc/self/status"))
+    except (OSError, ParseError) as e:
+        raise SourceUnavailable(f"cannot read own capabilities: {e}") from None
+    if not can_trace(caps):
+        raise SourceUnavailable("needs root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), "
+                                "to load tracing BPF programs")
+
+
+# --- the backend interface -------------------------------------------------------------------
+
+
+class Program:
+    """A loaded BPF object: attach its functions to tracepoints, read its maps, close it."""
+
+    def attach_tracepoint(self, system: str, event: str, function: str) -> None:
+        raise NotImplementedError
+
+    def read_map(self, name: str, per_cpu: bool = False) -> dict:
+        """{key: value}. Struct keys become tuples of their fields in order, ints stay ints.
+        Per-CPU maps: the sum over CPUs, or {cpu: value} with per_cpu=True; entries that are
+        zero on every CPU are left out (an array has every key from the start)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Detach everything and release file descriptors. Safe to call twice."""
+        raise NotImplementedError
+
+
+class Loader:
+    name = ""
+
+    def check(self) -> None:
+        """Raise SourceUnavailable(reason) when this backend cannot run here (cheap, no compile)."""
+
+    def load(self, source: str, defines: dict[str, int]) -> Program:
+        """Compile/load `source`; SourceUnavailable(one-line reason) on failure."""
+        raise NotImplementedError
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] or type(e).__name__
+
+
+def _plain(v):
+    """A bcc key or value (ctypes struct, c_uint, ...) as a hashable Python value."""
+    fields = getattr(type(v), "_fields_", None)
+    if fields:
+        return tuple(_plain(getattr(v, name)) for name, *_ in fields)
+    return getattr(v, "value", v)
+
+
+# bcc's embedded clang/LLVM is not thread-safe: two collectors compiling at once corrupt the
+# heap (seen here: "malloc(): unaligned tcache chunk detected"). One compile at a time.
+_BCC_LOCK = threading.Lock()
+
+
+class BccProgram(Program):
+    def __init__(self, bpf):
+        self._bpf = bpf
+
+    def attach_tracepoint(self, system: str, event: str, function: str) -> None:
+        # bcc already attached functions named tracepoint__<system>__<event> (TRACEPOINT_PROBE)
+        # while loading; attaching again would count every event twice.
+        if f"{system}:{event}".encode() in self._bpf.tracepoint_fds:
+            return
+        try:
+            self._bpf.attach_tracepoint(tp=f"{system}:{event}".encode(),
+                                        fn_name=function.encode())
+        except Exception as e:  # bcc raises bare Exception
+            raise SourceUnavailable(f"cannot attach {system}:{event}: {_one_line(e)}") from None
+
+    def read_map(self, name: str, per_cpu: bool = False) -> dict:
+        from bcc.utils import get_possible_cpus
+
+        table = self._bpf[name.encode()]
+        try:
+            items = list(table.items_lookup_batch())  # a few syscalls instead of two per key
+        except Exception:  # kernels before 5.6 have no batch lookup
+            items = table.items()
+        cpus = None
+        out = {}
+        for k, v in items:
+            if isinstance(v, ctypes.Array):  # per-CPU map: one value per possible CPU
+                values = list(v)
+                if not any(values):
+                    continue
+                if per_cpu:
+                    cpus = cpus or get_possible_cpus()
+                    out[_plain(k)] = dict(zip(cpus, values))
+                else:
+                    out[_plain(k)] = sum(values)
+            else:
+                out[_plain(k)] = _plain(v)
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            with _BCC_LOCK:  # also frees the LLVM module
+                bpf.cleanup()
+
+
+class BccLoader(Loader):
+    """bcc from Debian's python3-bpfcc: compiles C with clang at runtime, needs kernel headers."""
+
+    name = "bcc"
+
+    def check(self) -> None:
+        try:
+            import bcc  # noqa: F401
+        except ImportError as e:
+            raise SourceUnavailable(
+                f"bcc is not importable ({_one_line(e)}): install Debian python3-bpfcc and link "
+                "/usr/lib/python3/dist-packages/bcc into this Python's site-packages") from None
+        except Exception as e:  # libbcc.so missing or broken raises OSError and friends
+            raise SourceUnavailable(f"bcc failed to import: {_one_line(e)}") from None
+        check_privileges()
+        find_kernel_headers(os.uname().release, os.environ)
+
+    def load(self, source: str, defines: dict[str, int]) -> Program:
+        from bcc import BPF
+
+        cflags = [f"-D{k}={v}" for k, v in defines.items()]  # bcc wants str here, bytes elsewhere
+        try:
+            with _BCC_LOCK:
+                bpf = BPF(text=source.encode(), cflags=cflags)
+        except Exception as e:
+            # clang's diagnostics go to stderr; the exception itself is the one-line summary.
+            raise SourceUnavailable(f"BPF compile/load failed: {_one_line(e)}") from None
+        finally:
+            _release_freed_heap()
+        return BccProgram(bpf)
+
+
+def _release_freed_heap() -> None:
+    """clang frees ~40 MB of heap after a compile, but glibc keeps it mapped; give it back."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass
+
+
+def default_loader() -> Loader:
+    return BccLoader()
+
+
+def bpf_source(filename: str) -> str:
+    return read_text(os.path.join(BPF_DIR, filename))
+
+
+# --- compile and attach off the scrape path --------------------------------------------------
+
+
+class StillLoading(NotReady):
+    """collect() before the worker thread finished compiling and attaching."""
+
+
+class BackgroundLoad:
+    """Run `setup` (compile + attach, ~0.5-2 s of clang) once in a worker thread.
+
+    Readiness and the other collectors never wait for it. Until it is done, program() raises
+    StillLoading, so the collector reports success=0 with reason "still compiling"; if setup
+    failed, program() raises SourceUnavailable with its one-line reason on every collection.
+    """
+
+    def __init__(self, collector: str, setup: Callable[[], Program]):
+        self._collector = collector
+        self._setup = setup
+        self._lock = threading.Lock()
+        self._program: Program | None = None
+        self._error: str | None = None
+        self._closed = False
+        self.seconds: float | None = None  # how long compile + attach took
+        self._thread = threading.Thread(target=self._run, name=f"{collector}-bpf-load",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        program, error = None, None
+        try:
+            program = self._setup()
+        except SourceUnavailable as e:
+            error = str(e)
+        except Exception as e:  # anything else is a bug, but must not kill the exporter
+            error = f"BPF setup failed: {_one_line(e)}"
+        with self._lock:
+            self.seconds = time.monotonic() - t0
+            if self._closed and program is not None:
+                program.close()  # close() came while we were compiling
+                return
+            self._program, self._error = program, error
+        # A failure is logged by the exporter as "collector unavailable" with this reason.
+        if not error:
+            log_event(log, logging.INFO, "bpf program attached", collector=self._collector,
+                      seconds=round(self.seconds, 3))
+
+    def wait(self, timeout: float) -> bool:
+        """For tests and benchmarks: block until setup finished; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def raise_if_failed(self) -> None:
+        """For probe(): a failed compile keeps the collector unavailable with its reason."""
+        with self._lock:
+            if self._error is not None:
+                raise SourceUnavailable(self._error)
+
+    def program(self) -> Program:
+        with self._lock:
+            if self._closed:
+                raise SourceUnavailable("closed: BPF program detached")
+            if self._program is not None:
+                return self._program
+            if self._error is not None:
+                raise SourceUnavailable(self._error)
+        raise StillLoading("still compiling and attaching the BPF program")
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+            program, self._program = self._program, None
+        if program is not None:
+            program.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
