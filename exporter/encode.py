@@ -40,11 +40,16 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
 
 
-def _samples(family: Metric, out: list[str], openmetrics: bool) -> None:
+def _samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
     for s in family.samples:
         if not openmetrics and s.name.endswith("_created"):
             continue  # the 0.0.4 format has no _created samples
-        line = f"{s.name}{_labels(s.labels)} {_value(s.value)}"
+        # Collectors share one labels dict between a series' families (IPVS: three per service):
+        # format it once per encoding. The dict is kept in the value, so its id stays unique.
+        cached = label_strings.get(id(s.labels))
+        if cached is None or cached[0] is not s.labels:
+            cached = label_strings[id(s.labels)] = (s.labels, _labels(s.labels))
+        line = f"{s.name}{cached[1]} {_value(s.value)}"
         if s.timestamp is not None:
             ts = float(s.timestamp)
             line += f" {ts}" if openmetrics else f" {int(ts * 1000)}"
@@ -53,6 +58,7 @@ def _samples(family: Metric, out: list[str], openmetrics: bool) -> None:
 
 def encode_text(families: Iterable[Metric]) -> bytes:
     out: list[str] = []
+    label_strings: dict = {}
     for family in families:
         name = family.name
         if family.type == "counter":
@@ -62,19 +68,20 @@ def encode_text(families: Iterable[Metric]) -> bytes:
         help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, 'untyped')}")
-        _samples(family, out, openmetrics=False)
+        _samples(family, out, openmetrics=False, label_strings=label_strings)
     out.append("")
     return "\n".join(out).encode()
 
 
 def encode_openmetrics(families: Iterable[Metric]) -> bytes:
     out: list[str] = []
+    label_strings: dict = {}
     for family in families:
         help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
         out.append(f"# HELP {family.name} {help_text}")
         out.append(f"# TYPE {family.name} {family.type}")
         if family.unit:
             out.append(f"# UNIT {family.name} {family.unit}")
-        _samples(family, out, openmetrics=True)
+        _samples(family, out, openmetrics=True, label_strings=label_strings)
     out.append("# EOF\n")
     return "\n".join(out).encode()

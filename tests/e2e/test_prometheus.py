@@ -1,7 +1,6 @@
 """A real Prometheus server scrapes the real exporter reading this machine's /proc."""
 
 import json
-import os
 import subprocess
 import time
 import urllib.parse

@@ -8,8 +8,6 @@ so "table full" means filling this namespace's table up to it (about 2 s for 262
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import tempfile
 from pathlib import Path
@@ -30,24 +28,8 @@ HOST_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 WITHOUT_NET_ADMIN = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin")
 
 
-CLONE_NEWNET = 0x40000000
 
 
-@contextlib.contextmanager
-def inside(ns: Netns):
-    """Move this thread into ns for the block, then back.
-
-    The exporter runs in ns and listens on ns's loopback, which tests/helpers.Exporter's
-    in-process HTTP client cannot reach from the host namespace; inside the block it can."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{ns.name}") as target:
-        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {ns.name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
 
 
 @pytest.fixture
@@ -83,7 +65,7 @@ def test_entries_match_the_kernel_count_and_by_state_adds_up(ns):
         ns.exec("conntrack", "-I", "-p", "tcp", "-s", "198.18.0.1", "-d", "198.18.0.2",
                 "--sport", str(sport), "--dport", "443", "--state", "ESTABLISHED", "-t", "600",
                 "-u", "ASSURED,SEEN_REPLY")
-    with inside(ns), Exporter(*BASE, "--collector.conntrack.by-state", netns=ns) as exp:
+    with ns.entered(), Exporter(*BASE, "--collector.conntrack.by-state", netns=ns) as exp:
         metrics = exp.scrape()
     kernel = kernel_count(ns)
     assert kernel == 302
@@ -102,7 +84,7 @@ def test_entries_match_the_kernel_count_and_by_state_adds_up(ns):
 
 def test_full_table_of_unreplied_entries_counts_early_drops(ns):
     limit = fill_to_max(ns, assured=False)
-    with inside(ns), Exporter(*BASE, netns=ns) as exp:
+    with ns.entered(), Exporter(*BASE, netns=ns) as exp:
         before, kernel_before = exp.scrape(), kernel_stats(ns)
         # each new tuple finds the table full and evicts unreplied entries to get in
         assert run_tool(ns, "udp", "40", "--base-port", "30000").strip() == "refused=0"
@@ -116,7 +98,7 @@ def test_full_table_of_unreplied_entries_counts_early_drops(ns):
 
 def test_full_table_of_assured_entries_counts_drops_per_cpu(ns):
     fill_to_max(ns, assured=True)
-    with inside(ns), Exporter(*BASE, "--collector.conntrack.per-cpu", netns=ns) as exp:
+    with ns.entered(), Exporter(*BASE, "--collector.conntrack.per-cpu", netns=ns) as exp:
         before, kernel_before = exp.scrape(), kernel_stats(ns)
         # nothing can be evicted: every new tuple is dropped (sendto sees EPERM)
         assert run_tool(ns, "udp", "40", "--base-port", "31000").strip() == "refused=40"
@@ -136,7 +118,7 @@ def test_racing_identical_tcp_syns_on_two_cpus_count_insert_failed(ns):
     need((os.cpu_count() or 1) >= 2, "needs two CPUs")
     # More rules between conntrack and confirmation widen the race window (see setup_namespace).
     track(ns, widen_rules=300)
-    with inside(ns), Exporter(*BASE, netns=ns) as exp:
+    with ns.entered(), Exporter(*BASE, netns=ns) as exp:
         before, kernel_before = exp.scrape(), kernel_stats(ns)
         for attempt in range(10):  # bounded: each round of 500 SYN pairs takes < 1 s
             run_tool(ns, "synrace", "500", "--base-port", str(10000 + attempt * 500), timeout=60)
@@ -156,7 +138,7 @@ def test_without_cap_net_admin_it_falls_back_to_procfs(ns):
     assert run_tool(ns, "udp", "25", "--base-port", "20000").strip() == "refused=0"
     exp = Exporter(*BASE, netns=ns)
     exp.args = [*WITHOUT_NET_ADMIN, *exp.args]
-    with inside(ns), exp:
+    with ns.entered(), exp:
         metrics = exp.scrape()
         log = exp.log()
     assert value(metrics, "netstack_conntrack_source_info", source="procfs") == 1
@@ -174,7 +156,7 @@ def test_neither_source_makes_the_collector_unavailable_with_a_reason(ns):
     with tempfile.TemporaryDirectory() as empty:
         exp = Exporter(*BASE, f"--path.procfs={empty}", netns=ns)
         exp.args = [*WITHOUT_NET_ADMIN, *exp.args]
-        with inside(ns), exp:
+        with ns.entered(), exp:
             metrics = exp.scrape()
             with exp.get("/") as r:
                 page = r.read().decode()
