@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.helpers import stop_process  # noqa: E402
 from collectors.fsync import PROBE_FILE, Histogram, find_mount, parse_mountinfo, run_probe  # noqa: E402
 
 WRITES, BLOCK = 456, 2300
@@ -183,12 +184,7 @@ def etcd_compare(directory: str, puts: int, time_limit: float) -> None:
         elapsed = time.monotonic() - start
         after = etcd_histogram(url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
         log.close()
         shutil.rmtree(data, ignore_errors=True)
         os.unlink(os.path.join(directory, "etcd-bench.log"))

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.helpers import stop_process  # noqa: E402
+
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
 
@@ -107,15 +109,6 @@ def start_ours(tree: str, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def baseline_rss(empty_tree: str, scrapes: int) -> int:
     """RSS (KiB) of this exporter serving an empty IPVS table: the process's own floor."""
     port = free_port()
@@ -127,7 +120,7 @@ def baseline_rss(empty_tree: str, scrapes: int) -> int:
             scrape(url)
         return rss_kib(proc.pid)[0]
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def compare(tree: str, scrapes: int) -> None:
@@ -175,8 +168,8 @@ def compare(tree: str, scrapes: int) -> None:
         print(f"speed-up {node_t / ours_t:.1f}x (target >= 10x); RSS ratio {ours_rss / node_rss:.2f}, "
               f"peak RSS ratio {ours_hwm / node_hwm:.2f} (target <= 0.5)")
     finally:
-        stop(ours)
-        stop(node)
+        stop_process(ours)
+        stop_process(node)
 
 
 def breakdown(tree: str, repeats: int) -> None:

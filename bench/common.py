@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
 PROMETHEUS_HEADERS = {
@@ -77,12 +79,7 @@ def started(name: str, argv: list[str], netns: str | None = None, ready_path: st
         wait_http(port, ready_path)
         yield Target(name, proc, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 5)
 
 
 def netstack(*args: str) -> list[str]:

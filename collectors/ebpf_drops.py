@@ -13,9 +13,8 @@ from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .base import Collector, Option, ParseError, SourceUnavailable
-from .ebpf_loader import (BackgroundLoad, Program, bpf_source, default_loader, find_tracefs,
-                          print_symbolic, read_tracepoint_format)
+from .base import Option, ParseError, SourceUnavailable
+from .ebpf_loader import TracepointCollector, find_tracefs, print_symbolic, read_tracepoint_format
 
 # Hash map size: the kernel's table (~130 reasons in 6.18) plus room for values outside it
 # (subsystem reasons, e.g. mac80211's, carry high bits and are not in the table).
@@ -49,9 +48,8 @@ def drops_family(counts: dict[int, int], names: dict[int, str],
     return family
 
 
-class EbpfDrops(Collector):
+class EbpfDrops(TracepointCollector):
     name = "ebpf_drops"
-    default_enabled = False
     help = ("packet drops by kernel drop reason from the skb:kfree_skb tracepoint, via eBPF "
             "(bcc; needs root, kernel >= 5.17 and kernel headers)")
     options = (
@@ -60,42 +58,27 @@ class EbpfDrops(Collector):
                False, "bool"),
     )
 
+    source_file = "drops.c"
+
     def __init__(self, ctx, loader=None):
-        super().__init__(ctx)
-        self.loader = loader or default_loader()
+        super().__init__(ctx, loader)
         self.names: dict[int, str] = {}
-        self.load: BackgroundLoad | None = None
 
     def probe(self) -> None:
         tracefs = find_tracefs()
         fmt = read_tracepoint_format(tracefs, "skb", "kfree_skb")
         self.names = reason_names(fmt, f"{tracefs}/events/skb/kfree_skb/format")
-        self.loader.check()
-        if self.load is not None:  # re-probe after a failed compile: stay unavailable, say why
-            self.load.raise_if_failed()
+        self.check_loader()
 
-    def _setup(self) -> Program:
-        program = self.loader.load(bpf_source("drops.c"), {"MAX_REASONS": MAX_REASONS})
-        try:
-            program.attach_tracepoint("skb", "kfree_skb", "tracepoint__skb__kfree_skb")
-        except BaseException:
-            program.close()
-            raise
-        return program
+    def defines(self) -> dict:
+        return {"MAX_REASONS": MAX_REASONS}
 
-    def start(self) -> None:
-        self.load = BackgroundLoad(self.name, self._setup)
-        self.load.start()
+    def tracepoints(self) -> list[tuple[str, str, str]]:
+        return [("skb", "kfree_skb", "tracepoint__skb__kfree_skb")]
 
     def collect(self) -> Iterable[Metric]:
-        if self.load is None:
-            raise SourceUnavailable("not started")
-        counts = self.load.program().read_map("drops")
+        counts = self.program().read_map("drops")
         yield drops_family(counts, self.names, self.option("all-reasons"))
-
-    def close(self) -> None:
-        if self.load is not None:
-            self.load.close()
 
 
 COLLECTOR = EbpfDrops

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .base import NotReady, ParseError, SourceUnavailable, log_event, read_text
+from .base import Collector, NotReady, ParseError, SourceUnavailable, log_event, read_text
 
 log = logging.getLogger("netstack.ebpf")
 
@@ -442,3 +442,55 @@ class BackgroundLoad:
             program.close()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+class TracepointCollector(Collector):
+    """The life cycle the eBPF collectors share: probe the loader, compile and attach in the
+    background (BackgroundLoad), read maps from the attached program, detach on close.
+
+    A subclass names its BPF source file and says what to define and which tracepoints to attach
+    (`category`, `event`, BPF function name)."""
+
+    default_enabled = False
+    source_file: str
+
+    def __init__(self, ctx, loader=None):
+        super().__init__(ctx)
+        self.loader = loader or default_loader()
+        self.load: BackgroundLoad | None = None
+
+    def defines(self) -> dict:
+        return {}
+
+    def tracepoints(self) -> list[tuple[str, str, str]]:
+        raise NotImplementedError
+
+    def check_loader(self) -> None:
+        """End of probe(): the loader can work here, and a failed compile stays unavailable."""
+        self.loader.check()
+        if self.load is not None:
+            self.load.raise_if_failed()
+
+    def _setup(self) -> Program:
+        program = self.loader.load(bpf_source(self.source_file), self.defines())
+        try:
+            for category, event, function in self.tracepoints():
+                program.attach_tracepoint(category, event, function)
+        except BaseException:
+            program.close()
+            raise
+        return program
+
+    def start(self) -> None:
+        self.load = BackgroundLoad(self.name, self._setup)
+        self.load.start()
+
+    def program(self) -> Program:
+        """The attached program; NotReady while compiling, SourceUnavailable if that failed."""
+        if self.load is None:
+            raise SourceUnavailable("not started")
+        return self.load.program()
+
+    def close(self) -> None:
+        if self.load is not None:
+            self.load.close()

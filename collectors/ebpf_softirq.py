@@ -14,9 +14,9 @@ from typing import Iterable
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from .base import Collector, Option, ParseError, SourceUnavailable, read_text
-from .ebpf_loader import (BackgroundLoad, Program, bpf_source, default_loader, find_tracefs,
-                          log2_buckets, print_symbolic, read_tracepoint_format)
+from .base import Option, ParseError, SourceUnavailable, read_text
+from .ebpf_loader import (TracepointCollector, find_tracefs, log2_buckets, print_symbolic,
+                          read_tracepoint_format)
 
 EVENTS = ("softirq_raise", "softirq_entry", "softirq_exit")
 DEFAULT_VECTORS = ("NET_RX", "NET_TX")
@@ -107,9 +107,9 @@ def parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
-class EbpfSoftirq(Collector):
+class EbpfSoftirq(TracepointCollector):
     name = "ebpf_softirq"
-    default_enabled = False
+    source_file = "softirq.c"
     help = ("NET_RX/NET_TX softirq wait (raise -> run) and service time histograms from "
             "tracepoints, via eBPF (bcc; needs root and kernel headers)")
     options = (
@@ -119,12 +119,10 @@ class EbpfSoftirq(Collector):
     )
 
     def __init__(self, ctx, loader=None):
-        super().__init__(ctx)
-        self.loader = loader or default_loader()
+        super().__init__(ctx, loader)
         self.vectors: dict[int, str] = {}
         self.nr_vecs = 0
         self.cpus: list[int] | None = None
-        self.load: BackgroundLoad | None = None
 
     def probe(self) -> None:
         tracefs = find_tracefs()
@@ -139,9 +137,7 @@ class EbpfSoftirq(Collector):
             raise SourceUnavailable(str(e)) from None
         self.nr_vecs = min(max(names) + 1, MAX_VECS)
         self.cpus = self._online_cpus() if self.option("per-cpu") else None
-        self.loader.check()
-        if self.load is not None:  # re-probe after a failed compile: stay unavailable, say why
-            self.load.raise_if_failed()
+        self.check_loader()
 
     def _online_cpus(self) -> list[int]:
         try:
@@ -149,33 +145,18 @@ class EbpfSoftirq(Collector):
         except (OSError, ParseError):
             return list(range(os.cpu_count() or 1))
 
-    def _setup(self) -> Program:
-        defines = {"VEC_MASK": sum(1 << v for v in self.vectors), "NR_VECS": self.nr_vecs}
-        program = self.loader.load(bpf_source("softirq.c"), defines)
-        try:
-            for event in EVENTS:
-                program.attach_tracepoint("irq", event, f"tracepoint__irq__{event}")
-        except BaseException:
-            program.close()
-            raise
-        return program
+    def defines(self) -> dict:
+        return {"VEC_MASK": sum(1 << v for v in self.vectors), "NR_VECS": self.nr_vecs}
 
-    def start(self) -> None:
-        self.load = BackgroundLoad(self.name, self._setup)
-        self.load.start()
+    def tracepoints(self) -> list[tuple[str, str, str]]:
+        return [("irq", event, f"tracepoint__irq__{event}") for event in EVENTS]
 
     def collect(self) -> Iterable[Metric]:
-        if self.load is None:
-            raise SourceUnavailable("not started")
-        program = self.load.program()
+        program = self.program()
         per_cpu = self.cpus is not None
         slots, sums = decode(program.read_map("hist", per_cpu), program.read_map("sums", per_cpu),
                              self.nr_vecs)
         yield from histograms(slots, sums, self.vectors, self.cpus)
-
-    def close(self) -> None:
-        if self.load is not None:
-            self.load.close()
 
 
 COLLECTOR = EbpfSoftirq

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Exporter, need, run
+from tests.helpers import ROOT, Exporter, need, run, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -389,12 +389,7 @@ def test_rules_and_dashboard_queries_work_on_real_data(tmp_path):
             try:
                 _check_live(f"http://127.0.0.1:{port}", target)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc, 10)
 
 
 def _check_live(base: str, instance: str) -> None:

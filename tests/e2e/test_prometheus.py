@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import Exporter, free_port, need_tool
+from tests.helpers import Exporter, free_port, need_tool, stop_process
 
 
 def online_cpus() -> int:
@@ -37,12 +37,7 @@ def prometheus(tmp_path):
     started = []
     yield start
     for proc, log in started:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
         log.close()
 
 
