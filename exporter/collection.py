@@ -224,6 +224,39 @@ class Snapshot:
         return await asyncio.shield(future)
 
 
+async def _all_done(futures: list[concurrent.futures.Future], timeout: float) -> None:
+    """Wait until every future is done or `timeout` passed, whichever comes first.
+
+    The workers wake the event loop once, when the last of them finishes, rather than once each:
+    each wake-up is a write to the loop's self-pipe and a pass of the loop."""
+    if not futures:
+        return
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    remaining = len(futures)
+    lock = threading.Lock()
+
+    def finish() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    def one_done(_future) -> None:
+        nonlocal remaining
+        with lock:
+            remaining -= 1
+            last = remaining == 0
+        if last:
+            loop.call_soon_threadsafe(finish)
+
+    timer = loop.call_later(timeout, finish)
+    for future in futures:
+        future.add_done_callback(one_done)
+    try:
+        await finished
+    finally:
+        timer.cancel()
+
+
 class Scheduler:
     """Coalesces scrapes: while a collection runs, every scrape waits for that same collection."""
 
@@ -256,9 +289,7 @@ class Scheduler:
         remaining = max(0.05, timeout - (time.perf_counter() - start))
         start = time.perf_counter()
         calls = [(r, r.begin()) for r in self.runners]
-        pending = [asyncio.wrap_future(f) for _, f in calls if f is not None]
-        if pending:
-            await asyncio.wait(pending, timeout=remaining)
+        await _all_done([f for _, f in calls if f is not None], remaining)
         elapsed = time.perf_counter() - start
         outcomes = [r.finish(f, remaining, elapsed) for r, f in calls]
         success = GaugeMetricFamily("netstack_scrape_collector_success",
