@@ -14,6 +14,7 @@ tested on fixture text without the kernel.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from prometheus_client.core import Metric
+from prometheus_client.samples import Sample
 
 
 class SourceUnavailable(Exception):
@@ -96,6 +98,29 @@ class Collector:
 
     def close(self) -> None:
         """Stop background work and release resources (sockets, BPF programs, probe files)."""
+
+
+class CompactFamily(Metric):
+    """A metric family for thousands of series (one per IPVS service): rows of (labels, value)
+    instead of one prometheus_client Sample each. The exporter's encoder writes the rows directly,
+    which at 15,000 series saves a third of the collection's time and memory; .samples builds
+    Samples for anything else that asks (tests, prometheus_client's own encoders).
+
+    Rows may share one labels dict (all of a service's series do); the encoder formats a shared
+    dict once."""
+
+    def __init__(self, name: str, documentation: str, typ: str):
+        # Not Metric.__init__, which would make .samples a plain list.
+        self.name, self.documentation, self.type, self.unit = name, documentation, typ, ""
+        self.sample_name = name + "_total" if typ == "counter" else name
+        self.rows: list[tuple[dict[str, str], float]] = []
+
+    def add(self, labels: dict[str, str], value: float) -> None:
+        self.rows.append((labels, value))
+
+    @property
+    def samples(self) -> list[Sample]:  # type: ignore[override]
+        return [Sample(self.sample_name, labels, value) for labels, value in self.rows]
 
 
 # --- small helpers shared by collectors -------------------------------------------------------
@@ -213,3 +238,12 @@ class WrappingCounters:
 def log_event(logger: logging.Logger, level: int, msg: str, **kv: Any) -> None:
     """Log one line with structured key=value fields (rendered as logfmt or JSON)."""
     logger.log(level, msg, extra={"kv": kv})
+
+
+def release_freed_heap() -> None:
+    """Give memory that was freed back to the system: glibc keeps freed heap mapped, so one large
+    collection (a big IPVS table, a clang compile) would otherwise set the RSS for good."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        pass

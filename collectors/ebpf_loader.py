@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .base import Collector, NotReady, ParseError, SourceUnavailable, log_event, read_text
+from .base import (Collector, NotReady, ParseError, SourceUnavailable, log_event, read_text,
+                   release_freed_heap)
 
 log = logging.getLogger("netstack.ebpf")
 
@@ -344,16 +345,8 @@ class BccLoader(Loader):
             # clang's diagnostics go to stderr; the exception itself is the one-line summary.
             raise SourceUnavailable(f"BPF compile/load failed: {_one_line(e)}") from None
         finally:
-            _release_freed_heap()
+            release_freed_heap()  # clang frees ~40 MB of heap after a compile
         return BccProgram(bpf)
-
-
-def _release_freed_heap() -> None:
-    """clang frees ~40 MB of heap after a compile, but glibc keeps it mapped; give it back."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        pass
 
 
 def default_loader() -> Loader:

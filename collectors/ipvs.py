@@ -30,7 +30,8 @@ from typing import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-from .base import Collector, Option, ParseError, SourceUnavailable, read_int, read_text
+from .base import (Collector, CompactFamily, Option, ParseError, SourceUnavailable, read_int,
+                   read_text)
 
 log = logging.getLogger(__name__)
 
@@ -690,22 +691,24 @@ def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]
 
 
 def _service_families(services: list[Service], has_traffic: bool) -> list[Metric]:
-    backends = _gauge("netstack_ipvs_service_backends", "Backends of this virtual service.")
-    active = _gauge("netstack_ipvs_service_connections_active",
-                    "Active (established) connections, summed over the service's backends.")
-    inactive = _gauge("netstack_ipvs_service_connections_inactive",
-                      "Inactive connections, summed over the service's backends.")
-    b, a, i = backends.samples.append, active.samples.append, inactive.samples.append
-    bn, an, inn = backends.name, active.name, inactive.name
-    traffic = [CounterMetricFamily(name, doc + " Netlink source only.") for name, doc in SERVICE_TRAFFIC]
+    backends = CompactFamily("netstack_ipvs_service_backends", "Backends of this virtual service.",
+                             "gauge")
+    active = CompactFamily("netstack_ipvs_service_connections_active",
+                           "Active (established) connections, summed over the service's backends.",
+                           "gauge")
+    inactive = CompactFamily("netstack_ipvs_service_connections_inactive",
+                             "Inactive connections, summed over the service's backends.", "gauge")
+    b, a, i = backends.rows.append, active.rows.append, inactive.rows.append
+    traffic = [CompactFamily(name, doc + " Netlink source only.", "counter")
+               for name, doc in SERVICE_TRAFFIC]
     for svc in services:
         labels = service_labels(svc)
-        b(Sample(bn, labels, svc.backends))
-        a(Sample(an, labels, svc.active))
-        i(Sample(inn, labels, svc.inactive))
+        b((labels, svc.backends))
+        a((labels, svc.active))
+        i((labels, svc.inactive))
         if has_traffic and svc.stats is not None:
             for family, value in zip(traffic, svc.stats):
-                family.samples.append(Sample(family.name + "_total", labels, value))
+                family.rows.append((labels, value))
     return [backends, active, inactive] + (traffic if has_traffic else [])
 
 
@@ -736,11 +739,12 @@ def _merge_fwmark_duplicates(services: list[Service]) -> list[Service]:
 
 
 def _backend_families(services: list[Service]) -> list[Metric]:
-    active = _gauge("netstack_ipvs_backend_connections_active", "Active connections of this backend.")
-    inactive = _gauge("netstack_ipvs_backend_connections_inactive",
-                      "Inactive connections of this backend.")
-    weight = _gauge("netstack_ipvs_backend_weight", "Scheduling weight of this backend (0: no new "
-                    "connections).")
+    active = CompactFamily("netstack_ipvs_backend_connections_active",
+                           "Active connections of this backend.", "gauge")
+    inactive = CompactFamily("netstack_ipvs_backend_connections_inactive",
+                             "Inactive connections of this backend.", "gauge")
+    weight = CompactFamily("netstack_ipvs_backend_weight",
+                           "Scheduling weight of this backend (0: no new connections).", "gauge")
     for svc in services:
         if not svc.dests:
             continue
@@ -748,9 +752,9 @@ def _backend_families(services: list[Service]) -> list[Metric]:
         for address, port, forward, w, act, inact in svc.dests:
             labels = {**base, "backend_address": address, "backend_port": str(port),
                       "forward": forward}
-            active.samples.append(Sample(active.name, labels, act))
-            inactive.samples.append(Sample(inactive.name, labels, inact))
-            weight.samples.append(Sample(weight.name, labels, w))
+            active.rows.append((labels, act))
+            inactive.rows.append((labels, inact))
+            weight.rows.append((labels, w))
     return [active, inactive, weight]
 
 

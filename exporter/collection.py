@@ -21,7 +21,7 @@ from typing import Callable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from collectors.base import Collector, NotReady, SourceUnavailable
+from collectors.base import Collector, NotReady, SourceUnavailable, release_freed_heap
 
 from .encode import encode_openmetrics, encode_text
 from .logs import event
@@ -204,7 +204,7 @@ class Snapshot:
 
     def __init__(self, families: list[Metric]):
         self.families = families
-        self.samples = sum(len(f.samples) for f in families)
+        self.samples = sum(len(getattr(f, "rows", None) or f.samples) for f in families)
         self._encoded: dict[tuple[str, bool], asyncio.Future] = {}
 
     def encode(self, fmt: str, compress: bool) -> bytes:
@@ -268,7 +268,7 @@ class Scheduler:
         self.encoder = Worker("encode")
         self.collections = 0
         self.ready = False
-        self.last: Snapshot | None = None
+        self._release_pending = False
         self._inflight: asyncio.Task | None = None
 
     async def snapshot(self, timeout: float | None = None) -> Snapshot:
@@ -310,9 +310,21 @@ class Scheduler:
         families.extend(self.static_families())
         snapshot = Snapshot(families)
         self.collections += 1
-        self.last = snapshot
         self.ready = True
         return snapshot
+
+    def release_memory_soon(self) -> None:
+        """After a large snapshot: once its responses are written and it is garbage (a second
+        later), hand the freed heap back to the system on the encoder thread."""
+        if self._release_pending:
+            return
+        self._release_pending = True
+
+        def release() -> None:
+            self._release_pending = False
+            self.encoder.submit(release_freed_heap)
+
+        asyncio.get_running_loop().call_later(1.0, release)
 
     def close(self, timeout: float = 0.5) -> None:
         """Close all collectors in parallel, bounded by `timeout` in total."""

@@ -56,6 +56,23 @@ def _samples(family: Metric, out: list[str], openmetrics: bool, label_strings: d
         out.append(line)
 
 
+def _rows(family, out: list[str], label_strings: dict) -> None:
+    """base.CompactFamily: (labels, value) rows, written without building Samples."""
+    name = family.sample_name
+    for labels, v in family.rows:
+        cached = label_strings.get(id(labels))
+        if cached is None or cached[0] is not labels:
+            cached = label_strings[id(labels)] = (labels, _labels(labels))
+        out.append(f"{name}{cached[1]} {v if type(v) is int else _value(v)}")
+
+
+def _family_samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
+    if hasattr(family, "rows"):
+        _rows(family, out, label_strings)
+    else:
+        _samples(family, out, openmetrics, label_strings)
+
+
 def encode_text(families: Iterable[Metric]) -> bytes:
     out: list[str] = []
     label_strings: dict = {}
@@ -68,7 +85,7 @@ def encode_text(families: Iterable[Metric]) -> bytes:
         help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, 'untyped')}")
-        _samples(family, out, openmetrics=False, label_strings=label_strings)
+        _family_samples(family, out, False, label_strings)
     out.append("")
     return "\n".join(out).encode()
 
@@ -82,6 +99,6 @@ def encode_openmetrics(families: Iterable[Metric]) -> bytes:
         out.append(f"# TYPE {family.name} {family.type}")
         if family.unit:
             out.append(f"# UNIT {family.name} {family.unit}")
-        _samples(family, out, openmetrics=True, label_strings=label_strings)
+        _family_samples(family, out, True, label_strings)
     out.append("# EOF\n")
     return "\n".join(out).encode()
