@@ -55,3 +55,24 @@ def test_openmetrics_round_trips_through_the_reference_parser():
 def test_large_integers_are_exact():
     assert b"x_things_total{dev=\"eth0\"} 1.5" in encode_text(families())
     assert b"12345678901234\n" in encode_text(families())
+
+
+def test_compact_family_rows_encode_like_samples():
+    from collectors.base import CompactFamily
+    from prometheus_client.core import GaugeMetricFamily
+
+    shared = {"protocol": "TCP", "address": "10.0.0.1", "port": "80", "scheduler": "rr"}
+    compact = CompactFamily("x_backends", "Backends.", "gauge")
+    compact.add(shared, 3)
+    compact.add({"fwmark": "7", "scheduler": 'w"rr'}, 0.5)
+    counter = CompactFamily("x_packets", "Packets.", "counter")
+    counter.add(shared, 12)
+    plain = GaugeMetricFamily("x_backends", "Backends.", labels=["protocol", "address", "port", "scheduler"])
+    plain.add_metric(["TCP", "10.0.0.1", "80", "rr"], 3)
+    plain.samples.append(compact.samples[1])
+
+    assert encode_text([compact]) == encode_text([plain])
+    assert encode_openmetrics([compact]) == encode_openmetrics([plain])
+    parsed = _as_dict(parse_om(encode_openmetrics([compact, counter]).decode()))
+    assert parsed[("x_packets", "counter", "x_packets_total", tuple(sorted(shared.items())))] == 12
+    assert [s.name for s in counter.samples] == ["x_packets_total"]
