@@ -100,6 +100,35 @@ class Collector:
         """Stop background work and release resources (sockets, BPF programs, probe files)."""
 
 
+def _escape_label_value(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value
+
+
+def format_labels(labels: dict[str, str]) -> str:
+    """The exposition form of a label set: {k="v",...} with values escaped; "" when empty."""
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in labels.items()) + "}"
+
+
+class LabelSet(dict):
+    """A labels dict that keeps its exposition text. For label sets a collector reuses across
+    collections (IPVS services cached by their /proc line): formatted once, not every scrape.
+    Do not modify it after first use."""
+
+    __slots__ = ("_text",)
+
+    @property
+    def text(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            self._text = format_labels(self)
+            return self._text
+
+
 class CompactFamily(Metric):
     """A metric family for thousands of series (one per IPVS service): rows of (labels, value)
     instead of one prometheus_client Sample each. The exporter's encoder writes the rows directly,

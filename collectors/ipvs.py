@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-from .base import (Collector, CompactFamily, Option, ParseError, SourceUnavailable, read_int,
+from .base import (Collector, CompactFamily, LabelSet, Option, ParseError, SourceUnavailable, read_int,
                    read_text)
 
 log = logging.getLogger(__name__)
@@ -609,10 +609,11 @@ SERVICE_TRAFFIC = (
 )
 
 
-def _labels(protocol: str, address: str, port: int, fwmark: int, scheduler: str) -> dict[str, str]:
+def _labels(protocol: str, address: str, port: int, fwmark: int, scheduler: str) -> LabelSet:
+    # A LabelSet: cached with its service line, so formatted once per service, not per scrape.
     if fwmark:
-        return {"fwmark": str(fwmark), "scheduler": scheduler}
-    return {"protocol": protocol, "address": address, "port": str(port), "scheduler": scheduler}
+        return LabelSet(fwmark=str(fwmark), scheduler=scheduler)
+    return LabelSet(protocol=protocol, address=address, port=str(port), scheduler=scheduler)
 
 
 def service_labels(svc: Service) -> dict[str, str]:

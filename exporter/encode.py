@@ -13,14 +13,10 @@ from typing import Iterable
 
 from prometheus_client.core import Metric
 
+from collectors.base import LabelSet, format_labels
+
 _TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary",
                "unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
-
-
-def _escape_label(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
 
 
 def _value(v) -> str:
@@ -34,10 +30,16 @@ def _value(v) -> str:
     return repr(v)
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
+def _label_text(labels: dict[str, str], label_strings: dict) -> str:
+    """Formatted labels: a LabelSet knows its own; a plain dict shared by several series (one
+    service's) is formatted once per encoding, keyed by identity (the dict is kept alive in
+    the cache, so its id cannot be reused meanwhile)."""
+    if type(labels) is LabelSet:
+        return labels.text
+    cached = label_strings.get(id(labels))
+    if cached is None or cached[0] is not labels:
+        cached = label_strings[id(labels)] = (labels, format_labels(labels))
+    return cached[1]
 
 
 def _samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
@@ -46,10 +48,7 @@ def _samples(family: Metric, out: list[str], openmetrics: bool, label_strings: d
             continue  # the 0.0.4 format has no _created samples
         # Collectors share one labels dict between a series' families (IPVS: three per service):
         # format it once per encoding. The dict is kept in the value, so its id stays unique.
-        cached = label_strings.get(id(s.labels))
-        if cached is None or cached[0] is not s.labels:
-            cached = label_strings[id(s.labels)] = (s.labels, _labels(s.labels))
-        line = f"{s.name}{cached[1]} {_value(s.value)}"
+        line = f"{s.name}{_label_text(s.labels, label_strings)} {_value(s.value)}"
         if s.timestamp is not None:
             ts = float(s.timestamp)
             line += f" {ts}" if openmetrics else f" {int(ts * 1000)}"
@@ -60,10 +59,7 @@ def _rows(family, out: list[str], label_strings: dict) -> None:
     """base.CompactFamily: (labels, value) rows, written without building Samples."""
     name = family.sample_name
     for labels, v in family.rows:
-        cached = label_strings.get(id(labels))
-        if cached is None or cached[0] is not labels:
-            cached = label_strings[id(labels)] = (labels, _labels(labels))
-        out.append(f"{name}{cached[1]} {v if type(v) is int else _value(v)}")
+        out.append(f"{name}{_label_text(labels, label_strings)} {v if type(v) is int else _value(v)}")
 
 
 def _family_samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
