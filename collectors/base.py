@@ -129,6 +129,22 @@ class LabelSet(dict):
             return self._text
 
 
+class LabelSets:
+    """LabelSets("cpu", "mode")("0", "steal") -> the same LabelSet every time, so a collector's
+    stable series (per CPU, per mode) are formatted once for the process's life. Only for label
+    values from a bounded set: entries are never dropped."""
+
+    def __init__(self, *names: str):
+        self._names = names
+        self._sets: dict[tuple[str, ...], LabelSet] = {}
+
+    def __call__(self, *values: str) -> LabelSet:
+        labels = self._sets.get(values)
+        if labels is None:
+            labels = self._sets[values] = LabelSet(zip(self._names, values))
+        return labels
+
+
 class CompactFamily(Metric):
     """A metric family for thousands of series (one per IPVS service): rows of (labels, value)
     instead of one prometheus_client Sample each. The exporter's encoder writes the rows directly,
@@ -156,8 +172,9 @@ class CompactFamily(Metric):
 
 
 def read_text(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
-        return f.read()
+    # Binary read and one decode: cheaper than a text-mode file object for small proc files.
+    with open(path, "rb") as f:
+        return f.read().decode("ascii", "replace")
 
 
 def read_int(path: str) -> int:

@@ -14,7 +14,8 @@ from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .base import Collector, MonotonicCounters, ParseError, read_text, require_file
+from .base import (Collector, CompactFamily, LabelSets, MonotonicCounters, ParseError, read_text,
+                   require_file)
 
 # Column order of the per-CPU lines of /proc/stat (guest and guest_nice are already counted in
 # user and nice, so they are not exported).
@@ -49,6 +50,7 @@ class CpuCollector(Collector):
         super().__init__(ctx)
         self._user_hz = os.sysconf("SC_CLK_TCK")
         self._monotonic = MonotonicCounters()
+        self._labels = LabelSets("cpu", "mode")
 
     def probe(self) -> None:
         require_file(self.paths.proc("stat"), "cpu")
@@ -56,14 +58,13 @@ class CpuCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         path = self.paths.proc("stat")
         cpus = parse_proc_stat(read_text(path), path)
-        seconds = CounterMetricFamily(
-            "netstack_cpu_seconds_total",
+        seconds = CompactFamily(
+            "netstack_cpu_seconds",
             "Seconds each CPU spent in each mode (USER_HZ ticks / USER_HZ). "
-            "rate() of mode=\"steal\" is the fraction of time the hypervisor took.",
-            labels=["cpu", "mode"])
+            "rate() of mode=\"steal\" is the fraction of time the hypervisor took.", "counter")
         for cpu, modes in cpus:
             for mode, ticks in modes.items():
-                seconds.add_metric([cpu, mode], self._monotonic((cpu, mode), ticks) / self._user_hz)
+                seconds.add(self._labels(cpu, mode), self._monotonic((cpu, mode), ticks) / self._user_hz)
         regressions = CounterMetricFamily(
             "netstack_cpu_backwards_jumps_total",
             "Times a /proc/stat CPU counter went backwards (a hypervisor or kernel bug) and the "

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .base import (Collector, Option, ParseError, WrappingCounters, read_int, read_text,
-                   require_file)
+from .base import (Collector, CompactFamily, LabelSets, Option, ParseError, WrappingCounters,
+                   read_int, read_text, require_file)
 
 NETWORK_VECTORS = ("NET_RX", "NET_TX")
 
@@ -115,6 +115,8 @@ class SoftirqCollector(Collector):
     def __init__(self, ctx):
         super().__init__(ctx)
         self._wrap = WrappingCounters(32)
+        self._cpu_vector = LabelSets("cpu", "vector")
+        self._cpu = LabelSets("cpu")
 
     def probe(self) -> None:
         require_file(self.paths.proc("softirqs"), "softirq")
@@ -128,32 +130,31 @@ class SoftirqCollector(Collector):
     def _softirqs(self) -> Iterable[Metric]:
         path = self.paths.proc("softirqs")
         cpus, vectors = parse_softirqs(read_text(path), path)
-        family = CounterMetricFamily(
-            "netstack_softirqs_total", "Softirqs raised per CPU and vector (/proc/softirqs).",
-            labels=["cpu", "vector"])
+        family = CompactFamily(
+            "netstack_softirqs", "Softirqs raised per CPU and vector (/proc/softirqs).", "counter")
         wanted = vectors if self.option("all-vectors") else NETWORK_VECTORS
         for vector in wanted:
             for cpu, count in zip(cpus, vectors.get(vector, ())):
-                family.add_metric([cpu, vector], self._wrap(("softirq", cpu, vector), count))
+                family.add(self._cpu_vector(cpu, vector), self._wrap(("softirq", cpu, vector), count))
         yield family
 
     def _softnet(self) -> Iterable[Metric]:
         path = self.paths.proc("net", "softnet_stat")
         rows = parse_softnet_stat(read_text(path), path)
         for field, name, help_text in SOFTNET_COUNTERS:
-            family = CounterMetricFamily(name, help_text, labels=["cpu"])
+            family = CompactFamily(name.removesuffix("_total"), help_text, "counter")
             for row in rows:
                 value = getattr(row, field)
                 if value is not None:
-                    family.add_metric([row.cpu], self._wrap((field, row.cpu), value))
-            if family.samples:
+                    family.add(self._cpu(row.cpu), self._wrap((field, row.cpu), value))
+            if family.rows:
                 yield family
-        backlog = GaugeMetricFamily("netstack_softnet_backlog_packets",
-                                    "Packets waiting in this CPU's input and process queues.", labels=["cpu"])
+        backlog = CompactFamily("netstack_softnet_backlog_packets",
+                                "Packets waiting in this CPU's input and process queues.", "gauge")
         for row in rows:
             if row.backlog is not None:
-                backlog.add_metric([row.cpu], row.backlog)
-        if backlog.samples:
+                backlog.add(self._cpu(row.cpu), row.backlog)
+        if backlog.rows:
             yield backlog
 
     def _budget(self) -> Iterable[Metric]:

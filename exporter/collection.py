@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
-from collectors.base import Collector, NotReady, SourceUnavailable, release_freed_heap
+from collectors.base import (Collector, CompactFamily, LabelSets, NotReady, SourceUnavailable,
+                             release_freed_heap)
 
 from .encode import encode_openmetrics, encode_text
 from .logs import event
@@ -205,7 +206,7 @@ class Snapshot:
     def __init__(self, families: list[Metric]):
         self.families = families
         self.samples = sum(len(getattr(f, "rows", None) or f.samples) for f in families)
-        self._encoded: dict[tuple[str, bool], asyncio.Future] = {}
+        self._encoded: dict[tuple[str, bool], bytes | asyncio.Future] = {}
 
     def encode(self, fmt: str, compress: bool) -> bytes:
         body = encode_openmetrics(self.families) if fmt == OPENMETRICS else encode_text(self.families)
@@ -213,15 +214,15 @@ class Snapshot:
 
     async def encoded(self, fmt: str, compress: bool, worker: Worker) -> bytes:
         key = (fmt, compress)
-        future = self._encoded.get(key)
-        if future is None:
+        body = self._encoded.get(key)
+        if body is None:
             if self.samples < INLINE_ENCODE_SAMPLES:
-                future = asyncio.get_running_loop().create_future()
-                future.set_result(self.encode(fmt, compress))
+                body = self._encoded[key] = self.encode(fmt, compress)
             else:
-                future = asyncio.wrap_future(worker.submit(lambda: self.encode(fmt, compress)))
-            self._encoded[key] = future
-        return await asyncio.shield(future)
+                body = self._encoded[key] = asyncio.wrap_future(worker.submit(lambda: self.encode(fmt, compress)))
+        if isinstance(body, bytes):
+            return body
+        return await asyncio.shield(body)
 
 
 async def _all_done(futures: list[concurrent.futures.Future], timeout: float) -> None:
@@ -269,6 +270,8 @@ class Scheduler:
         self.collections = 0
         self.ready = False
         self._release_pending = False
+        self._collector_labels = LabelSets("collector")
+        self._collector_labels = LabelSets("collector")
         self._inflight: asyncio.Task | None = None
 
     async def snapshot(self, timeout: float | None = None) -> Snapshot:
@@ -292,20 +295,21 @@ class Scheduler:
         await _all_done([f for _, f in calls if f is not None], remaining)
         elapsed = time.perf_counter() - start
         outcomes = [r.finish(f, remaining, elapsed) for r, f in calls]
-        success = GaugeMetricFamily("netstack_scrape_collector_success",
-                                    "1 if the collector's last collection succeeded, 0 if it failed or its "
-                                    "source is unavailable.", labels=["collector"])
-        duration = GaugeMetricFamily("netstack_scrape_collector_duration_seconds",
-                                     "Time the collector's last collection took.", labels=["collector"])
-        available = GaugeMetricFamily("netstack_collector_available",
-                                      "1 if the collector's source exists on this host (see / for the "
-                                      "reason when 0).", labels=["collector"])
+        success = CompactFamily("netstack_scrape_collector_success",
+                                "1 if the collector's last collection succeeded, 0 if it failed or its "
+                                "source is unavailable.", "gauge")
+        duration = CompactFamily("netstack_scrape_collector_duration_seconds",
+                                 "Time the collector's last collection took.", "gauge")
+        available = CompactFamily("netstack_collector_available",
+                                  "1 if the collector's source exists on this host (see / for the "
+                                  "reason when 0).", "gauge")
         families: list[Metric] = []
         for runner, outcome in zip(self.runners, outcomes):
             families.extend(outcome.families)
-            success.add_metric([runner.name], 1.0 if outcome.success else 0.0)
-            duration.add_metric([runner.name], outcome.duration)
-            available.add_metric([runner.name], 1.0 if runner.available else 0.0)
+            labels = self._collector_labels(runner.name)
+            success.add(labels, 1 if outcome.success else 0)
+            duration.add(labels, outcome.duration)
+            available.add(labels, 1 if runner.available else 0)
         families.extend((success, duration, available))
         families.extend(self.static_families())
         snapshot = Snapshot(families)

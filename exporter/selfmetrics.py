@@ -1,32 +1,70 @@
-"""The exporter's own metrics: build info and the process metrics of this process.
+"""The exporter's own metrics: build info and the usual process_* metrics of this process.
 
-The process collector always reads /proc/self of the exporter, never --path.procfs: in the
-DaemonSet the host's /proc is mounted elsewhere and its 'self' is not us.
+They are read from this process's own /proc/self, never from --path.procfs: in the DaemonSet the
+host's /proc is mounted elsewhere and its 'self' is not us. The process metrics are our own
+lean version of prometheus_client's ProcessCollector (same names and meanings): one read of
+/proc/self/stat per collection, the descriptor limit from getrlimit rather than /proc/self/limits.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import resource
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import __version__
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = resource.getpagesize()
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _stat_fields() -> list[bytes]:
+    """Fields of /proc/self/stat after the command name (which may contain spaces)."""
+    with open("/proc/self/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()
 
 
 class SelfMetrics:
     def __init__(self) -> None:
-        self._runtime = CollectorRegistry()  # private: process_* and python_gc_*, read per collection
-        ProcessCollector(registry=self._runtime, proc="/proc")
-        GCCollector(registry=self._runtime)
-        platform_info = CollectorRegistry()
-        PlatformCollector(registry=platform_info)
-        self._static = list(platform_info.collect())  # python_info never changes
-        self._build = GaugeMetricFamily(
+        build = GaugeMetricFamily(
             "netstack_build_info", "Version of netstack-exporter and of the Python running it; value 1.",
             labels=["version", "python_version", "python_implementation"])
-        self._build.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
+        build.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
+        platform_info = CollectorRegistry()
+        PlatformCollector(registry=platform_info)
+        self._static = [build, *platform_info.collect()]  # never change
+        self._gc = CollectorRegistry()
+        GCCollector(registry=self._gc)
+        fields = _stat_fields()
+        self._start_time = _boot_time() + int(fields[19]) / _TICKS
 
     def families(self) -> list[Metric]:
-        # /proc/self reads never block, so they run inline.
-        return [self._build, *self._static, *self._runtime.collect()]
+        fields = _stat_fields()
+        cpu = CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+                                  value=(int(fields[11]) + int(fields[12])) / _TICKS)
+        return [
+            *self._static,
+            cpu,
+            GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                              value=int(fields[20])),
+            GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
+                              value=int(fields[21]) * _PAGE),
+            GaugeMetricFamily("process_start_time_seconds",
+                              "Start time of the process since unix epoch in seconds.", value=self._start_time),
+            GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                              value=len(os.listdir("/proc/self/fd"))),
+            GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
+                              value=resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+            *self._gc.collect(),
+        ]
