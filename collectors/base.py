@@ -5,6 +5,7 @@ A collector is a plain object. The exporter calls, in this order:
     probe()    in a worker thread; raises SourceUnavailable(reason) when the source is not there
     start()    once, after the first successful probe (periodic collectors start their loop here)
     collect()  in a worker thread, once per collection; yields prometheus_client metric families
+    unavailable_families()  instead of collect() while unavailable; usually nothing
     close()    once, on shutdown
 
 collect() may raise anything: the exporter marks the collector failed for that collection, logs
@@ -95,6 +96,11 @@ class Collector:
 
     def collect(self) -> Iterable[Metric]:
         raise NotImplementedError
+
+    def unavailable_families(self) -> Iterable[Metric]:
+        """What to report while the source is unavailable (say, which kernel module is missing).
+        Called on the worker instead of collect(); the collector still counts as unavailable."""
+        return ()
 
     def close(self) -> None:
         """Stop background work and release resources (sockets, BPF programs, probe files)."""

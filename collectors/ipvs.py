@@ -590,6 +590,10 @@ class IpvsCollector(Collector):
         return build_metrics(self.read_table(), bool(self._opt("backends", False)),
                              int(self._opt("max-series", DEFAULT_MAX_SERIES)))
 
+    def unavailable_families(self) -> Iterable[Metric]:
+        # Without IPVS, which of its modules are missing is exactly what an IPVS-mode node needs.
+        return prerequisite_families(self.modules_loaded(), self.read_sysctls())
+
 
 # --- metric families ----------------------------------------------------------------------------
 
@@ -676,16 +680,21 @@ def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]
     if emit_backends:
         out += _backend_families(listed)
 
-    loaded = _gauge("netstack_kernel_module_loaded",
-                    "1 when the kernel module is loaded or built in (visible in /proc/modules "
-                    "or /sys/module).")
-    for module, present in table.loaded.items():
-        loaded.samples.append(Sample(loaded.name, {"module": module}, 1.0 if present else 0.0))
-    out.append(loaded)
+    out += prerequisite_families(table.loaded, table.sysctls)
+    return out
 
-    if table.sysctls:
+
+def prerequisite_families(loaded: dict[str, bool], sysctls: dict[str, int]) -> list[Metric]:
+    """The kernel modules and sysctls IPVS mode needs; reported with or without an IPVS table."""
+    modules = _gauge("netstack_kernel_module_loaded",
+                     "1 when the kernel module is loaded or built in (visible in /proc/modules "
+                     "or /sys/module).")
+    for module, present in loaded.items():
+        modules.samples.append(Sample(modules.name, {"module": module}, 1.0 if present else 0.0))
+    out: list[Metric] = [modules]
+    if sysctls:
         sysctl = _gauge("netstack_ipvs_sysctl", "IPVS-related sysctls kube-proxy relies on.")
-        for name, value in table.sysctls.items():
+        for name, value in sysctls.items():
             sysctl.samples.append(Sample(sysctl.name, {"sysctl": name}, value))
         out.append(sysctl)
     return out

@@ -134,10 +134,15 @@ class CollectorRunner:
         return not self.available and not self._busy and time.monotonic() - self._probed_at >= REPROBE_INTERVAL
 
     def begin(self) -> concurrent.futures.Future | None:
-        """Start a collection on the worker, or None when unavailable or still stuck in the last one."""
-        if not self.available or self._busy:
+        """Start a collection on the worker, or None when still stuck in the last one or
+        unavailable with nothing to say about it."""
+        if self._busy:
             return None
-        return self._submit(self._collect_sync)
+        if self.available:
+            return self._submit(self._collect_sync)
+        if type(self.collector).unavailable_families is Collector.unavailable_families:
+            return None
+        return self._submit(lambda: list(self.collector.unavailable_families()))
 
     def finish(self, future: concurrent.futures.Future | None, timeout: float, elapsed: float) -> Outcome:
         """The outcome of begin()'s future after the collection's wait ended."""
@@ -147,6 +152,12 @@ class CollectorRunner:
             return self._failed("previous collection still running", elapsed)
         if not future.done():
             return self._failed(f"timed out after {timeout:g}s", elapsed)
+        if not self.available:  # unavailable_families(): reported, still a failed collection
+            try:
+                return Outcome(future.result(), False, elapsed)
+            except Exception as e:
+                log.debug("unavailable_families failed", exc_info=e)
+                return Outcome([], False, elapsed)
         try:
             families, duration = future.result()
         except SourceUnavailable as e:

@@ -118,10 +118,15 @@ def test_exporter_keeps_serving_when_the_table_is_malformed(tmp_path):
 def test_exporter_reports_ipvs_unavailable(tmp_path):
     if HOST_HAS_IPVS:
         pytest.skip("this host has IPVS")
+    (tmp_path / "modules").write_text("nf_conntrack 196608 1 nf_nat, Live 0x0000000000000000\n")
+    (tmp_path / "sys").mkdir()
     with Exporter("--collector.disable-defaults", "--collector.ipvs",
-                  f"--path.procfs={tmp_path}") as exporter:
+                  f"--path.procfs={tmp_path}", f"--path.sysfs={tmp_path / 'sys'}") as exporter:
         m = exporter.scrape()
         log = exporter.log()
     assert value(m, "netstack_collector_available", collector="ipvs") == 0
     assert value(m, "netstack_scrape_collector_success", collector="ipvs") == 0
     assert "IPVS not available" in log and "Traceback" not in log
+    # Still said while unavailable: which prerequisite is missing.
+    assert value(m, "netstack_kernel_module_loaded", module="ip_vs") == 0
+    assert value(m, "netstack_kernel_module_loaded", module="nf_conntrack") == 1
