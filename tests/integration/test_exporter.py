@@ -167,6 +167,26 @@ def test_stuck_source_cannot_delay_the_scrape_past_the_timeout(procfs):
         assert time.monotonic() - start < 1.5
 
 
+def test_a_stalled_client_does_not_block_other_scrapes(procfs):
+    import socket
+    with exporter(procfs) as exp:
+        stalled = []
+        for _ in range(5):  # half-sent requests that never finish, and one that never reads
+            s = socket.create_connection(("127.0.0.1", exp.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            stalled.append(s)
+        reader = socket.create_connection(("127.0.0.1", exp.port))
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        for _ in range(50):
+            reader.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.monotonic()
+        for _ in range(5):
+            assert value(exp.scrape(), "netstack_scrape_collector_success", collector="cpu") == 1
+        assert time.monotonic() - start < 2
+        for s in stalled + [reader]:
+            s.close()
+
+
 def test_not_ready_until_the_first_collection_completes(procfs):
     os.unlink(procfs / "stat")
     os.mkfifo(procfs / "stat")  # the first collection hangs on it until the 2 s timeout

@@ -20,3 +20,33 @@ def test_gzip_detection():
     assert wants_gzip("deflate, gzip;q=0.5")
     assert not wants_gzip("deflate")
     assert not wants_gzip("")
+
+
+def test_a_snapshot_is_encoded_once_per_format():
+    import asyncio
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from exporter.collection import Snapshot, Worker
+
+    calls = []
+
+    class Counting(Snapshot):
+        def encode(self, fmt, compress):
+            calls.append((fmt, compress))
+            return super().encode(fmt, compress)
+
+    async def scrape_many():
+        snapshot = Counting([GaugeMetricFamily("x", "X.", value=1)])
+        worker = Worker("test")
+        try:
+            bodies = await asyncio.gather(*(snapshot.encoded(fmt, gz, worker)
+                                            for fmt in (TEXT, OPENMETRICS) for gz in (False, True)
+                                            for _ in range(5)))
+        finally:
+            worker.stop()
+        return bodies
+
+    bodies = asyncio.run(scrape_many())
+    assert sorted(calls) == sorted({(f, g) for f in (TEXT, OPENMETRICS) for g in (False, True)})
+    assert len(set(bodies)) == 4
