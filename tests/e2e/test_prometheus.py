@@ -61,9 +61,10 @@ def wait_for(base: str, promql: str, want: int, timeout: float = 40) -> list:
     return result
 
 
-def test_prometheus_scrapes_steal_per_cpu(prometheus):
+def test_prometheus_scrapes_steal_per_cpu(prometheus, tmp_path):
     cpus = online_cpus()
-    with Exporter() as exp:  # every default collector, this machine's real /proc
+    # every default collector on this machine's real /proc; the fsync probe in a temp directory
+    with Exporter(f"--collector.fsync.directory={tmp_path / 'fsync'}") as exp:
         base = prometheus(f"127.0.0.1:{exp.port}")
         steal = wait_for(base, 'netstack_cpu_seconds_total{mode="steal"}', cpus)
         assert len(steal) == cpus, steal
