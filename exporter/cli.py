@@ -140,6 +140,9 @@ OPTION_PARSERS = {
 }
 
 
+OPTION_METAVARS = {"int": "N", "float": "NUMBER", "duration": "DURATION", "regex": "REGEX"}
+
+
 def env_name(flag: str) -> str:
     return "NETSTACK_" + re.sub(r"[.\-]", "_", flag.lstrip("-")).upper()
 
@@ -226,7 +229,7 @@ def build_parser(collector_classes: Sequence[type]) -> tuple[argparse.ArgumentPa
              None, parse_bool, kind="bool")
         for opt in cls.options:
             _add(group, settings, f"--collector.{cls.name}.{opt.name}", opt.help, opt.default,
-                 OPTION_PARSERS[opt.kind], kind=opt.kind)
+                 OPTION_PARSERS[opt.kind], kind=opt.kind, metavar=OPTION_METAVARS.get(opt.kind))
     return parser, settings
 
 
