@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .base import (Collector, Option, ParseError, SourceUnavailable, WrappingCounters, log_event,
                    read_int, read_text)
+from .netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, attributes, error_code
 
 log = logging.getLogger("netstack.conntrack")
 
@@ -136,27 +137,14 @@ def count_from_netlink(messages: Iterable) -> tuple[int | None, int | None]:
 # --- by-state: a ctnetlink table dump, parsed without building per-entry objects --------------
 
 NETLINK_NETFILTER = 12
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET
 CTA_TUPLE_ORIG, CTA_PROTOINFO = 1, 4
 CTA_TUPLE_PROTO, CTA_PROTO_NUM = 2, 1
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
-NLA_TYPE_MASK = 0x3FFF
-
-
-def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, payload start, payload end) of the netlink attributes in buf[start:end]."""
-    while start + 4 <= end:
-        length, kind = struct.unpack_from("=HH", buf, start)
-        if length < 4:
-            return
-        yield kind & NLA_TYPE_MASK, start + 4, start + length
-        start += (length + 3) & ~3
 
 
 def _find(buf: bytes, start: int, end: int, kind: int) -> tuple[int, int] | None:
-    for k, s, e in _attrs(buf, start, end):
+    for k, s, e in attributes(buf, start, end):
         if k == kind:
             return s, e
     return None
@@ -187,16 +175,18 @@ def count_dump(chunks: Iterable[bytes], counts: Counter) -> bool:
     """Add the entries of ctnetlink dump datagrams to counts; True once NLMSG_DONE was seen."""
     for buf in chunks:
         offset = 0
-        while offset + 16 <= len(buf):
-            length, kind = struct.unpack_from("=IH", buf, offset)
-            if length < 16:
+        while offset + NLMSGHDR.size <= len(buf):
+            length, kind = NLMSGHDR.unpack_from(buf, offset)[:2]
+            if length < NLMSGHDR.size:
                 raise ParseError(f"ctnetlink dump: bad message length {length}")
+            if offset + length > len(buf):
+                break  # a message cut short is not counted
             if kind == NLMSG_DONE:
                 return True
             if kind == NLMSG_ERROR:
-                code = struct.unpack_from("=i", buf, offset + 16)[0]
+                code = error_code(buf, offset)
                 if code:
-                    raise OSError(-code, f"ctnetlink dump: {os.strerror(-code)}")
+                    raise OSError(code, f"ctnetlink dump: {os.strerror(code)}")
             else:
                 counts[entry_state(buf, offset + 20, offset + length)] += 1
             offset += (length + 3) & ~3

@@ -32,6 +32,8 @@ from prometheus_client.samples import Sample
 
 from .base import (Collector, CompactFamily, LabelSet, Option, ParseError, SourceUnavailable, read_int,
                    read_text)
+from .netlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, attribute,
+                      attributes, error_code, messages)
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +192,6 @@ def parse_ip_vs_stats(text: str, path: str = "/proc/net/ip_vs_stats") -> tuple[i
 # --- IPVS generic netlink ---------------------------------------------------------------------
 
 NETLINK_GENERIC = 16
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 0x10, 3
 CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
 IPVS_GENL_VERSION = 1
@@ -207,14 +207,10 @@ DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 
 # enum IPVS_STATS_ATTR_*: CONNS=1 .. OUTBYTES=5, in the order Service.stats keeps them
 STATS_COUNTERS = (1, 2, 3, 4, 5)
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
 _BE16 = struct.Struct(">H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
-_I32 = struct.Struct("=i")
-NLA_TYPE_MASK = 0x3FFF  # strip NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 
 class NetlinkUnavailable(Exception):
@@ -223,19 +219,7 @@ class NetlinkUnavailable(Exception):
 
 def _attrs(buf: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
     """{attribute type: (payload start, payload end)} for the attributes in buf[off:end]."""
-    out = {}
-    unpack = _NLA.unpack_from
-    while off + 4 <= end:
-        length, kind = unpack(buf, off)
-        if length < 4 or off + length > end:
-            raise ParseError(f"netlink: malformed attribute at offset {off}")
-        out[kind & NLA_TYPE_MASK] = (off + 4, off + length)
-        off += (length + 3) & ~3
-    return out
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    return _NLA.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+    return {kind: (start, stop) for kind, start, stop in attributes(buf, off, end)}
 
 
 def _stats(buf: bytes, span: tuple[int, int]) -> tuple[int, ...]:
@@ -262,20 +246,15 @@ def genl_messages(chunks: Iterable[bytes], family_id: int) -> Iterator[tuple[byt
 
     Stops at NLMSG_DONE; an NLMSG_ERROR with a non-zero code raises OSError(code)."""
     for buf in chunks:
-        off, size = 0, len(buf)
-        while off + 16 <= size:
-            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-            if length < 16 or off + length > size:
-                raise ParseError(f"netlink: truncated message at offset {off}")
+        for kind, _flags, _seq, start, end in messages(buf):
             if kind == NLMSG_DONE:
                 return
             if kind == NLMSG_ERROR:
-                code = -_I32.unpack_from(buf, off + 16)[0]
+                code = error_code(buf, start)
                 if code:
                     raise OSError(code, os.strerror(code))
             elif kind == family_id:
-                yield buf, off + 20, off + length  # 16 nlmsghdr + 4 genlmsghdr
-            off += (length + 3) & ~3
+                yield buf, start + 20, end  # 16 nlmsghdr + 4 genlmsghdr
 
 
 def decode_services(chunks: Iterable[bytes], family_id: int) -> list[Service]:
@@ -350,7 +329,7 @@ class GenlSocket:
             self.seq += 1
             seq = self.seq
             body = struct.pack("=BBH", cmd, version, 0) + attrs
-            self.sock.send(_NLMSGHDR.pack(16 + len(body), kind, flags, seq, 0) + body)
+            self.sock.send(NLMSGHDR.pack(16 + len(body), kind, flags, seq, 0) + body)
             chunks = []
             while True:
                 buf = self.sock.recv(65536)
@@ -368,7 +347,7 @@ class GenlSocket:
         """The numeric id of a generic netlink family; NetlinkUnavailable when not registered."""
         try:
             chunks = self.request(GENL_ID_CTRL, NLM_F_REQUEST, CTRL_CMD_GETFAMILY, 1,
-                                  _nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"))
+                                  attribute(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"))
             for buf, off, end in genl_messages(chunks, GENL_ID_CTRL):
                 a = _attrs(buf, off, end)
                 if CTRL_ATTR_FAMILY_ID in a:
@@ -385,13 +364,9 @@ class GenlSocket:
 
 def _last_message(buf: bytes) -> tuple[int, int] | None:
     """(type, sequence number) of the last netlink message in buf."""
-    off, last = 0, None
-    while off + 16 <= len(buf):
-        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-        if length < 16:
-            break
+    last = None
+    for kind, _flags, seq, _start, _end in messages(buf):
         last = (kind, seq)
-        off += (length + 3) & ~3
     return last
 
 
@@ -430,7 +405,7 @@ class IpvsNetlink:
         with _needs_privilege():
             for svc in services:
                 chunks = self.genl.request(self.family, NLM_F_REQUEST | NLM_F_DUMP, IPVS_CMD_GET_DEST,
-                                           IPVS_GENL_VERSION, _nla(IPVS_CMD_ATTR_SERVICE, svc.key))
+                                           IPVS_GENL_VERSION, attribute(IPVS_CMD_ATTR_SERVICE, svc.key))
                 decode_dests(chunks, self.family, svc, want_dests)
         return services
 

@@ -22,11 +22,12 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
+from .netlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR,
+                      NetlinkFormatError, attribute, attributes, error_code, messages)
+
 NETLINK_ROUTE = 0
 
-# Message types (linux/rtnetlink.h, linux/netlink.h).
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
+# Message types (linux/rtnetlink.h).
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
@@ -39,9 +40,7 @@ RTM_GETROUTE = 26
 RTM_NEWSTATS = 92
 RTM_GETSTATS = 94
 
-NLM_F_REQUEST = 0x1
 NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP = 0x300
 
 # Multicast groups, as bind() bitmask (RTMGRP_*).
 RTMGRP_LINK = 0x1
@@ -63,15 +62,11 @@ IFA_LOCAL = 2
 RTA_DST = 1
 RTA_OIF = 4
 
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-NLMSGERR = struct.Struct("=i")  # negative errno, followed by the offending header
-RTATTR = struct.Struct("=HH")  # len, type
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFSTATSMSG = struct.Struct("=BxHII")  # family, pad, ifindex, filter_mask
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 U32 = struct.Struct("=I")
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 # struct rtnl_link_stats64, in kernel order. Kernels append fields over time (rx_nohandler in 4.6,
 # rx_otherhost_dropped in 5.19); parse_stats64 reads as many as the kernel sent.
@@ -86,10 +81,6 @@ STATS64_FIELDS = (
 )
 
 
-class NetlinkFormatError(ValueError):
-    """The kernel's reply did not have the layout this module expects."""
-
-
 class DumpInterrupted(Exception):
     """The kernel flagged the dump NLM_F_DUMP_INTR: links changed while it was running."""
 
@@ -99,31 +90,14 @@ class DumpInterrupted(Exception):
 
 def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     """(type, flags, seq, whole message including its header) for each netlink message."""
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, mtype, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size or offset + length > len(data):
-            raise NetlinkFormatError(f"netlink message length {length} at offset {offset} "
-                                     f"does not fit in {len(data)} bytes")
-        yield mtype, flags, seq, data[offset:offset + length]
-        offset += (length + 3) & ~3
+    for mtype, flags, seq, start, end in messages(data):
+        yield mtype, flags, seq, data[start:end]
 
 
 def iter_attrs(buf: bytes, offset: int = 0) -> Iterator[tuple[int, bytes]]:
     """(type, payload) of each rtattr in buf[offset:]."""
-    while offset + RTATTR.size <= len(buf):
-        length, atype = RTATTR.unpack_from(buf, offset)
-        if length < RTATTR.size or offset + length > len(buf):
-            raise NetlinkFormatError(f"attribute length {length} at offset {offset} "
-                                     f"does not fit in {len(buf)} bytes")
-        yield atype & NLA_TYPE_MASK, buf[offset + RTATTR.size:offset + length]
-        offset += (length + 3) & ~3
-
-
-def attr(atype: int, payload: bytes) -> bytes:
-    """One rtattr, padded to 4 bytes."""
-    length = RTATTR.size + len(payload)
-    return RTATTR.pack(length, atype) + payload + b"\0" * (-length % 4)
+    for atype, start, end in attributes(buf, offset):
+        yield atype, buf[start:end]
 
 
 def cstring(payload: bytes) -> str:
@@ -186,11 +160,6 @@ def parse_addr(message: bytes) -> tuple[int, set[bytes]]:
     return index, found
 
 
-def error_code(message: bytes) -> int:
-    """errno carried by an NLMSG_ERROR message (0 is an ACK)."""
-    return -NLMSGERR.unpack_from(message, NLMSGHDR.size)[0]
-
-
 # --- sockets ----------------------------------------------------------------------------------
 
 
@@ -245,7 +214,7 @@ class RtnlSocket:
                     if mflags & NLM_F_DUMP_INTR:
                         interrupted = True
                     if mtype == NLMSG_ERROR:
-                        code = error_code(message)
+                        code = error_code(message, 0)
                         if code:
                             raise OSError(code, os.strerror(code))
                         return replies
@@ -259,7 +228,7 @@ class RtnlSocket:
             raise OSError(errno.EMSGSIZE, "netlink reply did not end")
 
     def dump_links(self) -> list[LinkSummary]:
-        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + attr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
+        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
         for _attempt in range(3):
             try:
                 return [parse_link(m) for m in self.request(RTM_GETLINK, NLM_F_DUMP, body)]
@@ -285,7 +254,7 @@ class RtnlSocket:
         """Output interface of the route the kernel would use to reach address; None if none."""
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        body = RTMSG.pack(family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + attr(RTA_DST, ip.packed)
+        body = RTMSG.pack(family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + attribute(RTA_DST, ip.packed)
         try:
             replies = self.request(RTM_GETROUTE, 0, body)
         except OSError as e:

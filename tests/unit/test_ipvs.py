@@ -17,7 +17,7 @@ from pyroute2.netlink import ctrlmsg, nlmsgerr
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 from pyroute2.netlink.marshal import Marshal
 
-from collectors import ipvs
+from collectors import ipvs, netlink
 from collectors.base import Context, ParseError, Paths, SourceUnavailable
 from tests.helpers import FIXTURES, parse_metrics, samples, value
 
@@ -424,7 +424,7 @@ def test_service_key_is_what_pyroute2_decodes_as_the_identity():
     marshal = Marshal()
     marshal.msg_map[FAMILY] = kernel_ipvsmsg
     for svc in services:
-        attrs = ipvs._nla(ipvs.IPVS_CMD_ATTR_SERVICE, svc.key)
+        attrs = netlink.attribute(ipvs.IPVS_CMD_ATTR_SERVICE, svc.key)
         body = struct.pack("=BBH", 8, 1, 0) + attrs
         (req,) = marshal.parse(struct.pack("=IHHII", 16 + len(body), FAMILY, 0x301, 1, 0) + body)
         key = dict(req.get_attr("IPVS_CMD_ATTR_SERVICE")["attrs"])

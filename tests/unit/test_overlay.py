@@ -10,6 +10,7 @@ import pytest
 
 from collectors.base import Context, ParseError, Paths
 from collectors import overlay
+from collectors import netlink
 from collectors import overlay_rtnl as rtnl
 from collectors.overlay import (TunnelConfig, build_topology, encapsulation_overhead,
                                 host_counter_families, mtu_mismatch, needs_refresh, parse_snmp,
@@ -216,7 +217,7 @@ def test_parse_stats64_accepts_shorter_struct_of_older_kernels():
     msg = bytearray(FX.joinpath("netlink", "stats-vx2.bin").read_bytes())
     # cut the attribute to the 23 fields of kernels before 4.6 (no rx_nohandler, no otherhost)
     attr_at = rtnl.NLMSGHDR.size + rtnl.IFSTATSMSG.size
-    rtnl.RTATTR.pack_into(msg, attr_at, 4 + 23 * 8, rtnl.IFLA_STATS_LINK_64)
+    netlink.NLA.pack_into(msg, attr_at, 4 + 23 * 8, rtnl.IFLA_STATS_LINK_64)
     short = msg[:attr_at + 4 + 23 * 8]
     rtnl.NLMSGHDR.pack_into(short, 0, len(short), rtnl.RTM_NEWSTATS, 0, 0, 0)
     stats = rtnl.parse_stats64(bytes(short))
@@ -328,12 +329,12 @@ def test_options_are_declared_for_the_cli():
 def synthesized_link(kind: str, index: int, data: list[tuple[int, bytes]]) -> rtnl.LinkSummary:
     """An RTM_NEWLINK laid out as in linux/if_link.h and if_tunnel.h. Only for kinds whose module
     this test kernel lacks (ip_gre, ip6_gre): vxlan and veth fixtures above are captured."""
-    info = rtnl.attr(rtnl.IFLA_INFO_KIND, kind.encode() + b"\0")
-    info += rtnl.attr(overlay.IFLA_INFO_DATA | 0x8000, b"".join(rtnl.attr(t, p) for t, p in data))
+    info = netlink.attribute(rtnl.IFLA_INFO_KIND, kind.encode() + b"\0")
+    info += netlink.attribute(overlay.IFLA_INFO_DATA | 0x8000, b"".join(netlink.attribute(t, p) for t, p in data))
     body = rtnl.IFINFOMSG.pack(0, 778, index, 0, 0)
-    body += rtnl.attr(rtnl.IFLA_IFNAME, f"{kind}1".encode() + b"\0")
-    body += rtnl.attr(rtnl.IFLA_MTU, struct.pack("=I", 1400))
-    body += rtnl.attr(rtnl.IFLA_LINKINFO | 0x8000, info)
+    body += netlink.attribute(rtnl.IFLA_IFNAME, f"{kind}1".encode() + b"\0")
+    body += netlink.attribute(rtnl.IFLA_MTU, struct.pack("=I", 1400))
+    body += netlink.attribute(rtnl.IFLA_LINKINFO | 0x8000, info)
     header = rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + len(body), rtnl.RTM_NEWLINK, 0, 0, 0)
     return rtnl.parse_link(header + body)
 
