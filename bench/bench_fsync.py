@@ -24,7 +24,6 @@ import math
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import stop_process  # noqa: E402
+from tests.helpers import free_port, stop_process  # noqa: E402
 from collectors.fsync import PROBE_FILE, Histogram, find_mount, parse_mountinfo, run_probe  # noqa: E402
 
 WRITES, BLOCK = 456, 2300
@@ -121,12 +120,6 @@ def probe_cost(directory: str, n: int = 20) -> dict[str, float]:
 
 
 # --- etcd ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import stop_process  # noqa: E402
+from tests.helpers import free_port, stop_process  # noqa: E402
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
@@ -53,12 +53,6 @@ def ip_vs_stats_text() -> str:
             "%8X %8X %8X %16X %16X\n\n" % (123456, 9876543, 8765432, 123456789012, 98765432101) +
             " Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s\n"
             "%8X %8X %8X %16X %16X\n" % (1, 2, 3, 4, 5))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:

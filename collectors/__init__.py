@@ -20,13 +20,4 @@ MODULES = (
 
 
 def available_collectors() -> list[type[Collector]]:
-    classes = []
-    for module in MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{module}":
-                continue  # not written yet
-            raise
-        classes.append(mod.COLLECTOR)
-    return classes
+    return [importlib.import_module(f"{__name__}.{module}").COLLECTOR for module in MODULES]

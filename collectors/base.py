@@ -71,9 +71,6 @@ class Context:
     paths: Paths = field(default_factory=Paths)
     options: dict[str, Any] = field(default_factory=dict)
 
-    def option(self, name: str) -> Any:
-        return self.options[name]
-
 
 class Collector:
     name: ClassVar[str]

@@ -15,8 +15,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from collectors.base import Option
-
 from . import __version__
 
 DEFAULT_PORT = 9977
@@ -286,6 +284,3 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str], collector_class
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-__all__ = ["Config", "ConfigError", "Option", "load_config", "parse_config", "parse_duration", "env_name"]

@@ -22,10 +22,9 @@ from typing import Callable
 from prometheus_client.core import Metric
 
 from collectors.base import (Collector, CompactFamily, LabelSets, NotReady, SourceUnavailable,
-                             release_freed_heap)
+                             log_event, release_freed_heap)
 
 from .encode import encode_openmetrics, encode_text
-from .logs import event
 
 log = logging.getLogger("netstack.exporter")
 
@@ -115,12 +114,12 @@ class CollectorRunner:
             self._set_unavailable(f"probe failed: {type(e).__name__}: {e}", exc=e)
             return
         if self.available is False:
-            event(log, logging.INFO, "collector source is now available", collector=self.name)
+            log_event(log, logging.INFO, "collector source is now available", collector=self.name)
         self.available, self.reason = True, ""
 
     def _set_unavailable(self, reason: str, exc: BaseException | None = None) -> None:
         if reason != self.reason or self.available is not False:
-            event(log, logging.WARNING, "collector unavailable", collector=self.name, reason=reason)
+            log_event(log, logging.WARNING, "collector unavailable", collector=self.name, reason=reason)
             if exc is not None:
                 log.debug("probe traceback", exc_info=exc)
         self.available, self.reason = False, reason
@@ -166,13 +165,13 @@ class CollectorRunner:
             return Outcome([], False, elapsed)
         except NotReady as e:
             if str(e) != self.last_error:
-                event(log, logging.INFO, "collector not ready yet", collector=self.name, reason=str(e))
+                log_event(log, logging.INFO, "collector not ready yet", collector=self.name, reason=str(e))
             self.last_error = str(e)
             return Outcome([], False, elapsed)
         except Exception as e:
             return self._failed(f"{type(e).__name__}: {e}", elapsed, exc=e)
         if self.last_error:
-            event(log, logging.INFO, "collector recovered", collector=self.name)
+            log_event(log, logging.INFO, "collector recovered", collector=self.name)
         self.last_error = ""
         self.last_duration = duration
         self.last_success_time = time.time()
@@ -180,7 +179,7 @@ class CollectorRunner:
 
     def _failed(self, error: str, elapsed: float, exc: BaseException | None = None) -> Outcome:
         if error != self.last_error:  # one line per distinct failure, not one per scrape
-            event(log, logging.WARNING, "collector failed", collector=self.name, error=error)
+            log_event(log, logging.WARNING, "collector failed", collector=self.name, error=error)
             if exc is not None:
                 log.debug("collector traceback", exc_info=exc)
         self.last_error = error
@@ -194,9 +193,9 @@ class CollectorRunner:
             try:
                 future.result(timeout)
             except concurrent.futures.TimeoutError:
-                event(log, logging.WARNING, "collector close timed out", collector=self.name)
+                log_event(log, logging.WARNING, "collector close timed out", collector=self.name)
             except Exception as e:
-                event(log, logging.WARNING, "collector close failed", collector=self.name, error=str(e))
+                log_event(log, logging.WARNING, "collector close failed", collector=self.name, error=str(e))
         self.worker.stop()
 
 
@@ -272,10 +271,10 @@ async def _all_done(futures: list[concurrent.futures.Future], timeout: float) ->
 class Scheduler:
     """Coalesces scrapes: while a collection runs, every scrape waits for that same collection."""
 
-    def __init__(self, runners: list[CollectorRunner], static_families: Callable[[], list[Metric]],
+    def __init__(self, runners: list[CollectorRunner], own_families: Callable[[], list[Metric]],
                  timeout: float):
         self.runners = runners
-        self.static_families = static_families
+        self.own_families = own_families
         self.timeout = timeout
         self.encoder = Worker("encode")
         self.collections = 0
@@ -322,15 +321,17 @@ class Scheduler:
             duration.add(labels, outcome.duration)
             available.add(labels, 1 if runner.available else 0)
         families.extend((success, duration, available))
-        families.extend(self.static_families())
+        families.extend(self.own_families())
         snapshot = Snapshot(families)
         self.collections += 1
         self.ready = True
+        if snapshot.samples >= INLINE_ENCODE_SAMPLES:
+            self._release_memory_later()
         return snapshot
 
-    def release_memory_soon(self) -> None:
-        """After a large snapshot: once its responses are written and it is garbage (a second
-        later), hand the freed heap back to the system on the encoder thread."""
+    def _release_memory_later(self) -> None:
+        """After a large collection: once its responses are written and the snapshot is garbage
+        (a second later), hand the freed heap back to the system on the encoder thread."""
         if self._release_pending:
             return
         self._release_pending = True

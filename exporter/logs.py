@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 
-from collectors.base import log_event
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
@@ -53,4 +52,3 @@ def setup(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-event = log_event  # one helper for the exporter and the collectors

@@ -12,7 +12,7 @@ import sys
 from aiohttp import web
 
 from collectors import available_collectors
-from collectors.base import Context, Paths
+from collectors.base import Context, Paths, log_event
 
 from . import __version__, logs
 from .cli import load_config
@@ -33,11 +33,11 @@ async def serve(config, runners: list[CollectorRunner]) -> int:
     try:
         await site.start()
     except OSError as e:
-        logs.event(log, logging.ERROR, "cannot listen", address=f"{config.listen_host or ''}:{config.listen_port}",
+        log_event(log, logging.ERROR, "cannot listen", address=f"{config.listen_host or ''}:{config.listen_port}",
                    error=e.strerror or str(e))
         await runner.cleanup()
         return 1
-    logs.event(log, logging.INFO, "listening", address=f"{config.listen_host or ''}:{config.listen_port}",
+    log_event(log, logging.INFO, "listening", address=f"{config.listen_host or ''}:{config.listen_port}",
                path=config.telemetry_path, version=__version__,
                collectors=",".join(r.name for r in runners))
 
@@ -48,7 +48,7 @@ async def serve(config, runners: list[CollectorRunner]) -> int:
     # Warm up: probe and collect once now, so /readyz turns ready without waiting for a scrape.
     warmup = asyncio.ensure_future(scheduler.snapshot())
     await stop.wait()
-    logs.event(log, logging.INFO, "shutting down")
+    log_event(log, logging.INFO, "shutting down")
     warmup.cancel()
     await asyncio.to_thread(scheduler.close, 0.5)
     await runner.cleanup()

@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from . import __version__
-from .collection import CONTENT_TYPES, INLINE_ENCODE_SAMPLES, OPENMETRICS, TEXT, Scheduler
+from .collection import CONTENT_TYPES, OPENMETRICS, TEXT, Scheduler
 
 log = logging.getLogger("netstack.http")
 
@@ -53,8 +53,6 @@ async def metrics(request: web.Request) -> web.Response:
     headers = {"Content-Type": CONTENT_TYPES[fmt], "Vary": "Accept, Accept-Encoding"}
     if compress:
         headers["Content-Encoding"] = "gzip"
-    if snapshot.samples >= INLINE_ENCODE_SAMPLES:
-        scheduler.release_memory_soon()
     return web.Response(body=body, headers=headers)
 
 
