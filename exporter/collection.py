@@ -281,7 +281,6 @@ class Scheduler:
         self.ready = False
         self._release_pending = False
         self._collector_labels = LabelSets("collector")
-        self._collector_labels = LabelSets("collector")
         self._inflight: asyncio.Task | None = None
 
     async def snapshot(self, timeout: float | None = None) -> Snapshot:

@@ -34,12 +34,12 @@ async def serve(config, runners: list[CollectorRunner]) -> int:
         await site.start()
     except OSError as e:
         log_event(log, logging.ERROR, "cannot listen", address=f"{config.listen_host or ''}:{config.listen_port}",
-                   error=e.strerror or str(e))
+                  error=e.strerror or str(e))
         await runner.cleanup()
         return 1
     log_event(log, logging.INFO, "listening", address=f"{config.listen_host or ''}:{config.listen_port}",
-               path=config.telemetry_path, version=__version__,
-               collectors=",".join(r.name for r in runners))
+              path=config.telemetry_path, version=__version__,
+              collectors=",".join(r.name for r in runners))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
