@@ -186,7 +186,8 @@ class _Program(Program):
         self.closed += 1
 
 
-def test_background_load_states():
+def _gated_load() -> tuple[BackgroundLoad, threading.Event, _Program]:
+    """A BackgroundLoad whose setup waits for the returned gate, then hands out the program."""
     gate = threading.Event()
     program = _Program()
 
@@ -196,6 +197,11 @@ def test_background_load_states():
 
     load = BackgroundLoad("t", setup)
     load.start()
+    return load, gate, program
+
+
+def test_background_load_states():
+    load, gate, program = _gated_load()
     with pytest.raises(StillLoading):
         load.program()
     load.raise_if_failed()  # loading is not failing
@@ -226,15 +232,7 @@ def test_background_load_failure_is_a_one_line_reason():
 
 
 def test_close_while_loading_detaches_when_load_finishes():
-    gate = threading.Event()
-    program = _Program()
-
-    def setup():
-        gate.wait(5)
-        return program
-
-    load = BackgroundLoad("t", setup)
-    load.start()
+    load, gate, program = _gated_load()
     closer = threading.Thread(target=load.close)
     closer.start()
     gate.set()
