@@ -6,7 +6,10 @@ traffic (router solicitations, MLD) moves the counters while they are compared."
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -384,12 +387,32 @@ UNPRIVILEGED = textwrap.dedent("""
 """)
 
 
+@contextlib.contextmanager
+def code_readable_by_anyone():
+    """A directory uid 65534 can read holding the packages the unprivileged run imports: the
+    checkout and its venv may sit below a directory only root may enter (CI clones into one)."""
+    import prometheus_client
+    import pyroute2
+
+    import collectors
+    dest = tempfile.mkdtemp(prefix="overlay-unprivileged-")
+    try:
+        os.chmod(dest, 0o755)
+        for package in (collectors, prometheus_client, pyroute2):
+            source = os.path.dirname(package.__file__)
+            shutil.copytree(source, os.path.join(dest, os.path.basename(source)),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        yield dest
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 def test_runs_without_privileges():
     setpriv = need_tool("setpriv", "util-linux")
-    with two_hosts() as (a, b):
+    with two_hosts() as (a, b), code_readable_by_anyone() as code:
         overlay_pair(a, b)
         out = a.exec(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-                     "--inh-caps=-all", sys.executable, "-c", UNPRIVILEGED, str(ROOT)).stdout.split()
+                     "--inh-caps=-all", sys.executable, "-c", UNPRIVILEGED, code).stdout.split()
         assert out[:3] == ["65534", "vx0", "ula"]
         assert int(out[3]) > 20  # the tunnel, underlay and host-wide families all came back
 
