@@ -55,7 +55,7 @@ def receive_dump_only() -> int:
 def measure(args) -> None:
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
 
-    from collectors.base import Context, Paths
+    from exporter.contract import Context, Paths
     from collectors.conntrack import COLLECTOR, dump_states, read_netlink
     from tests.integration.test_conntrack_tools import fill
 

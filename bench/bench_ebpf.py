@@ -22,7 +22,7 @@ import uuid
 from contextlib import ExitStack, contextmanager
 
 from bench.common import ROOT, measure, netstack, print_table, started
-from collectors.base import Context
+from exporter.contract import Context
 from collectors.ebpf_drops import EbpfDrops
 from collectors.ebpf_softirq import EbpfSoftirq
 

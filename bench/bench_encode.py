@@ -11,7 +11,7 @@ from prometheus_client import exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from exporter.encode import encode_openmetrics, encode_text
+from exporter.exposition import encode_openmetrics, encode_text
 
 
 class _Source:

@@ -169,8 +169,8 @@ def compare(tree: str, scrapes: int) -> None:
 def breakdown(tree: str, repeats: int) -> None:
     """Where one collection's time goes, in this process (medians)."""
     from collectors import ipvs
-    from collectors.base import Context, Paths
-    from exporter.encode import encode_text
+    from exporter.contract import Context, Paths
+    from exporter.exposition import encode_text
 
     collector = ipvs.IpvsCollector(Context(paths=Paths(procfs=tree), options={"source": "procfs"}))
     collector.probe()
@@ -191,7 +191,7 @@ def breakdown(tree: str, repeats: int) -> None:
     parse_only = statistics.median(_timed(lambda: ipvs.parse_ip_vs(text), repeats))
     print(f"in-process medians over {repeats}: read+parse {statistics.median(parse) * 1e3:.1f} ms "
           f"(parse_ip_vs without its service-line cache: {parse_only * 1e3:.1f} ms), build families "
-          f"{statistics.median(build) * 1e3:.1f} ms, exporter.encode.encode_text "
+          f"{statistics.median(build) * 1e3:.1f} ms, exporter.exposition.encode_text "
           f"{statistics.median(encode) * 1e3:.1f} ms")
 
 

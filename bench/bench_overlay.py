@@ -77,7 +77,7 @@ def in_process(runs: int) -> None:
     from pyroute2 import IPRoute
 
     from collectors import overlay, overlay_rtnl
-    from collectors.base import Context
+    from exporter.contract import Context
 
     sock = overlay_rtnl.RtnlSocket()
     collector = overlay.OverlayCollector(Context(options={"topology-refresh-interval": 3600.0}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Collector
+from exporter.contract import Collector
 
 # Order here is the order on the landing page and in --help.
 MODULES = (

@@ -9,7 +9,7 @@ nf_conntrack_buckets is read from procfs in both cases (netlink does not carry i
 
 The kernel keeps these statistics in 32-bit per-CPU counters. Summed naively, one CPU wrapping
 would make the sum drop by 2**32 and rate() would see a reset and a huge false spike, so
-collect() extends every per-CPU counter to 64 bits before summing (base.WrappingCounters).
+collect() extends every per-CPU counter to 64 bits before summing (common.WrappingCounters).
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from typing import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .base import (Collector, Option, ParseError, SourceUnavailable, WrappingCounters, log_event,
-                   read_int, read_text)
+from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+from exporter.logs import log_event
+from .common import WrappingCounters, read_int, read_text
 from .netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, attributes, error_code
 
 log = logging.getLogger("netstack.conntrack")
 
-
-def _event(level: int, msg: str, **kv) -> None:
-    log_event(log, level, msg, collector="conntrack", **kv)
 
 # Counters exported as netstack_conntrack_<key>_total. Obsolete columns that current kernels
 # print as zero (searched, new, ignore, delete, delete_list) and the expectation counters (a
@@ -281,12 +279,12 @@ class ConntrackCollector(Collector):
             self.read_procfs()
         except (OSError, ParseError) as e:
             raise SourceUnavailable(f"{netlink_reason}; procfs: {e}") from None
-        _event(logging.WARNING, "conntrack served from procfs", reason=netlink_reason)
+        log_event(log, logging.WARNING, "conntrack served from procfs", reason=netlink_reason)
 
     def _warn_once(self, key: str, msg: str, **kv) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            _event(logging.WARNING, msg, **kv)
+            log_event(log, logging.WARNING, msg, **kv)
 
     def read_procfs(self) -> Snapshot:
         snap = Snapshot("procfs")
@@ -312,7 +310,7 @@ class ConntrackCollector(Collector):
                 return snap
             except NetlinkRefused as e:
                 self._netlink = False
-                _event(logging.WARNING, "conntrack served from procfs", reason=str(e))
+                log_event(log, logging.WARNING, "conntrack served from procfs", reason=str(e))
             except OSError as e:
                 # Transient (e.g. ENOBUFS): serve this collection from procfs, retry next time.
                 self._warn_once("netlink", "conntrack served from procfs this time", reason=str(e))

@@ -14,8 +14,9 @@ from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .base import (Collector, CompactFamily, LabelSets, MonotonicCounters, ParseError, read_text,
-                   require_file)
+from exporter.contract import Collector, ParseError
+from exporter.exposition import CompactFamily, LabelSets
+from .common import MonotonicCounters, read_text, require_file
 
 # Column order of the per-CPU lines of /proc/stat (guest and guest_nice are already counted in
 # user and nice, so they are not exported).

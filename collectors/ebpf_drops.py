@@ -13,7 +13,7 @@ from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from .base import Option, ParseError, SourceUnavailable
+from exporter.contract import Option, ParseError, SourceUnavailable
 from .ebpf_loader import TracepointCollector, find_tracefs, print_symbolic, read_tracepoint_format
 
 # Hash map size: the kernel's table (~130 reasons in 6.18) plus room for values outside it

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .base import (Collector, NotReady, ParseError, SourceUnavailable, log_event, read_text,
-                   release_freed_heap)
+from exporter.contract import Collector, NotReady, ParseError, SourceUnavailable
+from exporter.logs import log_event
+from exporter.snapshot import release_freed_heap
+from .common import read_text
 
 log = logging.getLogger("netstack.ebpf")
 

@@ -14,7 +14,8 @@ from typing import Iterable
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from .base import Option, ParseError, SourceUnavailable, read_text
+from exporter.contract import Option, ParseError, SourceUnavailable
+from .common import read_text
 from .ebpf_loader import (TracepointCollector, find_tracefs, log2_buckets, print_symbolic,
                           read_tracepoint_format)
 

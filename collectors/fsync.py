@@ -5,7 +5,7 @@ preallocated file per directory and calls fdatasync after each write, the patter
 and of the usual `fio --rw=write --ioengine=sync --fdatasync=1 --bs=2300` check. Every fdatasync
 is timed; the results are published and collect() only reads them.
 
-Threads: one scheduler thread (base.PeriodicLoop) probes the directories one after the other, so
+Threads: one scheduler thread (common.PeriodicLoop) probes the directories one after the other, so
 two directories on the same disk never disturb each other's numbers; each probe runs in its own
 worker thread so that a probe stuck in the kernel can be reported as a timeout while it is still
 stuck. A directory whose previous probe has not returned is skipped (never two probes in flight).
@@ -27,14 +27,12 @@ from typing import Callable, Iterable, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from .base import (Collector, Option, ParseError, PeriodicLoop, SourceUnavailable, log_event,
-                   read_text)
+from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+from exporter.logs import log_event
+from .common import PeriodicLoop, read_text
 
 log = logging.getLogger("netstack.fsync")
 
-
-def _event(level: int, msg: str, **kv) -> None:
-    log_event(log, level, msg, collector="fsync", **kv)
 
 
 # Fixed name: a probe file left behind by a crash is found and reused, never multiplied.
@@ -275,6 +273,12 @@ class _Directory:
         self.existed = False
 
 
+def _absolute_paths(paths: list[str]) -> None:
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ValueError(f"directory must be an absolute path, got {path!r}")
+
+
 class FsyncCollector(Collector):
     name = "fsync"
     default_enabled = True
@@ -282,15 +286,25 @@ class FsyncCollector(Collector):
     options = (
         Option("directory", "Directory to probe (repeatable); created if absent, but never "
                "re-created after it has existed (it may be a disk's mount point).",
-               [DEFAULT_DIRECTORY], "list"),
+               [DEFAULT_DIRECTORY], "list", validate=_absolute_paths),
         Option("interval", "Pause between the end of one probe round and the next.", 60.0,
-               "duration"),
-        Option("writes", "Writes (each followed by fdatasync) per probe.", 456, "int"),
+               "duration", min=0.01, max=86400),
+        Option("writes", "Writes (each followed by fdatasync) per probe.", 456, "int",
+               min=1, max=1_000_000),
         Option("block-size", "Bytes per write (etcd WAL entries are small; fio's check uses 2300).",
-               2300, "int"),
+               2300, "int", min=1, max=MAX_PROBE_FILE),
         Option("timeout", "A probe still running after this is reported as reason=timeout.",
-               30.0, "duration"),
+               30.0, "duration", min=0.01, max=86400),
     )
+
+    @classmethod
+    def check_options(cls, values) -> None:
+        if not values["directory"]:
+            raise ValueError("--collector.fsync.directory: at least one directory is needed")
+        size = values["writes"] * values["block-size"]
+        if size > MAX_PROBE_FILE:
+            raise ValueError(f"--collector.fsync.writes x --collector.fsync.block-size = {size} "
+                             f"bytes; the probe file is limited to {MAX_PROBE_FILE >> 20} MiB")
 
     def __init__(self, ctx, *, datasync: Callable[[int], None] = os.fdatasync):
         super().__init__(ctx)
@@ -300,37 +314,17 @@ class FsyncCollector(Collector):
         self._closing = threading.Event()
         self._loop: PeriodicLoop | None = None
         self._mounts_warned = False
-        self._dirs = [_Directory(d) for d in self._opt("directory")]
-        self._block = os.urandom(max(1, int(self._opt("block-size"))))  # incompressible, like fio
-
-    def _opt(self, name: str):
-        if name in self.ctx.options:
-            return self.ctx.options[name]
-        return next(o.default for o in self.options if o.name == name)
+        self._dirs = [_Directory(d) for d in self.option("directory")]
+        self._block = os.urandom(self.option("block-size"))  # incompressible, like fio
 
     def probe(self) -> None:
-        # Directory problems are per-directory errors, not a reason to disable the collector;
-        # only a configuration that cannot work is.
-        if not self._dirs:
-            raise SourceUnavailable("fsync: no --collector.fsync.directory given")
-        for d in self._dirs:
-            if not os.path.isabs(d.path):
-                raise SourceUnavailable(f"fsync: directory must be absolute, got {d.path!r}")
-        for name in ("writes", "block-size"):
-            if int(self._opt(name)) < 1:
-                raise SourceUnavailable(f"fsync: --collector.fsync.{name} must be >= 1")
-        size = int(self._opt("writes")) * int(self._opt("block-size"))
-        if size > MAX_PROBE_FILE:
-            raise SourceUnavailable(f"fsync: writes x block-size = {size} bytes; the probe file "
-                                    f"is limited to {MAX_PROBE_FILE >> 20} MiB")
-        for name in ("interval", "timeout"):
-            if float(self._opt(name)) <= 0:
-                raise SourceUnavailable(f"fsync: --collector.fsync.{name} must be > 0")
+        # Directory problems are per-directory errors, not a reason to disable the collector.
+        # The options were checked when the command line was parsed (check_options).
         for d in self._dirs:
             d.device, d.fstype = self._labels(d.path)
 
     def start(self) -> None:
-        self._loop = PeriodicLoop("fsync", float(self._opt("interval")), self._probe_all)
+        self._loop = PeriodicLoop("fsync", self.option("interval"), self._probe_all)
         self._loop.start()  # PeriodicLoop runs the first round immediately
 
     # -- scheduling --
@@ -346,7 +340,7 @@ class FsyncCollector(Collector):
             with self._lock:
                 d.skipped += 1  # the stuck probe keeps its slot until the kernel returns
             return
-        timeout = float(self._opt("timeout"))
+        timeout = self.option("timeout")
         run = _Run(deadline=time.monotonic() + timeout)
         d.worker = threading.Thread(target=self._work, args=(d, run), name="fsync-probe",
                                     daemon=True)
@@ -367,13 +361,13 @@ class FsyncCollector(Collector):
             result = self._prepare(d)
             if result is None:
                 result = run_probe(
-                    d.path, int(self._opt("writes")), self._block, self._datasync,
+                    d.path, self.option("writes"), self._block, self._datasync,
                     lambda: self._closing.is_set() or time.monotonic() >= run.deadline)
             with self._lock:
                 d.device, d.fstype = device, fstype
                 self._publish(d, run, result)
         except Exception as e:  # a bug must not kill the thread silently; keep the rest serving
-            _event(logging.ERROR, "fsync probe crashed", path=d.path, error=repr(e))
+            log_event(log, logging.ERROR, "fsync probe crashed", path=d.path, error=repr(e))
             with self._lock:
                 if not run.timed_out:
                     self._fail(d, "other", repr(e))
@@ -408,19 +402,19 @@ class FsyncCollector(Collector):
         elif result.stopped:
             if not self._closing.is_set():  # it stopped itself at the deadline, first
                 run.timed_out = True
-                self._fail(d, "timeout", f"probe still running after {float(self._opt('timeout')):g}s")
+                self._fail(d, "timeout", f"probe still running after {self.option('timeout'):g}s")
         else:
             d.quantiles = nearest_rank_quantiles(result.durations, QUANTILES) if result.durations else None
             d.last_success = time.time()
             if d.state != "ok":
-                _event(logging.INFO, "fsync probe ok", path=d.path, device=d.device,
+                log_event(log, logging.INFO, "fsync probe ok", path=d.path, device=d.device,
                        fstype=d.fstype, p99_seconds=(d.quantiles or {}).get(0.99, 0.0))
             d.state = "ok"
 
     def _fail(self, d: _Directory, reason: str, detail: str) -> None:
         d.errors[reason] += 1
         if d.state != reason:
-            _event(logging.WARNING, "fsync probe failed", path=d.path, reason=reason, detail=detail)
+            log_event(log, logging.WARNING, "fsync probe failed", path=d.path, reason=reason, detail=detail)
         d.state = reason
 
     def _labels(self, path: str) -> tuple[str, str]:
@@ -433,7 +427,7 @@ class FsyncCollector(Collector):
         except (OSError, ParseError) as e:
             if not self._mounts_warned:  # labels stay empty; say so once, not every probe
                 self._mounts_warned = True
-                _event(logging.WARNING, "fsync cannot read mounts", path=path, error=str(e))
+                log_event(log, logging.WARNING, "fsync cannot read mounts", path=path, error=str(e))
             return "", ""
         if mount is None:
             return "", ""
@@ -500,7 +494,7 @@ class FsyncCollector(Collector):
         except FileNotFoundError:
             pass
         except OSError as e:
-            _event(logging.WARNING, "fsync cannot remove probe file", path=d.path,
+            log_event(log, logging.WARNING, "fsync cannot remove probe file", path=d.path,
                    error=e.strerror or str(e))
 
 

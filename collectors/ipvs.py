@@ -21,6 +21,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -30,12 +31,14 @@ from typing import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-from .base import (Collector, CompactFamily, LabelSet, Option, ParseError, SourceUnavailable, read_int,
-                   read_text)
+from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+from exporter.exposition import CompactFamily, LabelSet
+from exporter.logs import log_event
+from .common import read_int, read_text
 from .netlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, attribute,
                       attributes, error_code, messages)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("netstack.ipvs")
 
 DEFAULT_MODULES = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack"]
 # kube-proxy's IPVS mode relies on these (conntrack for SNAT, strictARP for MetalLB and friends).
@@ -433,6 +436,12 @@ class Table:
     sysctls: dict[str, int] = field(default_factory=dict)
 
 
+def _module_names(names: list[str]) -> None:
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ValueError(f"invalid kernel module name {name!r}")
+
+
 class IpvsCollector(Collector):
     name = "ipvs"
     default_enabled = True
@@ -442,10 +451,11 @@ class IpvsCollector(Collector):
                False, "bool"),
         Option("max-series", "Cap on per-service plus per-backend series; above it those are "
                "dropped (backends first) and netstack_ipvs_series_capped is 1.",
-               DEFAULT_MAX_SERIES, "int"),
-        Option("source", "auto (netlink, else /proc/net/ip_vs), netlink or procfs.", "auto", "str"),
+               DEFAULT_MAX_SERIES, "int", min=0, max=10_000_000),
+        Option("source", "Where to read the table: auto (netlink, else /proc/net/ip_vs), netlink "
+               "or procfs.", "auto", choices=("auto", "netlink", "procfs")),
         Option("modules", "Kernel modules reported by netstack_kernel_module_loaded.",
-               DEFAULT_MODULES, "list"),
+               DEFAULT_MODULES, "list", validate=_module_names),
     )
 
     def __init__(self, ctx):
@@ -455,13 +465,8 @@ class IpvsCollector(Collector):
         self.known_lines: dict[str, tuple] = {}  # /proc/net/ip_vs service line -> (identity, labels)
         self.netlink_error = ""  # last netlink failure after the probe, logged once
 
-    def _opt(self, name, default):
-        return self.ctx.options.get(name, default)
-
     def probe(self) -> None:
-        wanted = self._opt("source", "auto")
-        if wanted not in ("auto", "netlink", "procfs"):
-            raise SourceUnavailable(f"--collector.ipvs.source={wanted!r}: use auto, netlink or procfs")
+        wanted = self.option("source")
         self.close()  # the exporter probes again after a failure
         table = self.paths.proc("net", "ip_vs")
         why = ""
@@ -474,8 +479,8 @@ class IpvsCollector(Collector):
                 raise SourceUnavailable(f"IPVS not available: {why}")
         if os.access(table, os.R_OK):
             if why:
-                log.info("IPVS netlink unavailable, reading /proc/net/ip_vs",
-                         extra={"kv": {"collector": "ipvs", "reason": why}})
+                log_event(log, logging.INFO, "IPVS netlink unavailable, reading /proc/net/ip_vs",
+                          reason=why)
             self.source = "procfs"
             return
         missing = f"{table} does not exist" if not os.path.exists(table) else f"cannot read {table}"
@@ -509,7 +514,7 @@ class IpvsCollector(Collector):
             self.netlink = None
 
     def read_table(self) -> Table:
-        want_dests = bool(self._opt("backends", False))
+        want_dests = self.option("backends")
         table = None
         if self.source == "netlink":
             # after a failure, connect again: the family id changes when ip_vs is reloaded
@@ -522,8 +527,7 @@ class IpvsCollector(Collector):
                     self.close()
             if why and why != self.netlink_error:  # one line per distinct failure, not per scrape
                 # IPVS unloaded or privileges dropped since the probe: use /proc this time
-                log.info("IPVS netlink failed, reading /proc/net/ip_vs",
-                         extra={"kv": {"collector": "ipvs", "reason": why}})
+                log_event(log, logging.INFO, "IPVS netlink failed, reading /proc/net/ip_vs", reason=why)
             self.netlink_error = why
         if table is None:
             path = self.paths.proc("net", "ip_vs")
@@ -550,7 +554,7 @@ class IpvsCollector(Collector):
             loaded = set()
         # /sys/module/<m> exists for loaded modules and for built-in ones that have parameters
         return {m: m in loaded or os.path.isdir(self.paths.sys("module", m))
-                for m in modules or self._opt("modules", DEFAULT_MODULES)}
+                for m in modules or self.option("modules")}
 
     def read_sysctls(self) -> dict[str, int]:
         out = {}
@@ -562,8 +566,8 @@ class IpvsCollector(Collector):
         return out
 
     def collect(self) -> Iterable[Metric]:
-        return build_metrics(self.read_table(), bool(self._opt("backends", False)),
-                             int(self._opt("max-series", DEFAULT_MAX_SERIES)))
+        return build_metrics(self.read_table(), self.option("backends"),
+                             self.option("max-series"))
 
     def unavailable_families(self) -> Iterable[Metric]:
         # Without IPVS, which of its modules are missing is exactly what an IPVS-mode node needs.

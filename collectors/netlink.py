@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
-from .base import ParseError
+from exporter.contract import ParseError
 
 NLMSG_ERROR = 2
 NLMSG_DONE = 3

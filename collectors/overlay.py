@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .base import Collector, Context, Option, ParseError, SourceUnavailable, read_text, require_file
+from exporter.contract import Collector, Context, Option, ParseError, SourceUnavailable
+from .common import read_text, require_file
 from . import overlay_rtnl as rtnl
 
 UNKNOWN = "unknown"  # underlay label value when it cannot be determined (never a guess)
@@ -435,10 +436,9 @@ UNDERLAY_COUNTERS = (
 )
 
 
-def _pattern(value: Any) -> re.Pattern | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, re.Pattern) else re.compile(value)
+def _pattern(value: re.Pattern | None) -> re.Pattern | None:
+    """An empty pattern (NETSTACK_..._DEVICE_EXCLUDE="") means no filter, not 'match all'."""
+    return value if value is not None and value.pattern else None
 
 
 class OverlayCollector(Collector):
@@ -453,16 +453,14 @@ class OverlayCollector(Collector):
                None, "regex"),
         Option("topology-refresh-interval",
                "Re-read the tunnel topology at least this often even without link events.",
-               60.0, "duration"),
+               60.0, "duration", min=1, max=86400),
     )
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        defaults = {o.name: o.default for o in self.options}
-        opts = {**defaults, **{k: v for k, v in ctx.options.items() if v is not None}}
-        self._include = _pattern(opts["device-include"])
-        self._exclude = _pattern(opts["device-exclude"])
-        self._refresh_interval = float(opts["topology-refresh-interval"])
+        self._include = _pattern(self.option("device-include"))
+        self._exclude = _pattern(self.option("device-exclude"))
+        self._refresh_interval = self.option("topology-refresh-interval")
         self._lock = threading.Lock()
         self._rtnl: rtnl.RtnlSocket | None = None
         self._monitor: rtnl.LinkMonitor | None = None

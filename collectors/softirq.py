@@ -12,8 +12,9 @@ from typing import Iterable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .base import (Collector, CompactFamily, LabelSets, Option, ParseError, WrappingCounters,
-                   read_int, read_text, require_file)
+from exporter.contract import Collector, Option, ParseError
+from exporter.exposition import CompactFamily, LabelSets
+from .common import WrappingCounters, read_int, read_text, require_file
 
 NETWORK_VECTORS = ("NET_RX", "NET_TX")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from . import __version__
+from .contract import Option
 
 DEFAULT_PORT = 9977
 PROG = "netstack-exporter"
@@ -55,8 +56,15 @@ def parse_duration(text: str) -> float:
         return 0.0
     m = _DURATION.match(text)
     if not text or not m or not any(m.groups()):
-        raise ValueError(f"invalid duration {text!r} (use Prometheus syntax, e.g. 500ms, 30s, 1m)")
+        raise ValueError(f"invalid duration {_shown(text)} (use Prometheus syntax, e.g. 500ms, 30s, 1m)")
+    if any(g and len(g) > 12 for g in m.groups()):  # int() of thousands of digits is slow
+        raise ValueError(f"duration {_shown(text)} is too large")
     return sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS) if g)
+
+
+def _shown(text: str) -> str:
+    """A bad value as it appears in an error line: quoted, and cut when long."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + f"... ({len(text)} characters)"
 
 
 def parse_bool(text: str) -> bool:
@@ -65,7 +73,7 @@ def parse_bool(text: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"invalid boolean {text!r} (use true or false)")
+    raise ValueError(f"invalid boolean {_shown(text)} (use true or false)")
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -98,33 +106,27 @@ def parse_telemetry_path(text: str) -> str:
     return text
 
 
-def parse_choice(choices: Sequence[str]):
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"invalid value {text!r} (one of {', '.join(choices)})")
-        return text
-    return parse
-
-
 def parse_int(text: str) -> int:
+    if len(text.strip()) > 18:
+        raise ValueError(f"integer {_shown(text)} is too large")
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"invalid integer {text!r}") from None
+        raise ValueError(f"invalid integer {_shown(text)}") from None
 
 
 def parse_float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"invalid number {text!r}") from None
+        raise ValueError(f"invalid number {_shown(text)}") from None
 
 
 def parse_regex(text: str) -> re.Pattern:
     try:
         return re.compile(text)
-    except re.error as e:
-        raise ValueError(f"invalid regular expression {text!r}: {e}") from None
+    except (re.error, RecursionError, OverflowError) as e:
+        raise ValueError(f"invalid regular expression {_shown(text)}: {e}") from None
 
 
 OPTION_PARSERS = {
@@ -158,15 +160,25 @@ class _Setting:
     flag: str
     dest: str
     parse: Any
-    default: Any
-    kind: str = "str"
+    option: Option
+
+    @property
+    def kind(self) -> str:
+        return self.option.kind
 
 
-def _add(parser: argparse.ArgumentParser, settings: list[_Setting], flag: str, help_text: str,
-         default: Any, parse: Any, kind: str = "str", metavar: str | None = None) -> None:
+def _add(parser: argparse.ArgumentParser, settings: list[_Setting], flag: str, option: Option,
+         parse: Any = None, metavar: str | None = None) -> None:
+    """One flag for `option`: parsed by `parse` (by default the parser of the option's kind),
+    then bounded by the option's choices, min, max and validator."""
     dest = flag.lstrip("-").replace(".", "__").replace("-", "_")
+    kind, default = option.kind, option.default
     shown = "" if default in (None, [], "") else f" (default: {_show(default, kind)})"
+    help_text = option.help
+    if option.choices and kind != "bool":
+        help_text += f"; one of {', '.join(option.choices)}"
     help_full = f"{help_text}{shown} [env {env_name(flag)}]"
+    metavar = metavar or OPTION_METAVARS.get(kind)
     if kind == "bool":
         parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                             default=None, help=help_full)
@@ -175,7 +187,7 @@ def _add(parser: argparse.ArgumentParser, settings: list[_Setting], flag: str, h
                             help=help_full + " (repeatable; env: comma-separated)")
     else:
         parser.add_argument(flag, dest=dest, default=None, metavar=metavar or "VALUE", help=help_full)
-    settings.append(_Setting(flag, dest, parse, default, kind))
+    settings.append(_Setting(flag, dest, parse or OPTION_PARSERS[kind], option))
 
 
 def _show(value: Any, kind: str) -> str:
@@ -201,38 +213,39 @@ def build_parser(collector_classes: Sequence[type]) -> tuple[argparse.ArgumentPa
     )
     settings: list[_Setting] = []
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    _add(parser, settings, "--web.listen-address", "Address to listen on", f":{DEFAULT_PORT}",
-         parse_listen_address, metavar="HOST:PORT")
-    _add(parser, settings, "--web.telemetry-path", "Path of the metrics endpoint", "/metrics",
-         parse_telemetry_path, metavar="PATH")
-    _add(parser, settings, "--path.procfs", "procfs mount point (the host's /proc)", "/proc",
-         parse_path, metavar="PATH")
-    _add(parser, settings, "--path.sysfs", "sysfs mount point (the host's /sys)", "/sys",
-         parse_path, metavar="PATH")
-    _add(parser, settings, "--scrape.timeout",
-         "Longest a collector may take in one collection; a Prometheus scrape timeout header "
-         "lowers it", "9s", parse_duration, metavar="DURATION")
-    _add(parser, settings, "--log.level", "Log level: " + ", ".join(LOG_LEVELS), "info",
-         parse_choice(LOG_LEVELS), metavar="LEVEL")
-    _add(parser, settings, "--log.format", "Log format: " + ", ".join(LOG_FORMATS), "logfmt",
-         parse_choice(LOG_FORMATS), metavar="FORMAT")
-    _add(parser, settings, "--collector.disable-defaults",
-         "Disable all collectors that are on by default; enable the wanted ones explicitly",
-         False, parse_bool, kind="bool")
-
+    for flag, option, parse, metavar in GLOBAL_FLAGS:
+        _add(parser, settings, flag, option, parse, metavar)
     for cls in collector_classes:
         group = parser.add_argument_group(f"collector {cls.name}", cls.help or None)
         state = "enabled" if cls.default_enabled else "disabled"
-        _add(group, settings, f"--collector.{cls.name}", f"Enable the {cls.name} collector ({state} by default)",
-             None, parse_bool, kind="bool")
+        _add(group, settings, f"--collector.{cls.name}",
+             Option(cls.name, f"Enable the {cls.name} collector ({state} by default)", None, "bool"))
         for opt in cls.options:
-            _add(group, settings, f"--collector.{cls.name}.{opt.name}", opt.help, opt.default,
-                 OPTION_PARSERS[opt.kind], kind=opt.kind, metavar=OPTION_METAVARS.get(opt.kind))
+            _add(group, settings, f"--collector.{cls.name}.{opt.name}", opt)
     return parser, settings
 
 
+# Flags of the process itself: (flag, option with its bounds, parser, metavar).
+GLOBAL_FLAGS: tuple[tuple[str, Option, Any, str | None], ...] = (
+    ("--web.listen-address", Option("listen-address", "Address to listen on", f":{DEFAULT_PORT}"),
+     parse_listen_address, "HOST:PORT"),
+    ("--web.telemetry-path", Option("telemetry-path", "Path of the metrics endpoint", "/metrics"),
+     parse_telemetry_path, "PATH"),
+    ("--path.procfs", Option("procfs", "procfs mount point (the host's /proc)", "/proc"), parse_path, "PATH"),
+    ("--path.sysfs", Option("sysfs", "sysfs mount point (the host's /sys)", "/sys"), parse_path, "PATH"),
+    ("--scrape.timeout", Option("timeout", "Longest a collector may take in one collection; a "
+                                "Prometheus scrape timeout header lowers it", "9s", "duration",
+                                min=0.01, max=3600), None, None),
+    ("--log.level", Option("level", "Log level", "info", choices=LOG_LEVELS), None, "LEVEL"),
+    ("--log.format", Option("format", "Log format", "logfmt", choices=LOG_FORMATS), None, "FORMAT"),
+    ("--collector.disable-defaults", Option("disable-defaults", "Disable all collectors that are on "
+                                            "by default; enable the wanted ones explicitly", False,
+                                            "bool"), None, None),
+)
+
+
 def _resolve(setting: _Setting, raw: Any, environ: Mapping[str, str]) -> Any:
-    """Value from the command line, else the environment, else the default; parsed."""
+    """Value from the command line, else the environment, else the default; parsed and checked."""
     source = setting.flag
     if raw is None:
         env = environ.get(env_name(setting.flag))
@@ -240,18 +253,24 @@ def _resolve(setting: _Setting, raw: Any, environ: Mapping[str, str]) -> Any:
             source = f"{env_name(setting.flag)} (env for {setting.flag})"
             raw = [v for v in env.split(",") if v] if setting.kind == "list" else env
     try:
-        if raw is None:
-            default = setting.default
-            if isinstance(default, str) and setting.kind not in ("list",):
-                return setting.parse(default)
-            return list(default) if isinstance(default, (list, tuple)) else default
-        if setting.kind == "bool":
-            return raw if isinstance(raw, bool) else parse_bool(raw)
-        if setting.kind == "list":
-            return [setting.parse(v) for v in raw]
-        return setting.parse(raw)
+        value = _parse(setting, raw)
+        setting.option.check(value)
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
+    return value
+
+
+def _parse(setting: _Setting, raw: Any) -> Any:
+    if raw is None:
+        default = setting.option.default
+        if isinstance(default, str) and setting.kind != "list":
+            return setting.parse(default)
+        return list(default) if isinstance(default, (list, tuple)) else default
+    if setting.kind == "bool":
+        return raw if isinstance(raw, bool) else parse_bool(raw)
+    if setting.kind == "list":
+        return [setting.parse(v) for v in raw]
+    return setting.parse(raw)
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str],
@@ -267,6 +286,10 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str],
         explicit = values[f"--collector.{cls.name}"]
         enabled[cls.name] = explicit if explicit is not None else (cls.default_enabled and not disable_defaults)
         options[cls.name] = {opt.name: values[f"--collector.{cls.name}.{opt.name}"] for opt in cls.options}
+        try:
+            cls.check_options(options[cls.name])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return Config(
         listen_host=host, listen_port=port,
         telemetry_path=values["--web.telemetry-path"],

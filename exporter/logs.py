@@ -6,11 +6,18 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
                 logging.ERROR: "error", logging.CRITICAL: "error"}
+
+
+def log_event(logger: logging.Logger, level: int, msg: str, **kv: Any) -> None:
+    """Log one line with structured key=value fields (rendered as logfmt or JSON).
+    Loggers are named netstack.<collector> for collectors, netstack.<part> for the exporter."""
+    logger.log(level, msg, extra={"kv": kv})
 
 
 def _fields(record: logging.LogRecord) -> dict:
@@ -50,5 +57,3 @@ def setup(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-

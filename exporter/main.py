@@ -12,11 +12,11 @@ import sys
 from aiohttp import web
 
 from collectors import available_collectors
-from collectors.base import Context, Paths, log_event
-
 from . import __version__, logs
 from .cli import load_config
-from .collection import CollectorRunner, Scheduler
+from .contract import Context, Paths
+from .logs import log_event
+from .scheduling import CollectorRunner, Scheduler
 from .selfmetrics import SelfMetrics
 from .server import build_app
 

@@ -9,7 +9,8 @@ import time
 from aiohttp import web
 
 from . import __version__
-from .collection import CONTENT_TYPES, OPENMETRICS, TEXT, Scheduler
+from .scheduling import Scheduler
+from .snapshot import CONTENT_TYPES, OPENMETRICS, TEXT
 
 log = logging.getLogger("netstack.http")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from collectors.base import Context, SourceUnavailable
+from exporter.contract import Context, SourceUnavailable
 from collectors.ebpf_drops import EbpfDrops
 from tests.helpers import Exporter, Netns, samples, value
 from tests.integration.test_ebpf_loader import ebpf_env, wait_success  # noqa: F401  (fixture)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.base import SourceUnavailable
+from exporter.contract import SourceUnavailable
 from tests.helpers import ROOT, Exporter, need, need_root, run, value
 
 SCRIPT = ROOT / "scripts" / "kernel-headers.sh"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from collectors.base import Context, Paths
+from exporter.contract import Context, Paths
 from collectors.fsync import PROBE_FILE, REASONS, FsyncCollector
 from tests.helpers import ROOT, Exporter, need_root, need_tool, parse_metrics, run, samples, value
 
@@ -231,7 +231,7 @@ def test_directory_created_once_its_parent_becomes_writable(tmp_path):
 PERMISSION_SCRIPT = """
 import json, logging, sys, time
 from prometheus_client import CollectorRegistry, generate_latest
-from collectors.base import Context, Paths
+from exporter.contract import Context, Paths
 from collectors.fsync import FsyncCollector
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s %(kv)s")
 c = FsyncCollector(Context(Paths(), {"directory": [sys.argv[1]], "interval": 0.05, "writes": 5}))

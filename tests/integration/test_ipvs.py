@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from collectors import ipvs
-from collectors.base import Context, Paths, SourceUnavailable
+from exporter.contract import Context, Paths, SourceUnavailable
 from tests.helpers import FIXTURES, Exporter, samples, value
 
 FIX = FIXTURES / "ipvs"

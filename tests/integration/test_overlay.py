@@ -326,7 +326,7 @@ def test_device_include_and_exclude():
 UNRELATED_CHURN = textwrap.dedent("""
     import subprocess, sys
     sys.path.insert(0, sys.argv[1])
-    from collectors.base import Context
+    from exporter.contract import Context
     from collectors.overlay import OverlayCollector
     c = OverlayCollector(Context(options={"topology-refresh-interval": 3600.0}))
     list(c.collect())
@@ -376,7 +376,7 @@ def test_broken_snmp_fails_only_this_collector(tmp_path):
 UNPRIVILEGED = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[1])
-    from collectors.base import Context
+    from exporter.contract import Context
     from collectors.overlay import OverlayCollector
     c = OverlayCollector(Context())
     c.probe()

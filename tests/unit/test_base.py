@@ -1,4 +1,4 @@
-from collectors.base import MonotonicCounters, WrappingCounters
+from collectors.common import MonotonicCounters, WrappingCounters
 
 
 def test_u32_counters_keep_growing_across_a_wrap():

@@ -85,12 +85,49 @@ def _run(*args, env=None):
                           text=True, timeout=30, env=env)
 
 
-def test_bad_flag_exits_nonzero_with_one_line():
-    for args in (["--web.listen-address=1.2.3.4"], ["--no-such-flag"], ["--scrape.timeout=soon"]):
-        result = _run(*args)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("netstack-exporter: error:"), result.stderr
+@pytest.mark.parametrize("args", [
+    ["--web.listen-address=1.2.3.4"], ["--no-such-flag"], ["--scrape.timeout=soon"],
+    # values that used to start (collector "unavailable") or die with a traceback
+    ["--collector.ipvs.source=bogus"], ["--collector.fsync.writes=0"], ["--scrape.timeout=0"],
+    ["--collector.fsync.block-size=1000000000000"], ["--scrape.timeout=" + "9" * 309 + "ms"],
+    ["--collector.fsync.block-size=" + "9" * 5000], ["--collector.overlay.device-include=("],
+    ["--collector.ipvs.max-series=-1"], ["--collector.ipvs.modules=ip_vs;rm"],
+])
+def test_bad_flag_exits_2_with_one_line_naming_it(args):
+    result = _run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("netstack-exporter: error:"), result.stderr
+    flag = args[0].split("=")[0]
+    assert flag in lines[0] and len(lines[0]) < 300, lines[0]
+
+
+def test_bad_environment_value_exits_2_naming_the_variable():
+    import os
+    env = {**os.environ, "NETSTACK_COLLECTOR_FSYNC_INTERVAL": "-5s"}
+    result = _run(env=env)
+    assert result.returncode == 2
+    assert "NETSTACK_COLLECTOR_FSYNC_INTERVAL" in result.stderr and "--collector.fsync.interval" in result.stderr
+
+
+def test_every_option_has_its_default_in_the_context():
+    from exporter.contract import Context
+    c = config()
+    for cls in CLASSES:
+        assert set(c.collector_options[cls.name]) == {o.name for o in cls.options}
+        collector = cls(Context(options=c.collector_options[cls.name]))
+        for opt in cls.options:
+            assert collector.option(opt.name) is not None or opt.default is None
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--collector.ipvs.source=procfs"], ("ipvs", "source", "procfs")),
+    (["--collector.fsync.interval=1m30s"], ("fsync", "interval", 90)),
+    (["--collector.fsync.directory=/a", "--collector.fsync.directory=/b"], ("fsync", "directory", ["/a", "/b"])),
+])
+def test_good_values_are_parsed_once(argv, expected):
+    name, option, value = expected
+    assert config(*argv).collector_options[name][option] == value
 
 
 def test_help_lists_flags_and_their_environment_variables():

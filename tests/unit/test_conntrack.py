@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from collectors.base import Context, ParseError, Paths, SourceUnavailable
+from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from collectors.conntrack import (
     COLLECTOR, ConntrackCollector, Snapshot, count_dump, count_from_netlink,
     parse_procfs_stats, stats_from_netlink,

@@ -1,6 +1,6 @@
 import pytest
 
-from collectors.base import Context, Paths, ParseError
+from exporter.contract import Context, ParseError, Paths
 from collectors.cpu import CpuCollector, parse_proc_stat
 from tests.helpers import FIXTURES
 

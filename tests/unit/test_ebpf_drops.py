@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from collectors.base import Context, SourceUnavailable
+from exporter.contract import Context, SourceUnavailable
 from collectors.ebpf_drops import EbpfDrops, drops_family, reason_names
 from collectors.ebpf_loader import parse_format
 from tests.helpers import FIXTURES

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from collectors.base import ParseError, SourceUnavailable
+from exporter.contract import ParseError, SourceUnavailable
 from collectors.ebpf_loader import (BackgroundLoad, BccLoader, Program, StillLoading, can_trace,
                                     effective_capabilities, find_kernel_headers, find_tracefs,
                                     log2_buckets, parse_format, print_symbolic, slot_of,

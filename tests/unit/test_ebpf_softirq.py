@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from collectors.base import Context, ParseError, SourceUnavailable
+from exporter.contract import Context, ParseError, SourceUnavailable
 from collectors.ebpf_loader import parse_format, print_symbolic
 from collectors.ebpf_softirq import (FIRST_SLOT, KIND_SERVICE, KIND_WAIT, LAST_SLOT, NR_SLOTS,
                                      EbpfSoftirq, decode, histograms, parse_cpu_list,

@@ -4,7 +4,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.encode import encode_openmetrics, encode_text
+from exporter.exposition import encode_openmetrics, encode_text
 
 
 def families():
@@ -58,7 +58,7 @@ def test_large_integers_are_exact():
 
 
 def test_compact_family_rows_encode_like_samples():
-    from collectors.base import CompactFamily
+    from exporter.exposition import CompactFamily
     from prometheus_client.core import GaugeMetricFamily
 
     shared = {"protocol": "TCP", "address": "10.0.0.1", "port": "80", "scheduler": "rr"}

@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from collectors.base import Context, ParseError, Paths, SourceUnavailable
+from exporter.cli import ConfigError, parse_config
+
+from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from collectors.fsync import (BUCKETS, ETCD_WAL_BUCKETS, REASONS, FsyncCollector, Histogram,
                               error_reason, find_mount, nearest_rank_quantiles, parse_mountinfo,
                               parse_uevent_devname)
@@ -121,17 +123,17 @@ def test_error_reasons(code, reason):
     assert reason in REASONS
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"directory": []}, "no --collector.fsync.directory"),
-    ({"directory": ["relative/dir"]}, "must be absolute"),
-    ({"writes": 0}, "writes must be >= 1"),
-    ({"block-size": 0}, "block-size must be >= 1"),
-    ({"timeout": 0.0}, "timeout must be > 0"),
-    ({"writes": 1_000_000}, "probe file is limited to 256 MiB"),
+@pytest.mark.parametrize("argv, env, message", [
+    ([], {"NETSTACK_COLLECTOR_FSYNC_DIRECTORY": ""}, "at least one directory"),
+    (["--collector.fsync.directory=relative/dir"], {}, "must be an absolute path"),
+    (["--collector.fsync.writes=0"], {}, "writes: 0 is below the minimum 1"),
+    (["--collector.fsync.block-size=0"], {}, "block-size: 0 is below the minimum 1"),
+    (["--collector.fsync.timeout=0"], {}, "timeout: 0s is below the minimum"),
+    (["--collector.fsync.writes=1000000"], {}, "probe file is limited to 256 MiB"),
 ])
-def test_probe_rejects_unusable_configuration(options, message):
-    with pytest.raises(SourceUnavailable, match=message):
-        FsyncCollector(Context(Paths(), {"directory": ["/tmp/x"], **options})).probe()
+def test_unusable_configuration_is_a_command_line_error(argv, env, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(argv, env, [FsyncCollector])
 
 
 def test_every_reason_series_exists_before_any_error():

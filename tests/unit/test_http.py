@@ -1,4 +1,4 @@
-from exporter.collection import OPENMETRICS, TEXT
+from exporter.snapshot import OPENMETRICS, TEXT
 from exporter.server import negotiate_format, wants_gzip
 
 
@@ -27,7 +27,8 @@ def test_a_snapshot_is_encoded_once_per_format():
 
     from prometheus_client.core import GaugeMetricFamily
 
-    from exporter.collection import Snapshot, Worker
+    from exporter.scheduling import Worker
+    from exporter.snapshot import Snapshot
 
     calls = []
 

@@ -18,7 +18,7 @@ from pyroute2.netlink.generic.ipvs import ipvsmsg
 from pyroute2.netlink.marshal import Marshal
 
 from collectors import ipvs, netlink
-from collectors.base import Context, ParseError, Paths, SourceUnavailable
+from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from tests.helpers import FIXTURES, parse_metrics, samples, value
 
 FIX = FIXTURES / "ipvs"
@@ -570,7 +570,7 @@ def test_netlink_series_cap_counts_traffic_series(fake_kernel):
 
 
 def test_netlink_enoent_falls_back_to_procfs(fake_kernel, caplog):
-    caplog.set_level(logging.INFO, logger="collectors.ipvs")
+    caplog.set_level(logging.INFO, logger="netstack.ipvs")
     made = fake_kernel(lookup_error=errno.ENOENT)
     collector = netlink_collector()
     assert collector.source == "procfs"
@@ -583,7 +583,7 @@ def test_netlink_enoent_falls_back_to_procfs(fake_kernel, caplog):
 
 
 def test_netlink_eperm_falls_back_to_procfs(fake_kernel, caplog):
-    caplog.set_level(logging.INFO, logger="collectors.ipvs")
+    caplog.set_level(logging.INFO, logger="netstack.ipvs")
     fake_kernel(dump_error=errno.EPERM)
     collector = netlink_collector()
     assert collector.source == "procfs"
@@ -623,12 +623,6 @@ def test_source_netlink_without_netlink_is_unavailable(fake_kernel):
         collector.probe()
 
 
-def test_bad_source_option():
-    collector = ipvs.IpvsCollector(Context(options={"source": "ipvsadm"}))
-    with pytest.raises(SourceUnavailable, match="use auto, netlink or procfs"):
-        collector.probe()
-
-
 def test_netlink_failure_after_probe_uses_procfs_then_reconnects(fake_kernel):
     made = fake_kernel()
     collector = netlink_collector()
@@ -644,7 +638,7 @@ def test_netlink_failure_after_probe_uses_procfs_then_reconnects(fake_kernel):
 def test_lasting_netlink_failure_is_logged_once(fake_kernel, monkeypatch, caplog):
     made = fake_kernel()
     collector = netlink_collector()
-    caplog.set_level(logging.INFO, logger="collectors.ipvs")
+    caplog.set_level(logging.INFO, logger="netstack.ipvs")
     monkeypatch.setattr(FakeKernelSocket, "fail_all_dumps", errno.EPERM)
     for _ in range(3):
         assert value(scrape(collector), "netstack_ipvs_source_info", source="procfs") == 1

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from collectors.base import Context, ParseError, Paths
+from exporter.contract import Context, ParseError, Paths
 from collectors import overlay
 from collectors import netlink
 from collectors import overlay_rtnl as rtnl

@@ -1,6 +1,6 @@
 import pytest
 
-from collectors.base import Context, ParseError, Paths
+from exporter.contract import Context, ParseError, Paths
 from collectors.softirq import SoftirqCollector, parse_softirqs, parse_softnet_stat
 from tests.helpers import FIXTURES
 

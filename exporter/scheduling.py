@@ -1,4 +1,4 @@
-"""Running collectors: worker threads, timeouts, coalescing and the once-per-collection encoding.
+"""Running collectors: worker threads, probes, timeouts and coalesced collections.
 
 Each collector owns one daemon worker thread. That gives three properties cheaply:
 - blocking reads never run on the event loop;
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gzip
 import logging
 import queue
 import threading
@@ -21,10 +20,10 @@ from typing import Callable
 
 from prometheus_client.core import Metric
 
-from collectors.base import (Collector, CompactFamily, LabelSets, NotReady, SourceUnavailable,
-                             log_event, release_freed_heap)
-
-from .encode import encode_openmetrics, encode_text
+from .contract import Collector, NotReady, SourceUnavailable
+from .exposition import CompactFamily, LabelSets
+from .logs import log_event
+from .snapshot import INLINE_ENCODE_SAMPLES, Snapshot, release_freed_heap
 
 log = logging.getLogger("netstack.exporter")
 
@@ -197,42 +196,6 @@ class CollectorRunner:
             except Exception as e:
                 log_event(log, logging.WARNING, "collector close failed", collector=self.name, error=str(e))
         self.worker.stop()
-
-
-OPENMETRICS = "openmetrics"
-TEXT = "text"
-CONTENT_TYPES = {
-    TEXT: "text/plain; version=0.0.4; charset=utf-8",
-    OPENMETRICS: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-}
-# Below this many samples encoding takes well under a millisecond and runs inline; above, on the
-# encoder thread so that a 15,000-series IPVS table does not stall /healthz.
-INLINE_ENCODE_SAMPLES = 2000
-
-
-class Snapshot:
-    """The metric families of one collection, encoded at most once per format and encoding."""
-
-    def __init__(self, families: list[Metric]):
-        self.families = families
-        self.samples = sum(len(getattr(f, "rows", None) or f.samples) for f in families)
-        self._encoded: dict[tuple[str, bool], bytes | asyncio.Future] = {}
-
-    def encode(self, fmt: str, compress: bool) -> bytes:
-        body = encode_openmetrics(self.families) if fmt == OPENMETRICS else encode_text(self.families)
-        return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
-
-    async def encoded(self, fmt: str, compress: bool, worker: Worker) -> bytes:
-        key = (fmt, compress)
-        body = self._encoded.get(key)
-        if body is None:
-            if self.samples < INLINE_ENCODE_SAMPLES:
-                body = self._encoded[key] = self.encode(fmt, compress)
-            else:
-                body = self._encoded[key] = asyncio.wrap_future(worker.submit(lambda: self.encode(fmt, compress)))
-        if isinstance(body, bytes):
-            return body
-        return await asyncio.shield(body)
 
 
 async def _all_done(futures: list[concurrent.futures.Future], timeout: float) -> None:

