@@ -356,22 +356,22 @@ def build_tls_context(tls: TLSSettings) -> ssl.SSLContext:
     apply_tls_settings(ctx, tls)
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_password)
-    except OSError as e:
-        what = tls.cert_file if not os.path.exists(tls.cert_file) else tls.key_file
-        raise WebConfigError(f"cannot load cert_file/key_file ({what}): {e.strerror or e}") from None
-    except ssl.SSLError as e:
+    except ssl.SSLError as e:  # before OSError: SSLError is one
         raise WebConfigError(f"cannot load cert_file {tls.cert_file} with key_file {tls.key_file}: "
                              f"{e.reason or e}") from None
+    except OSError as e:
+        what = tls.cert_file if not os.path.exists(tls.cert_file) else tls.key_file
+        raise WebConfigError(f"cannot read cert_file/key_file ({what}): {e.strerror or e}") from None
     if tls.client_ca_file or tls.client_ca:
         try:
             if tls.client_ca_file:
                 ctx.load_verify_locations(cafile=tls.client_ca_file)
             else:
                 ctx.load_verify_locations(cadata=tls.client_ca)
-        except OSError as e:
-            raise WebConfigError(f"cannot read client_ca_file {tls.client_ca_file}: {e.strerror or e}") from None
         except ssl.SSLError as e:
             raise WebConfigError(f"client CA: no usable certificate ({e.reason or e})") from None
+        except OSError as e:
+            raise WebConfigError(f"cannot read client_ca_file {tls.client_ca_file}: {e.strerror or e}") from None
         if not ctx.get_ca_certs():
             raise WebConfigError("client CA: no certificate found")
     return ctx
