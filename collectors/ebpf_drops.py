@@ -1,7 +1,8 @@
 """ebpf_drops: packets the kernel dropped, by the kernel's own drop reason (skb:kfree_skb).
 
 Interface counters say that packets were dropped, not why. Since 5.17 the kfree_skb tracepoint
-carries an `enum skb_drop_reason`. The BPF program (bpf/drops.c) counts drops per reason value;
+carries an `enum skb_drop_reason`. The BPF program (bpf/drops.bpf.c for libbpf, bpf/drops.c for
+bcc: the same map) counts drops per reason value;
 the names come from the running kernel's tracefs format file (its __print_symbolic table), so
 they are right whatever header version bcc compiled against — the enum's numbering changes
 between kernel versions (NO_SOCKET is 2 on 6.1 and 3 on 6.18).
@@ -14,11 +15,8 @@ from typing import Iterable
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.contract import Option, ParseError, SourceUnavailable
-from .ebpf_loader import TracepointCollector, find_tracefs, print_symbolic, read_tracepoint_format
-
-# Hash map size: the kernel's table (~130 reasons in 6.18) plus room for values outside it
-# (subsystem reasons, e.g. mac80211's, carry high bits and are not in the table).
-MAX_REASONS = 1024
+from .ebpf_loader import (BACKEND_OPTION, TracepointCollector, find_tracefs, print_symbolic,
+                          read_tracepoint_format)
 
 
 def reason_names(fmt, source: str = "kfree_skb format") -> dict[int, str]:
@@ -51,14 +49,15 @@ def drops_family(counts: dict[int, int], names: dict[int, str],
 class EbpfDrops(TracepointCollector):
     name = "ebpf_drops"
     help = ("packet drops by kernel drop reason from the skb:kfree_skb tracepoint, via eBPF "
-            "(bcc; needs root, kernel >= 5.17 and kernel headers)")
+            "(libbpf or bcc; needs CAP_BPF + CAP_PERFMON and kernel >= 5.17)")
     options = (
+        BACKEND_OPTION,
         Option("all-reasons", "export every reason the kernel knows, zero until it occurs "
                "(stable series for alerts; ~70-130 series) instead of only those seen",
                False, "bool"),
     )
 
-    source_file = "drops.c"
+    program_name = "drops"
 
     def __init__(self, ctx, loader=None):
         super().__init__(ctx, loader)
@@ -69,9 +68,6 @@ class EbpfDrops(TracepointCollector):
         fmt = read_tracepoint_format(tracefs, "skb", "kfree_skb")
         self.names = reason_names(fmt, f"{tracefs}/events/skb/kfree_skb/format")
         self.check_loader()
-
-    def defines(self) -> dict:
-        return {"MAX_REASONS": MAX_REASONS}
 
     def tracepoints(self) -> list[tuple[str, str, str]]:
         return [("skb", "kfree_skb", "tracepoint__skb__kfree_skb")]

@@ -1,8 +1,11 @@
-"""The small interface between the eBPF collectors and a BPF backend, and the bcc backend.
+"""The small interface between the eBPF collectors and a BPF backend, the bcc backend, and the
+choice between backends.
 
-A collector hands C text to a Loader, attaches tracepoints and reads hash maps; it never touches
-bcc itself. A second backend (precompiled CO-RE objects loaded with libbpf, which needs no
-clang or headers at runtime) implements the same two classes without touching the collectors.
+A collector names its BPF program ("softirq"), hands a Loader its settings, attaches tracepoints
+and reads maps; it never touches a backend itself. Two backends implement Loader and Program:
+bcc (here: compiles bpf/<name>.c with clang at start-up, needs kernel headers) and libbpf
+(collectors/ebpf_libbpf.py: loads the precompiled bpf/<name>.bpf.o, needs neither). The two
+programs of a collector keep the same maps with the same layout, so the metrics are the same.
 
 Also here: tracefs helpers shared by both collectors (finding the tracefs mount, reading and
 parsing a tracepoint's format file) and the exact log2-slot -> Prometheus bucket conversion.
@@ -11,6 +14,7 @@ parsing a tracepoint's format file) and the exact log2-slot -> Prometheus bucket
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import re
@@ -19,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from exporter.contract import Collector, NotReady, ParseError, SourceUnavailable
+from exporter.contract import Collector, NotReady, Option, ParseError, SourceUnavailable
 from exporter.logs import log_event
 from exporter.snapshot import release_freed_heap
 from .common import read_text
@@ -36,6 +40,8 @@ TRACEFS_CANDIDATES = ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
+
+BACKENDS = ("auto", "libbpf", "bcc")
 
 
 # --- tracefs ---------------------------------------------------------------------------------
@@ -224,6 +230,60 @@ def check_privileges() -> None:
                                 "to load tracing BPF programs")
 
 
+def seccomp_mode(status_text: str) -> int:
+    """/proc/self/status "Seccomp:" (0 none, 1 strict, 2 filter); 0 when the kernel has none."""
+    for line in status_text.splitlines():
+        if line.startswith("Seccomp:"):
+            return int(line.split()[1])
+    return 0
+
+
+def eperm_cause(status_text: str) -> str:
+    """Why bpf() said EPERM, from what the kernel says about this process."""
+    try:
+        caps = effective_capabilities(status_text)
+    except ParseError:
+        caps = 0
+    if not can_trace(caps):
+        return "missing CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)"
+    if seccomp_mode(status_text) == 2:
+        return ("CAP_BPF and CAP_PERFMON are held but a seccomp filter denies bpf() (a container "
+                "runtime's default profile does): run with a profile that allows bpf()")
+    return ("CAP_BPF and CAP_PERFMON are held and no seccomp filter is active: a security module "
+            "(SELinux, AppArmor, lockdown) denies bpf()")
+
+
+# bpf(2) syscall numbers (no libc wrapper); the probe is skipped on other architectures.
+SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
+BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
+
+
+def bpf_denied_reason() -> str | None:
+    """Create (and close) a one-entry array map: a reason when bpf() itself is refused (EPERM),
+    else None. Run before loading, so the reason names the cause instead of a backend's
+    "Failed to compile BPF module" or "failed to load object"."""
+    nr = SYS_BPF.get(os.uname().machine)
+    if nr is None:
+        return None
+    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 8, 1)  # type, key, value size, entries
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(BPF_MAP_CREATE), attr,
+                      ctypes.c_uint(ctypes.sizeof(attr)))
+    if fd >= 0:
+        os.close(fd)
+        return None
+    code = ctypes.get_errno()
+    if code == errno.EPERM:
+        try:
+            status = read_text("/proc/self/status")
+        except OSError:
+            status = ""
+        return f"bpf() denied (EPERM): {eperm_cause(status)}"
+    if code == errno.ENOSYS:
+        return "the kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"
+    return None  # anything else (say, memlock limits before 5.11) shows up when loading
+
+
 # --- the backend interface -------------------------------------------------------------------
 
 
@@ -245,13 +305,22 @@ class Program:
 
 
 class Loader:
+    """A backend. `program` names a collector's BPF program: bpf/<program>.c for bcc,
+    bpf/<program>.bpf.o for libbpf."""
+
     name = ""
 
-    def check(self) -> None:
-        """Raise SourceUnavailable(reason) when this backend cannot run here (cheap, no compile)."""
+    def check_available(self, program: str) -> None:
+        """Raise SourceUnavailable(reason) when this backend is not installed for `program`."""
 
-    def load(self, source: str, defines: dict[str, int]) -> Program:
-        """Compile/load `source`; SourceUnavailable(one-line reason) on failure."""
+    def check(self, program: str) -> None:
+        """Raise SourceUnavailable(reason) when this backend cannot run `program` here (cheap:
+        no compile, no load): not installed, no privileges, bpf() denied."""
+
+    def load(self, program: str, defines: dict[str, int], map_sizes: dict[str, int]) -> Program:
+        """Compile/load; SourceUnavailable(one-line reason) on failure. `defines` are the
+        program's settings (bcc: -D; libbpf: .rodata constants of the same names); `map_sizes`
+        size maps whose size depends on them (bcc's C text computes those from the defines)."""
         raise NotImplementedError
 
 
@@ -324,7 +393,8 @@ class BccLoader(Loader):
 
     name = "bcc"
 
-    def check(self) -> None:
+    def check_available(self, program: str) -> None:
+        """bcc importable and kernel headers there (privileges are checked apart)."""
         try:
             import bcc  # noqa: F401
         except ImportError as e:
@@ -333,10 +403,19 @@ class BccLoader(Loader):
                 "/usr/lib/python3/dist-packages/bcc into this Python's site-packages") from None
         except Exception as e:  # libbcc.so missing or broken raises OSError and friends
             raise SourceUnavailable(f"bcc failed to import: {_one_line(e)}") from None
-        check_privileges()
         find_kernel_headers(os.uname().release, os.environ)
 
-    def load(self, source: str, defines: dict[str, int]) -> Program:
+    def check(self, program: str) -> None:
+        self.check_available(program)
+        check_privileges()
+        reason = bpf_denied_reason()
+        if reason:
+            raise SourceUnavailable(reason)
+
+    def load(self, program: str, defines: dict[str, int], map_sizes: dict[str, int]) -> Program:
+        return self.load_source(bpf_source(f"{program}.c"), defines)
+
+    def load_source(self, source: str, defines: dict[str, int]) -> Program:
         from bcc import BPF
 
         cflags = [f"-D{k}={v}" for k, v in defines.items()]  # bcc wants str here, bytes elsewhere
@@ -351,8 +430,27 @@ class BccLoader(Loader):
         return BccProgram(bpf)
 
 
-def default_loader() -> Loader:
-    return BccLoader()
+def choose_loader(backend: str, program: str) -> Loader:
+    """The backend for `backend` (auto|libbpf|bcc), or SourceUnavailable with the reason.
+
+    auto: libbpf when libbpf1 and the precompiled objects are there (the programs need no
+    kernel BTF, see bpf/*.bpf.c), else bcc when it and kernel headers are there. Privileges and a
+    bpf() denied by seccomp concern both and are checked by Loader.check().
+    """
+    from .ebpf_libbpf import LibbpfLoader
+
+    if backend == "libbpf":
+        return LibbpfLoader()
+    if backend == "bcc":
+        return BccLoader()
+    reasons = []
+    for loader in (LibbpfLoader(), BccLoader()):
+        try:
+            loader.check_available(program)
+            return loader
+        except SourceUnavailable as e:
+            reasons.append(f"{loader.name}: {e}")
+    raise SourceUnavailable("no eBPF backend can run here; " + "; ".join(reasons))
 
 
 def bpf_source(filename: str) -> str:
@@ -374,8 +472,9 @@ class BackgroundLoad:
     failed, program() raises SourceUnavailable with its one-line reason on every collection.
     """
 
-    def __init__(self, collector: str, setup: Callable[[], Program]):
+    def __init__(self, collector: str, setup: Callable[[], Program], backend: str = ""):
         self._collector = collector
+        self._backend = backend
         self._setup = setup
         self._lock = threading.Lock()
         self._program: Program | None = None
@@ -406,7 +505,7 @@ class BackgroundLoad:
         # A failure is logged by the exporter as "collector unavailable" with this reason.
         if not error:
             log_event(log, logging.INFO, "bpf program attached", collector=self._collector,
-                      seconds=round(self.seconds, 3))
+                      backend=self._backend, seconds=round(self.seconds, 3))
 
     def wait(self, timeout: float) -> bool:
         """For tests and benchmarks: block until setup finished; True if it did."""
@@ -439,35 +538,49 @@ class BackgroundLoad:
             self._thread.join(timeout)
 
 
-class TracepointCollector(Collector):
-    """The life cycle the eBPF collectors share: probe the loader, compile and attach in the
-    background (BackgroundLoad), read maps from the attached program, detach on close.
+BACKEND_OPTION = Option(
+    "backend", "BPF backend: libbpf loads the precompiled CO-RE object (no compiler or headers), "
+    "bcc compiles at start-up (needs kernel headers); auto takes libbpf when its library and "
+    "objects are there, else bcc", "auto", choices=BACKENDS)
 
-    A subclass names its BPF source file and says what to define and which tracepoints to attach
-    (`category`, `event`, BPF function name)."""
+
+class TracepointCollector(Collector):
+    """The life cycle the eBPF collectors share: choose and probe the backend, load and attach in
+    the background (BackgroundLoad), read maps from the attached program, detach on close.
+
+    A subclass names its BPF program and says what to define, how to size maps and which
+    tracepoints to attach (`category`, `event`, BPF function name: the same in both programs)."""
 
     default_enabled = False
-    source_file: str
+    program_name: str
 
-    def __init__(self, ctx, loader=None):
+    def __init__(self, ctx, loader: Loader | None = None):
         super().__init__(ctx)
-        self.loader = loader or default_loader()
+        self._given_loader = loader  # tests hand in a loader; else the backend option decides
+        self.loader: Loader | None = loader
         self.load: BackgroundLoad | None = None
 
     def defines(self) -> dict:
+        return {}
+
+    def map_sizes(self) -> dict:
         return {}
 
     def tracepoints(self) -> list[tuple[str, str, str]]:
         raise NotImplementedError
 
     def check_loader(self) -> None:
-        """End of probe(): the loader can work here, and a failed compile stays unavailable."""
-        self.loader.check()
+        """End of probe(): a backend can work here, and a failed load stays unavailable."""
+        if self.load is None:  # the backend is chosen once; a started program keeps its own
+            self.loader = self._given_loader or choose_loader(self.option("backend"), self.program_name)
+        assert self.loader is not None
+        self.loader.check(self.program_name)
         if self.load is not None:
             self.load.raise_if_failed()
 
     def _setup(self) -> Program:
-        program = self.loader.load(bpf_source(self.source_file), self.defines())
+        assert self.loader is not None
+        program = self.loader.load(self.program_name, self.defines(), self.map_sizes())
         try:
             for category, event, function in self.tracepoints():
                 program.attach_tracepoint(category, event, function)
@@ -477,11 +590,12 @@ class TracepointCollector(Collector):
         return program
 
     def start(self) -> None:
-        self.load = BackgroundLoad(self.name, self._setup)
+        self.load = BackgroundLoad(self.name, self._setup,
+                                   self.loader.name if self.loader else "")
         self.load.start()
 
     def program(self) -> Program:
-        """The attached program; NotReady while compiling, SourceUnavailable if that failed."""
+        """The attached program; NotReady while loading, SourceUnavailable if that failed."""
         if self.load is None:
             raise SourceUnavailable("not started")
         return self.load.program()

@@ -3,8 +3,9 @@
 /proc/softirqs only counts softirqs. The wait from raise (irq:softirq_raise) to run
 (irq:softirq_entry) is the direct symptom of a starved CPU: steal, a noisy neighbour, a CPU
 busy in another softirq. Service time (entry -> irq:softirq_exit) shows budget exhaustion.
-The BPF program (bpf/softirq.c) keeps log2 histograms in nanoseconds; they become Prometheus
-histograms with exact bucket boundaries (see ebpf_loader.log2_buckets).
+The BPF program (bpf/softirq.bpf.c for libbpf, bpf/softirq.c for bcc: same maps, same layout)
+keeps log2 histograms in nanoseconds; they become Prometheus histograms with exact bucket
+boundaries (see ebpf_loader.log2_buckets).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 
 from exporter.contract import Option, ParseError, SourceUnavailable
 from .common import read_text
-from .ebpf_loader import (TracepointCollector, find_tracefs, log2_buckets, print_symbolic,
-                          read_tracepoint_format)
+from .ebpf_loader import (BACKEND_OPTION, TracepointCollector, find_tracefs, log2_buckets,
+                          print_symbolic, read_tracepoint_format)
 
 EVENTS = ("softirq_raise", "softirq_entry", "softirq_exit")
 DEFAULT_VECTORS = ("NET_RX", "NET_TX")
 KIND_WAIT, KIND_SERVICE = 0, 1  # as in bpf/softirq.c
-NR_SLOTS = 65                    # NR_SLOTS in bpf/softirq.c: slots 0..64 of a u64
-MAX_VECS = 32                    # MAX_VECS in bpf/softirq.c
+NR_KINDS = 2
+NR_SLOTS = 65                    # NR_SLOTS in bpf/softirq{,.bpf}.c: slots 0..64 of a u64
+MAX_VECS = 32                    # MAX_VECS in bpf/softirq{,.bpf}.c
 
 # Published buckets: slot 8 (le = 255 ns) .. slot 32 (le = 4.29 s), 25 buckets + +Inf.
 # Shorter values fold into the first bucket, longer ones only into +Inf (and _sum).
@@ -110,10 +112,11 @@ def parse_cpu_list(text: str) -> list[int]:
 
 class EbpfSoftirq(TracepointCollector):
     name = "ebpf_softirq"
-    source_file = "softirq.c"
+    program_name = "softirq"
     help = ("NET_RX/NET_TX softirq wait (raise -> run) and service time histograms from "
-            "tracepoints, via eBPF (bcc; needs root and kernel headers)")
+            "tracepoints, via eBPF (libbpf or bcc; needs CAP_BPF + CAP_PERFMON)")
     options = (
+        BACKEND_OPTION,
         Option("all-vectors", "trace every softirq vector, not only NET_RX and NET_TX",
                False, "bool"),
         Option("per-cpu", "add a cpu label (series x number of CPUs)", False, "bool"),
@@ -148,6 +151,10 @@ class EbpfSoftirq(TracepointCollector):
 
     def defines(self) -> dict:
         return {"VEC_MASK": sum(1 << v for v in self.vectors), "NR_VECS": self.nr_vecs}
+
+    def map_sizes(self) -> dict:
+        # as bpf/softirq.c sizes them from NR_VECS
+        return {"hist": NR_KINDS * self.nr_vecs * NR_SLOTS, "sums": NR_KINDS * self.nr_vecs}
 
     def tracepoints(self) -> list[tuple[str, str, str]]:
         return [("irq", event, f"tracepoint__irq__{event}") for event in EVENTS]

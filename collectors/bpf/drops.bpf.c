@@ -13,7 +13,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
-#define MAX_REASONS 1024  // MAX_REASONS in collectors/ebpf_drops.py
+#define MAX_REASONS 1024  // as in drops.c: the kernel's ~130 reasons plus subsystem values
 
 // Per-CPU values: every CPU counts in its own copy, no atomics, no cache-line bouncing; the
 // collector sums the copies. A hash, not an array: subsystem reasons carry high bits.

@@ -18,6 +18,10 @@
 #include <linux/skbuff.h>
 #endif
 
+// The kernel's table (~130 reasons in 6.18) plus room for values outside it (subsystem reasons,
+// e.g. mac80211's, carry high bits and are not in the table). As in drops.bpf.c.
+#define MAX_REASONS 1024
+
 // Per-CPU values: every CPU counts in its own copy, no atomics, no cache-line bouncing; the
 // collector sums the copies. A hash, not an array: subsystem reasons carry high bits.
 BPF_PERCPU_HASH(drops, u32, u64, MAX_REASONS);

@@ -167,7 +167,7 @@ def test_find_tracefs(tmp_path):
 def test_bcc_not_importable(monkeypatch):
     monkeypatch.setitem(sys.modules, "bcc", None)  # makes `import bcc` raise ImportError
     with pytest.raises(SourceUnavailable, match="bcc is not importable.*python3-bpfcc"):
-        BccLoader().check()
+        BccLoader().check("drops")
 
 
 # --- background load -------------------------------------------------------------------------

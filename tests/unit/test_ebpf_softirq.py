@@ -124,5 +124,5 @@ def test_probe_reports_missing_tracefs(tmp_path, monkeypatch):
 
 def test_options_declared():
     assert {o.name: (o.kind, o.default) for o in EbpfSoftirq.options} == {
-        "all-vectors": ("bool", False), "per-cpu": ("bool", False)}
+        "backend": ("str", "auto"), "all-vectors": ("bool", False), "per-cpu": ("bool", False)}
     assert EbpfSoftirq.default_enabled is False
