@@ -221,7 +221,7 @@ def run_probe(directory: str, writes: int, block: bytes,
         elif reset_extents:  # False only in bench/bench_fsync.py, to show why it is here
             # Overwriting written blocks skips the extent conversion (a journal commit) that
             # etcd's fresh preallocated WAL segment and fio's fresh file pay on most syncs, and
-            # measured 25-35% faster than fio. Turning the blocks back into allocated but
+            # measures faster than fio (bench/README.md). Turning the blocks back into allocated but
             # unwritten extents reproduces that cost without freeing the space.
             zero_range(fd, size)
         os.fdatasync(fd)  # make the preparation durable outside the measured syncs

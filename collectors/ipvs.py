@@ -8,8 +8,8 @@ Sources, best first:
 Global totals always come from /proc/net/ip_vs_stats (netlink has no global counters).
 
 The netlink replies are decoded with a small struct-based walker over the kernel's attribute
-layout (include/uapi/linux/ip_vs.h) rather than pyroute2's nla classes: for 5,000 service and
-15,000 destination messages pyroute2 takes 1.1-2.1 s, this walker 70-110 ms (bench/bench_ipvs.py).
+layout (include/uapi/linux/ip_vs.h) rather than pyroute2's nla classes, which build objects for
+every attribute and are an order of magnitude slower at kube-proxy scale (bench/README.md).
 The tests encode kernel-shaped messages with pyroute2 and decode them here, so the two
 implementations check each other.
 """

@@ -1,8 +1,8 @@
 """Netlink wire format, shared by the collectors that read the kernel on plain netlink sockets
 (conntrack's table dump, IPVS generic netlink, overlay's rtnetlink requests).
 
-pyroute2 decodes every attribute into Python objects, which costs 0.1-0.3 ms per message; at
-thousands of messages per collection that is the whole budget. These walk the bytes and hand
+pyroute2 decodes every attribute into Python objects; at thousands of messages per collection
+that is the whole budget (bench/README.md). These walk the bytes and hand
 out (type, start, end) spans, so callers read only the attributes they need with struct.
 """
 

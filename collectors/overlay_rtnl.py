@@ -1,11 +1,12 @@
 """The few rtnetlink requests the overlay collector makes, on plain sockets.
 
-Why not pyroute2's IPRoute for all of it: a full link dump decoded by pyroute2 costs about
-0.3 ms per interface (120 ms with 400 veth devices here), and the kernel ignores a link-kind
-filter for kinds whose module is not loaded. So the dump is read raw, every message is scanned
-with struct for index, name, MTU and kind (microseconds), and pyroute2 decodes only the tunnel
-devices' messages (see overlay.tunnel_config). Counters come from RTM_GETSTATS for one ifindex at
-a time: one small message per device, no matter how many other interfaces the host has.
+Why not pyroute2's IPRoute for all of it: a full link dump decoded by pyroute2 costs time in
+proportion to every interface on the host, veths of every pod included (bench/README.md), and
+the kernel ignores a link-kind filter for kinds whose module is not loaded. So the dump is read
+raw, every message is scanned with struct for index, name, MTU and kind, and pyroute2 decodes
+only the tunnel devices' messages (see overlay.tunnel_config). Counters come from RTM_GETSTATS
+for one ifindex at a time: one small message per device, no matter how many other interfaces
+the host has.
 
 Everything that turns bytes into values is a pure function; RtnlSocket and LinkMonitor only move
 bytes.
