@@ -426,7 +426,7 @@ class BccLoader(Loader):
             # clang's diagnostics go to stderr; the exception itself is the one-line summary.
             raise SourceUnavailable(f"BPF compile/load failed: {_one_line(e)}") from None
         finally:
-            release_freed_heap()  # clang frees ~40 MB of heap after a compile
+            release_freed_heap()  # clang frees tens of MB of heap after a compile (bench/README.md)
         return BccProgram(bpf)
 
 
@@ -465,7 +465,7 @@ class StillLoading(NotReady):
 
 
 class BackgroundLoad:
-    """Run `setup` (compile + attach, ~0.5-2 s of clang) once in a worker thread.
+    """Run `setup` (load + attach; with bcc, a clang compile first) once in a worker thread.
 
     Readiness and the other collectors never wait for it. Until it is done, program() raises
     StillLoading, so the collector reports success=0 with reason "still compiling"; if setup
