@@ -14,6 +14,7 @@ MODULES = (
     "overlay",
     "ipvs",
     "fsync",
+    "bgp",
     "ebpf_softirq",
     "ebpf_drops",
 )
