@@ -404,7 +404,7 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
 class Authenticator:
     """Checks basic-auth credentials against bcrypt hashes.
 
-    A bcrypt check costs ~50-150 ms of CPU (cost 10), so: checks run on a thread, one at a time
+    A bcrypt check is slow by design (bench/README.md), so: checks run on a thread, one at a time
     (a flood of guesses uses at most one core), and outcomes are cached by a digest of
     (user, hash, password) so Prometheus, sending the same credentials every scrape, pays once.
     An unknown user is checked against a dummy hash of the same cost: timing does not tell
