@@ -10,13 +10,14 @@ drops the CPU number, so on a host with an offline CPU every later CPU would get
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.contract import Collector, ParseError
 from exporter.exposition import CompactFamily, LabelSets
-from .common import MonotonicCounters, read_text, require_file
+from .common import MonotonicCounters, parse_counter, read_text, require_file
 
 # Column order of the per-CPU lines of /proc/stat (guest and guest_nice are already counted in
 # user and nice, so they are not exported).
@@ -24,22 +25,46 @@ MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
 def parse_proc_stat(text: str, source: str = "/proc/stat") -> list[tuple[str, dict[str, int]]]:
-    """[(cpu number as text, {mode: ticks})] for each 'cpuN' line; the aggregate 'cpu' is skipped."""
+    """[(cpu number as text, {mode: ticks})] for each 'cpuN' line; the aggregate 'cpu' is skipped.
+    Each line must have as many columns as the aggregate line: a file cut inside a line is an
+    error, not a CPU with fewer modes."""
     cpus = []
+    seen = set()
+    columns = 5  # at least user, nice, system, idle
     for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.startswith("cpu") or line.startswith("cpu "):
+        if line.startswith("cpu "):
+            columns = max(columns, min(len(line.split()), 1 + len(MODES)))
+            continue
+        if not line.startswith("cpu"):
             continue
         fields = line.split()
         cpu = fields[0][3:]
-        if not cpu.isdigit() or len(fields) < 5:
-            raise ParseError(f"{source}:{lineno}: malformed cpu line {line[:60]!r}")
+        if not cpu.isdigit() or len(cpu) > 6 or len(fields) < columns:
+            raise ParseError(f"{source}:{lineno}: malformed or truncated cpu line")
+        if cpu in seen:
+            raise ParseError(f"{source}:{lineno}: cpu{cpu} appears twice")
+        seen.add(cpu)
         try:
-            values = [int(v) for v in fields[1:1 + len(MODES)]]
+            values = [parse_counter(v) for v in fields[1:1 + len(MODES)]]
         except ValueError:
-            raise ParseError(f"{source}:{lineno}: non-numeric value in {line[:60]!r}") from None
+            raise ParseError(f"{source}:{lineno}: a value of cpu{cpu} is not a counter") from None
         cpus.append((cpu, dict(zip(MODES, values))))
     if not cpus:
         raise ParseError(f"{source}: no per-CPU lines")
+    return cpus
+
+
+def parse_cpu_list(text: str, source: str = "online", limit: int = 65536) -> set[str]:
+    """The CPUs of a sysfs CPU list ('0-3,5'); ranges beyond `limit` CPUs are an error."""
+    cpus: set[str] = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or len(first) > 6 or len(last) > 6:
+            raise ParseError(f"{source}: not a CPU list")
+        low, high = int(first), int(last or first)
+        if high < low or high - low + len(cpus) >= limit:
+            raise ParseError(f"{source}: not a CPU list")
+        cpus.update(str(c) for c in range(low, high + 1))
     return cpus
 
 
@@ -52,6 +77,8 @@ class CpuCollector(Collector):
         self._user_hz = os.sysconf("SC_CLK_TCK")
         self._monotonic = MonotonicCounters()
         self._labels = LabelSets("cpu", "mode")
+        self._cpus: set[str] = set()  # the CPUs of the last good reading
+        self._read_at: float | None = None
 
     def probe(self) -> None:
         require_file(self.paths.proc("stat"), "cpu")
@@ -59,19 +86,44 @@ class CpuCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         path = self.paths.proc("stat")
         cpus = parse_proc_stat(read_text(path), path)
+        self._check_cpu_set({cpu for cpu, _ in cpus}, path)
+        now = time.monotonic()
+        # A CPU cannot spend more than the elapsed time in one mode; the slack covers tick
+        # rounding and a late previous reading.
+        max_ticks = None if self._read_at is None else (now - self._read_at) * self._user_hz * 1.5 + 2 * self._user_hz
+        self._read_at = now
         seconds = CompactFamily(
             "netstack_cpu_seconds",
             "Seconds each CPU spent in each mode (USER_HZ ticks / USER_HZ). "
             "rate() of mode=\"steal\" is the fraction of time the hypervisor took.", "counter")
         for cpu, modes in cpus:
             for mode, ticks in modes.items():
-                seconds.add(self._labels(cpu, mode), self._monotonic((cpu, mode), ticks) / self._user_hz)
+                seconds.add(self._labels(cpu, mode), self._monotonic((cpu, mode), ticks, max_ticks) / self._user_hz)
         regressions = CounterMetricFamily(
             "netstack_cpu_backwards_jumps_total",
             "Times a /proc/stat CPU counter went backwards (a hypervisor or kernel bug) and the "
             "previous value was exported instead.")
         regressions.add_metric([], self._monotonic.clamped)
-        return [seconds, regressions]
+        rejected = CounterMetricFamily(
+            "netstack_cpu_implausible_readings",
+            "/proc/stat CPU counter readings that rose faster than time passes and were not "
+            "exported unless the next reading confirmed them.")
+        rejected.add_metric([], self._monotonic.rejected)
+        return [seconds, regressions, rejected]
+
+    def _check_cpu_set(self, cpus: set[str], path: str) -> None:
+        """A reading whose CPUs differ from the last one is believed only when they are the
+        kernel's online CPUs (hotplug); otherwise the file was cut or garbled."""
+        if cpus == self._cpus:
+            return
+        online_path = self.paths.sys("devices", "system", "cpu", "online")
+        try:
+            online = parse_cpu_list(read_text(online_path, 4096), online_path)
+        except OSError:
+            online = None  # no sysfs (a fixture tree, an old container): trust the file
+        if online is not None and cpus != online:
+            raise ParseError(f"{path}: {len(cpus)} CPUs, but {online_path} lists {len(online)}")
+        self._cpus = cpus
 
 
 COLLECTOR = CpuCollector

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.contract import Collector, Option, ParseError
 from exporter.exposition import CompactFamily, LabelSets
-from .common import WrappingCounters, read_int, read_text, require_file
+from .common import U32_MAX, WrappingCounters, parse_counter, read_int, read_text, require_file
 
 NETWORK_VECTORS = ("NET_RX", "NET_TX")
 
@@ -26,22 +26,27 @@ def parse_softirqs(text: str, source: str = "/proc/softirqs") -> tuple[list[str]
         raise ParseError(f"{source}: empty")
     header = lines[0].split()
     if not header or not all(h.startswith("CPU") and h[3:].isdigit() for h in header):
-        raise ParseError(f"{source}:1: expected a CPU header, got {lines[0][:60]!r}")
+        raise ParseError(f"{source}:1: expected a CPU header")
     cpus = [h[3:] for h in header]
-    vectors = {}
+    if len(set(cpus)) != len(cpus):
+        raise ParseError(f"{source}:1: a CPU appears twice in the header")
+    vectors: dict[str, list[int]] = {}
     for lineno, line in enumerate(lines[1:], 2):
         name, sep, rest = line.partition(":")
         if not sep:
             if line.strip():
-                raise ParseError(f"{source}:{lineno}: expected 'VECTOR: counts', got {line[:60]!r}")
+                raise ParseError(f"{source}:{lineno}: expected 'VECTOR: counts'")
             continue
         values = rest.split()
         if len(values) != len(cpus):
             raise ParseError(f"{source}:{lineno}: {len(values)} values for {len(cpus)} CPUs")
+        name = name.strip()
+        if name in vectors:
+            raise ParseError(f"{source}:{lineno}: a vector appears twice")
         try:
-            vectors[name.strip()] = [int(v) for v in values]
+            vectors[name] = [parse_counter(v, 10, U32_MAX) for v in values]
         except ValueError:
-            raise ParseError(f"{source}:{lineno}: non-numeric count in {line[:60]!r}") from None
+            raise ParseError(f"{source}:{lineno}: a count is not a 32-bit counter") from None
     return cpus, vectors
 
 
@@ -61,18 +66,23 @@ def parse_softnet_stat(text: str, source: str = "/proc/net/softnet_stat") -> lis
     are skipped, so from 13 columns on the CPU comes from column 13, before that the row
     number is the best that exists."""
     rows = []
+    seen = set()
     for index, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         try:
-            cols = [int(c, 16) for c in line.split()]
+            cols = [parse_counter(c, 16, U32_MAX) for c in line.split()]
         except ValueError:
-            raise ParseError(f"{source}:{index + 1}: non-hex column in {line[:60]!r}") from None
+            raise ParseError(f"{source}:{index + 1}: a column is not a 32-bit hex counter") from None
         n = len(cols)
         if n < 9:
             raise ParseError(f"{source}:{index + 1}: {n} columns, expected at least 9")
+        cpu = str(cols[12]) if n >= 13 else str(index)
+        if cpu in seen:
+            raise ParseError(f"{source}:{index + 1}: cpu {cpu} appears twice")
+        seen.add(cpu)
         rows.append(SoftnetRow(
-            cpu=str(cols[12]) if n >= 13 else str(index),
+            cpu=cpu,
             processed=cols[0], dropped=cols[1], time_squeeze=cols[2],
             received_rps=cols[9] if n >= 10 else None,
             flow_limit_count=cols[10] if n >= 11 else None,
@@ -127,6 +137,12 @@ class SoftirqCollector(Collector):
         yield from self._softirqs()
         yield from self._softnet()
         yield from self._budget()
+        rejected = CounterMetricFamily(
+            "netstack_softirq_implausible_readings",
+            "Softirq and softnet counter readings held back as implausible (a drop or a jump of "
+            "over a quarter of the 32-bit range that the next reading did not confirm).")
+        rejected.add_metric([], self._wrap.rejected)
+        yield rejected
 
     def _softirqs(self) -> Iterable[Metric]:
         path = self.paths.proc("softirqs")

@@ -94,3 +94,29 @@ def test_old_kernel_layout_omits_missing_columns(tmp_path):
     assert "netstack_softnet_received_rps" not in fams
     assert "netstack_softnet_backlog_packets" not in fams
     assert len(fams["netstack_softnet_processed"].samples) == 2
+
+
+@pytest.mark.parametrize("text", [
+    "CPU0 CPU0\nNET_RX: 1 2\n",  # a CPU twice
+    "CPU0\nNET_RX: 1\nNET_RX: 2\n",  # a vector twice
+    "CPU0\nNET_RX: 4294967296\n",  # wider than the kernel's unsigned int
+    "CPU0\nNET_RX: " + "9" * 5000 + "\n",  # int() of this many digits is slow
+])
+def test_softirqs_rejects_duplicates_and_impossible_counts(text):
+    with pytest.raises(ParseError):
+        parse_softirqs(text, "softirqs")
+
+
+@pytest.mark.parametrize("text", [
+    "0000000a " * 12 + "00000000\n" + "0000000a " * 12 + "00000000\n",  # cpu 0 twice
+    "f" * 3600 + " 0 0 0 0 0 0 0 0\n",  # a ~3,600-digit hex value
+])
+def test_softnet_rejects_duplicates_and_impossible_counts(text):
+    with pytest.raises(ParseError):
+        parse_softnet_stat(text, "softnet_stat")
+
+
+def test_parse_errors_name_the_file_and_line_not_the_content():
+    with pytest.raises(ParseError) as e:
+        parse_softirqs("CPU0\nSECRET-TOKEN-abc\n", "softirqs")
+    assert "softirqs:2" in str(e.value) and "SECRET" not in str(e.value)
