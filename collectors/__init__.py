@@ -12,6 +12,7 @@ MODULES = (
     "softirq",
     "conntrack",
     "overlay",
+    "netstat",
     "ipvs",
     "fsync",
     "bgp",
