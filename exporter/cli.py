@@ -41,6 +41,17 @@ class Config:
     log_format: str
     enabled: dict[str, bool]
     collector_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    web: WebLimits = field(default_factory=lambda: WebLimits())
+
+
+@dataclass
+class WebLimits:
+    """--web.* settings beyond the address: the web config file and the connection limits."""
+    config_file: str | None = None
+    max_requests: int = 40
+    max_connections: int = 0  # 0: derived from the open-file limit at startup
+    idle_timeout: float = 120.0
+    read_header_timeout: float = 10.0
 
 
 # --- value parsers: each raises ValueError with a message that completes "<flag>: ..." ---------
@@ -77,19 +88,24 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
-    """'host:port', ':port' (all interfaces) or '[v6]:port'."""
+    """'host:port', ':port' (all interfaces), '[v6]:port' or '[v4]:port' (what the chart's
+    '[$(HOST_IP)]:port' gives for either family)."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid listen address {text!r} (want host:port, :port or [::1]:port)")
+        raise ValueError(f"invalid listen address {_shown(text)} (want host:port, :port or [::1]:port)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
-            ipaddress.IPv6Address(host)
+            ipaddress.ip_address(host)
         except ValueError:
-            raise ValueError(f"invalid IPv6 address in {text!r}") from None
+            raise ValueError(f"invalid IP address in brackets in {_shown(text)}") from None
     elif ":" in host:
-        raise ValueError(f"invalid listen address {text!r} (put IPv6 addresses in brackets)")
+        raise ValueError(f"invalid listen address {_shown(text)} (put IPv6 addresses in brackets)")
     return (host or None), int(port_text)
+
+
+def parse_optional_path(text: str) -> str | None:
+    return os.path.abspath(text) if text else None
 
 
 def parse_path(text: str) -> str:
@@ -238,6 +254,20 @@ GLOBAL_FLAGS: tuple[tuple[str, Option, Any, str | None], ...] = (
                                 min=0.01, max=3600), None, None),
     ("--log.level", Option("level", "Log level", "info", choices=LOG_LEVELS), None, "LEVEL"),
     ("--log.format", Option("format", "Log format", "logfmt", choices=LOG_FORMATS), None, "FORMAT"),
+    ("--web.config.file", Option("config-file", "Web config file (exporter-toolkit format, as "
+                                 "node_exporter's): TLS, basic auth, response headers; re-read on "
+                                 "SIGHUP and when it or a file it names changes", ""),
+     parse_optional_path, "PATH"),
+    ("--web.max-requests", Option("max-requests", "Requests served at the same time; past it 503 "
+                                  "(0: no limit)", 40, "int", min=0, max=100000), None, None),
+    ("--web.max-connections", Option("max-connections", "Open client connections; past it the "
+                                     "longest-idle one is closed (0: the open-file limit minus 256)",
+                                     0, "int", min=0, max=1000000), None, None),
+    ("--web.idle-timeout", Option("idle-timeout", "Keep-alive connections idle this long are closed",
+                                  "2m", "duration", min=1, max=3600), None, None),
+    ("--web.read-header-timeout", Option("read-header-timeout", "Time a client has for the TLS "
+                                         "handshake and a request's headers", "10s", "duration",
+                                         min=0.1, max=600), None, None),
     ("--collector.disable-defaults", Option("disable-defaults", "Disable all collectors that are on "
                                             "by default; enable the wanted ones explicitly", False,
                                             "bool"), None, None),
@@ -297,6 +327,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str],
         scrape_timeout=values["--scrape.timeout"],
         log_level=values["--log.level"], log_format=values["--log.format"],
         enabled=enabled, collector_options=options,
+        web=WebLimits(config_file=values["--web.config.file"],
+                      max_requests=values["--web.max-requests"],
+                      max_connections=values["--web.max-connections"],
+                      idle_timeout=values["--web.idle-timeout"],
+                      read_header_timeout=values["--web.read-header-timeout"]),
     )
 
 

@@ -13,43 +13,70 @@ from aiohttp import web
 
 from collectors import available_collectors
 from . import __version__, logs
-from .cli import load_config
+from .cli import PROG, load_config
 from .contract import Context, Paths
 from .logs import log_event
 from .scheduling import CollectorRunner, Scheduler
 from .selfmetrics import SelfMetrics
-from .server import build_app
+from .listener import Listener, LoopErrorLog, connection_cap, raise_open_file_limit, track_requests
+from .server import RequestLimit, build_app, web_config_middleware
+from .webconfig import LiveWebConfig, WebConfigError
 
 log = logging.getLogger("netstack.exporter")
 
 
-async def serve(config, runners: list[CollectorRunner]) -> int:
+async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | None) -> int:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(LoopErrorLog(loop))
     self_metrics = SelfMetrics()
     scheduler = Scheduler(runners, self_metrics.families, config.scrape_timeout)
-    app = build_app(scheduler, config.telemetry_path, config.enabled)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    limits = config.web
+    middlewares = [track_requests, RequestLimit(limits.max_requests).middleware]
+    if live is not None:
+        middlewares.append(web_config_middleware(live))
+    app = build_app(scheduler, config.telemetry_path, config.enabled, middlewares)
+    handler_kwargs = {"access_log": None, "keepalive_timeout": limits.idle_timeout}
+    runner = web.AppRunner(app, handle_signals=False, **handler_kwargs)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, shutdown_timeout=0.5)
+    assert runner.server is not None
+    open_files = raise_open_file_limit()
+    listener = Listener(runner.server, handler_kwargs,
+                        max_connections=connection_cap(limits.max_connections, open_files),
+                        idle_timeout=limits.idle_timeout,
+                        read_header_timeout=limits.read_header_timeout, live=live)
+    address = f"{config.listen_host or ''}:{config.listen_port}"
+    if config.listen_host and ":" in config.listen_host:
+        address = f"[{config.listen_host}]:{config.listen_port}"
     try:
-        await site.start()
+        await listener.start(config.listen_host, config.listen_port)
     except OSError as e:
-        log_event(log, logging.ERROR, "cannot listen", address=f"{config.listen_host or ''}:{config.listen_port}",
-                  error=e.strerror or str(e))
+        log_event(log, logging.ERROR, "cannot listen", address=address, error=e.strerror or str(e))
         await runner.cleanup()
         return 1
-    log_event(log, logging.INFO, "listening", address=f"{config.listen_host or ''}:{config.listen_port}",
-              path=config.telemetry_path, version=__version__,
+    log_event(log, logging.INFO, "listening", address=address,
+              path=config.telemetry_path, version=__version__, tls=bool(live and live.tls),
+              basic_auth=bool(live and live.current.auth.enabled),
+              max_connections=listener.cap, max_requests=limits.max_requests,
               collectors=",".join(r.name for r in runners))
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    background = []
+    if live is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: background.append(
+            asyncio.ensure_future(live.reload_async("SIGHUP"))))
+        background.append(asyncio.ensure_future(live.watch()))
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: log_event(
+            log, logging.INFO, "SIGHUP: no --web.config.file to reload"))
     # Warm up: probe and collect once now, so /readyz turns ready without waiting for a scrape.
-    warmup = asyncio.ensure_future(scheduler.snapshot())
+    background.append(asyncio.ensure_future(scheduler.snapshot()))
     await stop.wait()
     log_event(log, logging.INFO, "shutting down")
-    warmup.cancel()
+    for task in background:
+        task.cancel()
+    await listener.close()
     await asyncio.to_thread(scheduler.close, 0.5)
     await runner.cleanup()
     return 0
@@ -59,10 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     classes = available_collectors()
     config = load_config(sys.argv[1:] if argv is None else argv, os.environ, classes)
     logs.setup(config.log_level, config.log_format)
+    live = None
+    if config.web.config_file:
+        try:
+            live = LiveWebConfig(config.web.config_file)
+        except WebConfigError as e:
+            print(f"{PROG}: error: --web.config.file: {e}", file=sys.stderr)
+            return 2
     paths = Paths(procfs=config.procfs, sysfs=config.sysfs)
     runners = [CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
                for cls in classes if config.enabled[cls.name]]
     # Everything allocated so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it again after every few large collections.
     gc.freeze()
-    return asyncio.run(serve(config, runners))
+    return asyncio.run(serve(config, runners, live))

@@ -84,6 +84,8 @@ class CollectorRunner:
         self._probed_at = -REPROBE_INTERVAL
         self._started = False
         self._busy = False
+        self._collecting: concurrent.futures.Future | None = None  # the collect() call in flight
+        self._joined: concurrent.futures.Future | None = None  # ... joined by a later collection
 
     def _submit(self, fn: Callable) -> concurrent.futures.Future:
         """Run fn on the worker; the collector counts as busy until fn returns, however long."""
@@ -132,12 +134,17 @@ class CollectorRunner:
         return not self.available and not self._busy and time.monotonic() - self._probed_at >= REPROBE_INTERVAL
 
     def begin(self) -> concurrent.futures.Future | None:
-        """Start a collection on the worker, or None when still stuck in the last one or
-        unavailable with nothing to say about it."""
+        """Start a collection on the worker; join the collect() call still running from an
+        earlier collection that stopped waiting for it (its result is as fresh as any), or None
+        when busy otherwise or unavailable with nothing to say about it."""
+        if self._collecting is not None and not self._collecting.done():
+            self._joined = self._collecting
+            return self._collecting
         if self._busy:
             return None
         if self.available:
-            return self._submit(self._collect_sync)
+            self._collecting = self._submit(self._collect_sync)
+            return self._collecting
         if type(self.collector).unavailable_families is Collector.unavailable_families:
             return None
         return self._submit(lambda: list(self.collector.unavailable_families()))
@@ -149,6 +156,8 @@ class CollectorRunner:
                 return Outcome([], False, 0.0)
             return self._failed("previous collection still running", elapsed)
         if not future.done():
+            if future is self._joined:
+                return self._failed("previous collection still running", elapsed)
             return self._failed(f"timed out after {timeout:g}s", elapsed)
         if not self.available:  # unavailable_families(): reported, still a failed collection
             try:
@@ -245,15 +254,25 @@ class Scheduler:
         self._release_pending = False
         self._collector_labels = LabelSets("collector")
         self._inflight: asyncio.Task | None = None
+        self._inflight_budget = 0.0
 
     async def snapshot(self, timeout: float | None = None) -> Snapshot:
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._collect(min(timeout or self.timeout, self.timeout)))
-            self._inflight.add_done_callback(self._clear_inflight)
+        """The result of a collection with a budget of `timeout` (at most the configured one).
+
+        A scrape joins the collection in flight when that one's budget is at least its own;
+        a scrape with a longer budget never waits on a shorter collection (one client's short
+        timeout header must not fail another's scrape): it starts its own, which joins every
+        collect() call still running."""
+        budget = self.timeout if timeout is None else min(timeout, self.timeout)
+        if self._inflight is None or self._inflight_budget < budget:
+            task = asyncio.ensure_future(self._collect(budget))
+            self._inflight, self._inflight_budget = task, budget
+            task.add_done_callback(self._clear_inflight)
         return await asyncio.shield(self._inflight)
 
-    def _clear_inflight(self, _task) -> None:
-        self._inflight = None
+    def _clear_inflight(self, task) -> None:
+        if self._inflight is task:
+            self._inflight = None
 
     async def _collect(self, timeout: float) -> Snapshot:
         # One budget for probes and collections together, so a scrape never outlasts `timeout`.

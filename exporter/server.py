@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import time
 
 from aiohttp import web
@@ -11,11 +12,18 @@ from aiohttp import web
 from . import __version__
 from .scheduling import Scheduler
 from .snapshot import CONTENT_TYPES, OPENMETRICS, TEXT
+from .webconfig import LiveWebConfig
 
 log = logging.getLogger("netstack.http")
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 TIMEOUT_MARGIN = 0.5  # seconds kept back from Prometheus' scrape timeout for encoding and transfer
+# The shortest collection a scrape timeout header can ask for: a header of 0, -1 or 0.001 must not
+# leave collectors no time at all.
+TIMEOUT_FLOOR = 0.5
+# Cheap pages that kubelet probes: neither counted against --web.max-requests nor behind basic auth
+# (they tell "ok" or "ready", nothing else; kubelet cannot send credentials).
+PROBE_PATHS = ("/healthz", "/readyz")
 
 
 def negotiate_format(accept: str) -> str:
@@ -37,17 +45,24 @@ def wants_gzip(accept_encoding: str) -> bool:
     return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
 
 
-def scrape_timeout(request: web.Request) -> float | None:
-    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+def scrape_timeout(header: str | None) -> float | None:
+    """The collection budget a X-Prometheus-Scrape-Timeout-Seconds header asks for: its value
+    less the margin, never below TIMEOUT_FLOOR; None (the configured timeout) for a missing,
+    unparsable, zero, negative or non-finite value."""
+    if not header:
+        return None
     try:
-        return max(0.1, float(header) - TIMEOUT_MARGIN) if header else None
+        seconds = float(header)
     except ValueError:
         return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return max(TIMEOUT_FLOOR, seconds - TIMEOUT_MARGIN)
 
 
 async def metrics(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
-    snapshot = await scheduler.snapshot(scrape_timeout(request))
+    snapshot = await scheduler.snapshot(scrape_timeout(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")))
     fmt = negotiate_format(request.headers.get("Accept", ""))
     compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
     body = await snapshot.encoded(fmt, compress, scheduler.encoder)
@@ -101,8 +116,55 @@ tr:nth-child(even){{background:#f3f3f3}}</style></head>
     return web.Response(text=page, content_type="text/html")
 
 
-def build_app(scheduler: Scheduler, telemetry_path: str, enabled: dict[str, bool]) -> web.Application:
-    app = web.Application()
+class RequestLimit:
+    """--web.max-requests: requests served at the same time; past it 503 at once (0: no limit)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+        self.rejected = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        if request.path in PROBE_PATHS or not self.limit:
+            return await handler(request)
+        if self.active >= self.limit:
+            self.rejected += 1
+            return web.Response(status=503, text=f"too many requests at once (limit {self.limit})\n",
+                                headers={"Retry-After": "1"})
+        self.active += 1
+        try:
+            return await handler(request)
+        finally:
+            self.active -= 1
+
+
+def web_config_middleware(live: LiveWebConfig):
+    """Headers from http_server_config and basic auth from basic_auth_users, as loaded now."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        loaded = live.current
+        headers = loaded.config.headers
+        if request.path not in PROBE_PATHS and loaded.auth.enabled and \
+                not await loaded.auth.authorized(request.headers.get("Authorization")):
+            response = web.Response(status=401, text="Unauthorized\n",
+                                    headers={"WWW-Authenticate": "Basic"})
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as e:
+                e.headers.update(headers)
+                raise
+        response.headers.update(headers)
+        return response
+
+    return middleware
+
+
+def build_app(scheduler: Scheduler, telemetry_path: str, enabled: dict[str, bool],
+              middlewares=()) -> web.Application:
+    app = web.Application(middlewares=list(middlewares))
     app[SCHEDULER] = scheduler
     app["telemetry_path"] = telemetry_path
     app["enabled"] = enabled
