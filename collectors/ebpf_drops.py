@@ -10,13 +10,19 @@ between kernel versions (NO_SOCKET is 2 on 6.1 and 3 on 6.18).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.contract import Option, ParseError, SourceUnavailable
-from .ebpf_loader import (BACKEND_OPTION, TracepointCollector, find_tracefs, print_symbolic,
-                          read_tracepoint_format)
+
+from .ebpf_loader import (
+    BACKEND_OPTION,
+    TracepointCollector,
+    find_tracefs,
+    print_symbolic,
+    read_tracepoint_format,
+)
 
 
 def reason_names(fmt, source: str = "kfree_skb format") -> dict[int, str]:

@@ -21,13 +21,13 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from typing import Literal
 
 from exporter.contract import SourceUnavailable
 from exporter.logs import log_event
 
 from .common import read_text
-from .ebpf_loader import (BPF_DIR, Loader, Program, bpf_denied_reason, check_privileges,
-                          eperm_cause)
+from .ebpf_loader import BPF_DIR, Loader, Program, bpf_denied_reason, check_privileges, eperm_cause
 
 log = logging.getLogger("netstack.ebpf")
 
@@ -40,8 +40,11 @@ VERIFIER_TAIL_LINES = 8       # logged at debug when the verifier rejects a prog
 MAX_MESSAGES = 50             # libbpf messages kept for a failure's reason
 
 
-def object_path(name: str, objects_dir: str = BPF_DIR) -> str:
-    return os.path.join(objects_dir, f"{name}.bpf.o")
+OBJECTS_DIR = BPF_DIR  # where the package build put the objects
+
+
+def object_path(name: str, objects_dir: str | None = None) -> str:
+    return os.path.join(objects_dir or OBJECTS_DIR, f"{name}.bpf.o")
 
 
 def possible_cpus(text: str) -> list[int]:
@@ -58,6 +61,18 @@ def possible_cpus(text: str) -> list[int]:
 def verifier_tail(log_text: str, lines: int = VERIFIER_TAIL_LINES) -> list[str]:
     """The verifier's last lines: where it gave up and why."""
     return [line for line in log_text.splitlines() if line.strip()][-lines:]
+
+
+# Statistics the verifier appends after its verdict.
+_VERIFIER_STATS = ("processed ", "verification time", "stack depth", "max_states_per_insn")
+
+
+def verifier_verdict(tail: list[str]) -> str:
+    """The line that says why: the last one before the verifier's statistics."""
+    for line in reversed(tail):
+        if not line.startswith(_VERIFIER_STATS):
+            return line.strip()
+    return tail[-1].strip() if tail else ""
 
 
 def _strerror(code: int) -> str:
@@ -188,7 +203,7 @@ class _MapInfo:
         self.per_cpu = self.type in PER_CPU_TYPES
 
 
-_INT_FORMATS = {4: "I", 8: "Q"}
+_INT_FORMATS: dict[int, Literal["I", "Q"]] = {4: "I", 8: "Q"}
 
 
 class LibbpfProgram(Program):
@@ -313,7 +328,7 @@ class LibbpfLoader(Loader):
 
     name = "libbpf"
 
-    def __init__(self, objects_dir: str = BPF_DIR):
+    def __init__(self, objects_dir: str | None = None):
         self.objects_dir = objects_dir
 
     def check_available(self, program: str) -> None:
@@ -398,9 +413,9 @@ class LibbpfLoader(Loader):
             for line in tail:
                 log_event(log, logging.DEBUG, "verifier", object=program, program=failed,
                           line=line)
-            last = tail[-1] if tail else ""
             return (f"the kernel's verifier rejected {program}.bpf.o program {failed or '?'} "
-                    f"({_strerror(code)}): {last[:160]} (more at debug log level)")
+                    f"({_strerror(code)}): {verifier_verdict(tail)[:160]} "
+                    "(its last lines at debug log level)")
         if code == errno.EPERM:
             return f"loading {program}.bpf.o: bpf() denied (EPERM): {_eperm_cause()}"
         return f"loading {program}.bpf.o failed: {_strerror(code)}{_last_message(messages)}"

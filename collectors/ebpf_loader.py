@@ -20,12 +20,13 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from exporter.contract import Collector, NotReady, Option, ParseError, SourceUnavailable
 from exporter.logs import log_event
 from exporter.snapshot import release_freed_heap
+
 from .common import read_text
 
 log = logging.getLogger("netstack.ebpf")
@@ -94,7 +95,7 @@ def parse_format(text: str, source: str = "format") -> TracepointFormat:
         elif line.strip().startswith("field:"):
             m = _FIELD.match(line)
             decl = m and _DECL.match(m.group("decl").strip())
-            if not decl:
+            if not m or not decl:
                 raise ParseError(f"{source}:{lineno}: unexpected field line {line.strip()[:60]!r}")
             fields[decl.group("name")] = Field(decl.group("type"), decl.group("name"),
                                                int(m.group("off")), int(m.group("size")))
@@ -403,7 +404,7 @@ class BccLoader(Loader):
                 "/usr/lib/python3/dist-packages/bcc into this Python's site-packages") from None
         except Exception as e:  # libbcc.so missing or broken raises OSError and friends
             raise SourceUnavailable(f"bcc failed to import: {_one_line(e)}") from None
-        find_kernel_headers(os.uname().release, os.environ)
+        find_kernel_headers(os.uname().release, dict(os.environ))
 
     def check(self, program: str) -> None:
         self.check_available(program)

@@ -11,14 +11,22 @@ boundaries (see ebpf_loader.log2_buckets).
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 from exporter.contract import Option, ParseError, SourceUnavailable
+
 from .common import read_text
-from .ebpf_loader import (BACKEND_OPTION, TracepointCollector, find_tracefs, log2_buckets,
-                          print_symbolic, read_tracepoint_format)
+from .ebpf_loader import (
+    BACKEND_OPTION,
+    TracepointCollector,
+    find_tracefs,
+    log2_buckets,
+    print_symbolic,
+    read_tracepoint_format,
+)
 
 EVENTS = ("softirq_raise", "softirq_entry", "softirq_exit")
 DEFAULT_VECTORS = ("NET_RX", "NET_TX")
@@ -43,7 +51,7 @@ def vector_selection(names: dict[int, str], all_vectors: bool) -> dict[int, str]
     return chosen
 
 
-def decode(hist: dict[int, object], sums: dict[int, object], nr_vecs: int
+def decode(hist: dict[int, Any], sums: dict[int, Any], nr_vecs: int
            ) -> tuple[dict[tuple, dict[int, int]], dict[tuple, int]]:
     """Per-CPU array contents -> ({(kind, vec, cpu): {slot: count}}, {(kind, vec, cpu): ns}).
 

@@ -1,5 +1,5 @@
-"""ebpf_drops on the real kernel (root): datagrams to a closed port are counted as NO_SOCKET,
-exactly, through the real exporter; close() detaches."""
+"""ebpf_drops on the real kernel (root), on both backends: datagrams to a closed port are
+counted as NO_SOCKET, exactly, through the real exporter; close() detaches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from exporter.contract import Context, SourceUnavailable
 from collectors.ebpf_drops import EbpfDrops
 from tests.helpers import Exporter, Netns, samples, value
-from tests.integration.test_ebpf_loader import ebpf_env, wait_success  # noqa: F401  (fixture)
+from tests.integration.test_ebpf_loader import backend_env, wait_success  # noqa: F401  (fixture)
 
 N = 5000
 SEND = """
@@ -25,34 +25,40 @@ def no_socket(metrics) -> float:
     return sum(samples(metrics, "netstack_skb_drops_total", reason="NO_SOCKET").values())
 
 
-def test_datagrams_to_closed_port_count_as_no_socket(ebpf_env):
+def test_datagrams_to_closed_port_count_as_no_socket(backend_env):
     import sys
 
+    backend, env = backend_env
     with Netns("ebd") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                                      env=ebpf_env) as exporter:
+                                      f"--collector.ebpf_drops.backend={backend}",
+                                      env=env) as exporter:
         before = no_socket(wait_success(exporter, "ebpf_drops"))
         # a fresh namespace: nothing listens on any port
         ns.exec(sys.executable, "-c", SEND, str(N), "9")
         after = no_socket(exporter.scrape())
-        # the tracepoint is global, so other NO_SOCKET drops on the host may add a few
-        assert abs((after - before) - N) <= N * 0.01, (before, after)
+        # none lost, none counted twice; the tracepoint is global, so another test's datagram to
+        # a closed port on this host may add one or two
+        assert N <= after - before <= N + 10, (before, after)
         metrics = exporter.scrape()
         assert value(metrics, "netstack_collector_available", collector="ebpf_drops") == 1
 
 
-def test_all_reasons_exports_the_kernels_whole_table(ebpf_env):
+def test_all_reasons_exports_the_kernels_whole_table(backend_env):
+    backend, env = backend_env
     with Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                  "--collector.ebpf_drops.all-reasons", env=ebpf_env) as exporter:
+                  f"--collector.ebpf_drops.backend={backend}",
+                  "--collector.ebpf_drops.all-reasons", env=env) as exporter:
         metrics = wait_success(exporter, "ebpf_drops")
         reasons = {dict(k[1])["reason"] for k in samples(metrics, "netstack_skb_drops_total")}
         assert {"NO_SOCKET", "NOT_SPECIFIED", "TCP_CSUM"} <= reasons
         assert len(reasons) > 60
 
 
-def test_collector_direct_and_close_detaches(ebpf_env):
+def test_collector_direct_and_close_detaches(backend_env):
     import socket
 
-    collector = EbpfDrops(Context(options={"all-reasons": False}))
+    backend, _ = backend_env
+    collector = EbpfDrops(Context(options={"all-reasons": False, "backend": backend}))
     collector.probe()
     collector.start()
     try:

@@ -1,6 +1,7 @@
 """The bcc backend on the real kernel (root): kernel header preparation, compile errors, the
-unavailable paths through the real exporter. Also holds the shared setup the two eBPF collector
-integration modules import (tracefs mounted, bcc importable, a header tree for bcc)."""
+unavailable paths through the real exporter. Also holds the shared setup the eBPF collector
+integration modules import: tracefs mounted, and per backend what it needs (bcc importable and a
+header tree; or libbpf1 and the CO-RE objects built by the package build)."""
 
 from __future__ import annotations
 
@@ -80,10 +81,44 @@ def wait_success(exporter: Exporter, collector: str, timeout: float = 30.0) -> d
         time.sleep(0.2)
 
 
+def need_core_objects() -> None:
+    from collectors.ebpf_libbpf import libbpf, object_path
+
+    try:
+        libbpf()
+        ok = True
+    except SourceUnavailable:
+        ok = False
+    need(ok, "libbpf.so.1 not loadable: apt-get install libbpf1")
+    missing = [p for p in (object_path("softirq"), object_path("drops")) if not os.path.exists(p)]
+    need(not missing, f"CO-RE objects not built ({', '.join(missing)}): pip install -e . or "
+         "python3 scripts/build_bpf.py (Debian clang, llvm, bpftool, libbpf-dev)")
+
+
+@contextlib.contextmanager
+def core_environment():
+    """What the libbpf backend needs: root, tracefs (for names), libbpf1, the built objects."""
+    need_root()
+    need_core_objects()
+    with tracefs_mounted():
+        yield {}
+
+
 @pytest.fixture(scope="module")
 def ebpf_env(tmp_path_factory):
     with ebpf_environment(tmp_path_factory.mktemp("ebpf")) as env:
         yield env
+
+
+@pytest.fixture(scope="module", params=["libbpf", "bcc"])
+def backend_env(request, tmp_path_factory):
+    """(backend, environment for the exporter): each collector test runs on both backends."""
+    if request.param == "bcc":
+        with ebpf_environment(tmp_path_factory.mktemp("ebpf")) as env:
+            yield "bcc", env
+    else:
+        with core_environment() as env:
+            yield "libbpf", env
 
 
 # --- tests ------------------------------------------------------------------------------------
@@ -109,7 +144,7 @@ def test_compile_error_is_a_one_line_reason(ebpf_env):
     from collectors.ebpf_loader import BccLoader
 
     with pytest.raises(SourceUnavailable) as e:
-        BccLoader().load("int broken( { return 0; }", {})
+        BccLoader().load_source("int broken( { return 0; }", {})
     assert str(e.value).startswith("BPF compile/load failed: ")
     assert "\n" not in str(e.value)
 
@@ -132,7 +167,7 @@ def test_bcc_program_attach_read_close_releases_everything(ebpf_env):
     before = bpf_fds()
     source = ("BPF_HASH(calls, u32, u64, 16);\n"
               "int on_sendto(void *ctx) { u32 k = 0; calls.increment(k); return 0; }\n")
-    program = BccLoader().load(source, {})
+    program = BccLoader().load_source(source, {})
     program.attach_tracepoint("syscalls", "sys_enter_sendto", "on_sendto")
     assert bpf_fds() > before
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -146,6 +181,7 @@ def test_bcc_program_attach_read_close_releases_everything(ebpf_env):
 
 def test_missing_headers_leave_the_exporter_serving(ebpf_env):
     with Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
+                  "--collector.ebpf_drops.backend=bcc",
                   env={"BCC_KERNEL_SOURCE": "/nonexistent/headers"}) as exporter:
         metrics = exporter.scrape()
         assert value(metrics, "netstack_collector_available", collector="ebpf_drops") == 0

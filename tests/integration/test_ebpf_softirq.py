@@ -1,4 +1,4 @@
-"""ebpf_softirq on the real kernel (root): loopback traffic fills the NET_RX wait and service
+"""ebpf_softirq on the real kernel (root), on both backends: loopback traffic fills the NET_RX wait and service
 histograms, through the real exporter; the histograms are consistent and agree with
 /proc/softirqs."""
 
@@ -8,7 +8,7 @@ import sys
 
 from collectors.ebpf_softirq import parse_cpu_list
 from tests.helpers import Exporter, Netns, samples, value
-from tests.integration.test_ebpf_loader import ebpf_env, wait_success  # noqa: F401  (fixture)
+from tests.integration.test_ebpf_loader import backend_env, ebpf_env, wait_success  # noqa: F401
 
 N = 3000
 # receiver and sender in one namespace over lo: every datagram is a NET_RX softirq
@@ -48,9 +48,11 @@ def check_histogram(metrics, name, **labels):
     return count
 
 
-def test_loopback_traffic_fills_net_rx_histograms(ebpf_env):
+def test_loopback_traffic_fills_net_rx_histograms(backend_env):
+    backend, env = backend_env
     with Netns("ebs") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
-                                      env=ebpf_env) as exporter:
+                                      f"--collector.ebpf_softirq.backend={backend}",
+                                      env=env) as exporter:
         first = wait_success(exporter, "ebpf_softirq")
         proc_before = net_rx_total()
         before = exporter.scrape()
@@ -79,11 +81,13 @@ def test_loopback_traffic_fills_net_rx_histograms(ebpf_env):
         assert 0 < wait_sum / wait < 0.1  # a mean wait between 0 and 100 ms on an idle box
 
 
-def test_per_cpu_and_all_vectors(ebpf_env):
+def test_per_cpu_and_all_vectors(backend_env):
+    backend, env = backend_env
     with Netns("ebs") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
+                                      f"--collector.ebpf_softirq.backend={backend}",
                                       "--collector.ebpf_softirq.per-cpu",
                                       "--collector.ebpf_softirq.all-vectors",
-                                      env=ebpf_env) as exporter:
+                                      env=env) as exporter:
         wait_success(exporter, "ebpf_softirq")
         ns.exec(sys.executable, "-c", TRAFFIC, "500")
         metrics = exporter.scrape()
@@ -110,7 +114,7 @@ def test_bpf_slot_function_matches_the_bucket_boundaries(ebpf_env, tmp_path):
 
     c_slot_of = re.search(r"static inline u32 slot_of\(u64 v\)\n\{.*?\n\}", bpf_source("softirq.c"),
                           re.S).group(0)
-    program = BccLoader().load(c_slot_of + """
+    program = BccLoader().load_source(c_slot_of + """
 BPF_HASH(slots, u64, u32, 1024);
 TRACEPOINT_PROBE(syscalls, sys_enter_lseek)
 {

@@ -126,3 +126,10 @@ def test_options_declared():
     assert {o.name: (o.kind, o.default) for o in EbpfSoftirq.options} == {
         "backend": ("str", "auto"), "all-vectors": ("bool", False), "per-cpu": ("bool", False)}
     assert EbpfSoftirq.default_enabled is False
+
+
+def test_map_sizes_follow_the_vector_table():
+    """libbpf sizes the CO-RE program's arrays as softirq.c's defines size bcc's."""
+    collector = _collector()
+    collector.nr_vecs = 10
+    assert collector.map_sizes() == {"hist": 2 * 10 * NR_SLOTS, "sums": 2 * 10}
