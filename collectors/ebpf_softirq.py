@@ -11,8 +11,8 @@ boundaries (see ebpf_loader.log2_buckets).
 from __future__ import annotations
 
 import os
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
