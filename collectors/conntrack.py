@@ -240,12 +240,21 @@ def read_netlink() -> Snapshot:
 class ConntrackCollector(Collector):
     name = "conntrack"
     default_enabled = True
-    help = "Conntrack table fill level and failure counters (ctnetlink, procfs fallback)."
+    help = "Conntrack table fill level and failure counters (ctnetlink, or procfs)."
     options = (
         Option("per-cpu", "Export the failure counters per CPU (adds a cpu label).", False, "bool"),
         Option("by-state", "Also count entries by protocol and TCP state from a full table dump "
                "(costly on big tables, see the docs).", False, "bool"),
+        Option("source", "Where to read: auto (ctnetlink, else procfs), netlink or procfs "
+               "(/proc/net/stat/nf_conntrack and the nf_conntrack_* sysctls under --path.procfs).",
+               "auto", choices=("auto", "netlink", "procfs")),
     )
+
+    @classmethod
+    def check_options(cls, values) -> None:
+        if values["by-state"] and values["source"] == "procfs":
+            raise ValueError("--collector.conntrack.by-state needs ctnetlink: it cannot be "
+                             "combined with --collector.conntrack.source=procfs")
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -266,20 +275,27 @@ class ConntrackCollector(Collector):
         if not os.path.exists(max_path):
             # Asking ctnetlink would make the kernel autoload nf_conntrack: never do that.
             raise SourceUnavailable(f"nf_conntrack is not loaded: {max_path} does not exist")
-        try:
-            read_netlink()
-            self._netlink = True
-            return
-        except NetlinkRefused as e:
-            self._netlink = False
-            netlink_reason = str(e)
-        except OSError as e:
-            netlink_reason = str(e)  # transient: collect() tries netlink again
+        wanted = self.option("source")
+        self._netlink = False
+        netlink_reason = "ctnetlink: not asked (--collector.conntrack.source=procfs)"
+        if wanted != "procfs":
+            try:
+                read_netlink()
+                self._netlink = True
+                return
+            except NetlinkRefused as e:
+                netlink_reason = str(e)
+            except OSError as e:
+                self._netlink = True  # transient: collect() tries netlink again
+                netlink_reason = str(e)
+            if wanted == "netlink":
+                raise SourceUnavailable(netlink_reason)
         try:
             self.read_procfs()
         except (OSError, ParseError) as e:
             raise SourceUnavailable(f"{netlink_reason}; procfs: {e}") from None
-        log_event(log, logging.WARNING, "conntrack served from procfs", reason=netlink_reason)
+        if wanted == "auto":
+            log_event(log, logging.WARNING, "conntrack served from procfs", reason=netlink_reason)
 
     def _warn_once(self, key: str, msg: str, **kv) -> None:
         if key not in self._warned:
@@ -309,9 +325,13 @@ class ConntrackCollector(Collector):
                     snap.limit = read_int(self._sysctl("nf_conntrack_max"))
                 return snap
             except NetlinkRefused as e:
+                if self.option("source") == "netlink":  # no fallback asked for: say it is gone
+                    raise SourceUnavailable(str(e)) from None
                 self._netlink = False
                 log_event(log, logging.WARNING, "conntrack served from procfs", reason=str(e))
             except OSError as e:
+                if self.option("source") == "netlink":
+                    raise
                 # Transient (e.g. ENOBUFS): serve this collection from procfs, retry next time.
                 self._warn_once("netlink", "conntrack served from procfs this time", reason=str(e))
         return self.read_procfs()

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from exporter.contract import Context, ParseError, Paths, SourceUnavailable
+from collectors import conntrack
 from collectors.conntrack import (
     COLLECTOR, ConntrackCollector, Snapshot, count_dump, count_from_netlink,
     parse_procfs_stats, stats_from_netlink,
@@ -196,4 +197,51 @@ def test_probe_without_nf_conntrack_is_unavailable_and_does_not_touch_netlink(tm
 def test_options_and_name():
     assert COLLECTOR.name == "conntrack" and COLLECTOR.default_enabled
     assert {(o.name, o.kind, o.default) for o in COLLECTOR.options} == {
-        ("per-cpu", "bool", False), ("by-state", "bool", False)}
+        ("per-cpu", "bool", False), ("by-state", "bool", False), ("source", "str", "auto")}
+
+
+def sourced(tmp_path, source: str) -> ConntrackCollector:
+    return COLLECTOR(Context(paths=Paths(procfs=str(procfs_tree(tmp_path, "stat-6.18.txt"))),
+                             options={"source": source}))
+
+
+def refuse_netlink(monkeypatch) -> None:
+    def refused():
+        raise conntrack.NetlinkRefused("ctnetlink: Operation not permitted (needs CAP_NET_ADMIN)")
+    monkeypatch.setattr(conntrack, "read_netlink", refused)
+
+
+def test_source_procfs_never_asks_netlink(tmp_path, monkeypatch):
+    def asked():
+        raise AssertionError("ctnetlink was asked")
+    monkeypatch.setattr(conntrack, "read_netlink", asked)
+    c = sourced(tmp_path, "procfs")
+    c.probe()
+    fams = by_name(c.collect())
+    assert fams["netstack_conntrack_source_info"].samples[0].labels == {"source": "procfs"}
+    assert fams["netstack_conntrack_entries_limit"].samples[0].value == 65536
+
+
+def test_source_netlink_does_not_fall_back(tmp_path, monkeypatch):
+    refuse_netlink(monkeypatch)
+    with pytest.raises(SourceUnavailable, match="needs CAP_NET_ADMIN"):
+        sourced(tmp_path, "netlink").probe()
+
+
+def test_source_auto_falls_back_to_procfs(tmp_path, monkeypatch):
+    refuse_netlink(monkeypatch)
+    c = sourced(tmp_path, "auto")
+    c.probe()
+    assert by_name(c.collect())["netstack_conntrack_source_info"].samples[0].labels == {
+        "source": "procfs"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--collector.conntrack.source=bogus"], "invalid value 'bogus'"),
+    (["--collector.conntrack.source=procfs", "--collector.conntrack.by-state"],
+     "by-state needs ctnetlink"),
+])
+def test_unusable_source_is_a_command_line_error(argv, message):
+    from exporter.cli import ConfigError, parse_config
+    with pytest.raises(ConfigError, match=message):
+        parse_config(argv, {}, [ConntrackCollector])
