@@ -1,16 +1,21 @@
-"""eBPF collectors: compile+attach time, exporter RSS with and without them, and what the
-tracepoints cost the packet path under a bounded loopback UDP flood.
+"""eBPF collectors on both backends side by side, in one run: load+attach time, exporter RSS
+with and without them, what the programs cost the packet path under a bounded loopback UDP
+flood, and exact counting (datagrams to a closed port -> NO_SOCKET drops).
 
     sudo .venv/bin/python -m bench.bench_ebpf [--trials 5] [--packets 50000] [--scrapes 100]
+                                              [--backends libbpf,bcc]
 
-Needs root, bcc (python3-bpfcc linked into the venv) and headers (scripts/kernel-headers.sh is
-run into a temporary directory when BCC_KERNEL_SOURCE is not set). Mounts tracefs if it is not
-mounted and unmounts it afterwards. The flood runs in a network namespace of its own.
+Needs root; libbpf1 and the CO-RE objects (built by the package build) for libbpf; bcc
+(python3-bpfcc linked into the venv) and headers for bcc (scripts/kernel-headers.sh is run into
+a temporary directory when BCC_KERNEL_SOURCE is not set). A backend that cannot run is reported
+and left out. Mounts tracefs if it is not mounted and unmounts it afterwards. The floods run in
+network namespaces of their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import statistics
@@ -20,16 +25,18 @@ import tempfile
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
-from bench.common import ROOT, measure, netstack, print_table, started
-from exporter.contract import Context
+from bench.common import ROOT, Target, measure, netstack, print_table, scrape, started
 from collectors.ebpf_drops import EbpfDrops
 from collectors.ebpf_softirq import EbpfSoftirq
+from exporter.contract import Context, SourceUnavailable
 
 COLLECTORS = {
-    "ebpf_softirq": lambda: EbpfSoftirq(Context(options={"all-vectors": False, "per-cpu": False})),
-    "ebpf_drops": lambda: EbpfDrops(Context(options={"all-reasons": False})),
+    "ebpf_softirq": lambda backend: EbpfSoftirq(Context(options={"backend": backend})),
+    "ebpf_drops": lambda backend: EbpfDrops(Context(options={"backend": backend})),
 }
+BACKENDS = ("libbpf", "bcc")
 
 # One process, one namespace's lo: `open` = send + receive (NET_RX softirq per datagram),
 # `closed` = send to a port nobody listens on (softirq + kfree_skb NO_SOCKET per datagram).
@@ -63,23 +70,38 @@ def prerequisites():
         if not os.environ.get("BCC_KERNEL_SOURCE"):
             tmp = tempfile.mkdtemp(prefix="bench-ebpf-headers-")
             stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-            out = subprocess.run(["sh", str(ROOT / "scripts" / "kernel-headers.sh"), tmp],
-                                 check=True, capture_output=True, text=True).stdout.strip()
-            os.environ["BCC_KERNEL_SOURCE"] = out
-            stack.callback(os.environ.pop, "BCC_KERNEL_SOURCE", None)
+            result = subprocess.run(["sh", str(ROOT / "scripts" / "kernel-headers.sh"), tmp],
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                os.environ["BCC_KERNEL_SOURCE"] = result.stdout.strip()
+                stack.callback(os.environ.pop, "BCC_KERNEL_SOURCE", None)
         yield
 
 
+def usable_backends(wanted: list[str]) -> list[str]:
+    """The backends that can run here; the others are reported with their reason."""
+    usable = []
+    for backend in wanted:
+        try:
+            for make in COLLECTORS.values():
+                make(backend).probe()
+        except SourceUnavailable as e:
+            print(f"backend {backend}: unavailable ({e}); left out")
+            continue
+        usable.append(backend)
+    return usable
+
+
 @contextmanager
-def loaded(names: list[str]):
-    """The named collectors probed, compiled and attached in this process until the block ends."""
-    collectors = [COLLECTORS[n]() for n in names]
+def loaded(names: list[str], backend: str):
+    """The named collectors probed, loaded and attached in this process until the block ends."""
+    collectors = [COLLECTORS[n](backend) for n in names]
     try:
         for c in collectors:
             c.probe()
             c.start()
             if not c.load.wait(60):
-                raise RuntimeError(f"{c.name}: compile+attach did not finish in 60 s")
+                raise RuntimeError(f"{c.name}: load+attach did not finish in 60 s")
             c.load.program()  # raises the reason if it failed
         yield collectors
     finally:
@@ -87,33 +109,56 @@ def loaded(names: list[str]):
             c.close()
 
 
-def bench_compile(trials: int) -> None:
-    print(f"\ncompile + attach, {trials} trials each (bcc, in-process)")
-    print(f"{'collector':<16}{'median s':>10}{'min s':>8}{'max s':>8}")
+def bench_load(backends: list[str], trials: int) -> None:
+    print(f"\nload + attach (bcc: + compile), {trials} trials each, in-process")
+    print(f"{'collector':<16}{'backend':<9}{'median ms':>10}{'min ms':>8}{'max ms':>8}")
     for name in COLLECTORS:
-        seconds = []
-        for _ in range(trials):
-            with loaded([name]) as [c]:
-                seconds.append(c.load.seconds)
-        print(f"{name:<16}{statistics.median(seconds):>10.3f}{min(seconds):>8.3f}{max(seconds):>8.3f}")
+        for backend in backends:
+            seconds = []
+            for _ in range(trials):
+                with loaded([name], backend) as [c]:
+                    seconds.append(c.load.seconds)
+            print(f"{name:<16}{backend:<9}{statistics.median(seconds) * 1e3:>10.1f}"
+                  f"{min(seconds) * 1e3:>8.1f}{max(seconds) * 1e3:>8.1f}")
 
 
-def bench_rss(scrapes: int) -> None:
+def wait_loaded(target: Target, collectors: list[str], timeout: float = 60) -> None:
+    """Scrape until every eBPF collector reports success (loaded and attached)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+        body = scrape(conn, target.path, headers={}).decode()
+        conn.close()
+        if all(f'netstack_scrape_collector_success{{collector="{c}"}} 1' in body
+               for c in collectors):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{target.name}: eBPF collectors not loaded after {timeout} s")
+
+
+def bench_rss(backends: list[str], scrapes: int) -> None:
     base = ["--collector.disable-defaults", "--collector.cpu", "--collector.softirq"]
-    with_ebpf = [*base, "--collector.ebpf_softirq", "--collector.ebpf_drops"]
-    with started("cpu+softirq", netstack(*base)) as without, \
-         started("cpu+softirq+ebpf_*", netstack(*with_ebpf)) as with_:
-        time.sleep(3)  # compile + attach finish in the background (~1 s)
-        results = measure([with_, without], scrapes)
-        peaks = {t.name: peak_rss(t.proc.pid) for t in (with_, without)}
-    print_table(f"exporter with and without the eBPF collectors, {scrapes} sequential scrapes",
-                results)
-    print("peak RSS (VmHWM, includes clang at compile time): "
-          + ", ".join(f"{name} {mb:.1f} MB" for name, mb in peaks.items()))
+    ebpf = ["ebpf_softirq", "ebpf_drops"]
+    with ExitStack() as stack:
+        targets = [stack.enter_context(started("cpu+softirq", netstack(*base)))]
+        for backend in backends:
+            args = [*base, *(f"--collector.{c}" for c in ebpf),
+                    *(f"--collector.{c}.backend={backend}" for c in ebpf)]
+            target = stack.enter_context(started(f"+ebpf_* ({backend})", netstack(*args)))
+            wait_loaded(target, ebpf)
+            targets.append(target)
+        results = measure(targets, scrapes)
+        peaks = {t.name: peak_rss(t.proc.pid) for t in targets}
+    print_table(f"exporter with and without both eBPF collectors, {scrapes} sequential scrapes "
+                "(interleaved)", results)
+    base_rss = results[0].rss
+    for r in results[1:]:
+        print(f"RSS increase {r.name}: {(r.rss - base_rss) / 2**20:+.1f} MB "
+              f"(peak VmHWM {peaks[r.name]:.1f} MB vs {peaks[results[0].name]:.1f} MB)")
 
 
 def peak_rss(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -137,26 +182,50 @@ def flood(ns: str, packets: int, mode: str) -> tuple[float, float]:
     return packets / elapsed, cpu / packets
 
 
-def bench_flood(trials: int, packets: int) -> None:
-    configs = {"none": [], "ebpf_softirq": ["ebpf_softirq"], "ebpf_drops": ["ebpf_drops"],
-               "both": ["ebpf_softirq", "ebpf_drops"]}
+def flood_configs(backends: list[str]) -> dict[str, tuple[list[str], str]]:
+    configs: dict[str, tuple[list[str], str]] = {"none": ([], "")}
+    for backend in backends:
+        configs[f"{backend}: ebpf_softirq"] = (["ebpf_softirq"], backend)
+        configs[f"{backend}: ebpf_drops"] = (["ebpf_drops"], backend)
+        configs[f"{backend}: both"] = (["ebpf_softirq", "ebpf_drops"], backend)
+    return configs
+
+
+def bench_flood(backends: list[str], trials: int, packets: int) -> None:
+    configs = flood_configs(backends)
     for mode in ("open", "closed"):
-        pps = {c: [] for c in configs}
-        cpu = {c: [] for c in configs}
+        pps: dict[str, list[float]] = {c: [] for c in configs}
+        cpu: dict[str, list[float]] = {c: [] for c in configs}
         with netns() as ns:
             for _ in range(trials):  # interleaved, so every config sees the same machine noise
-                for config, names in configs.items():
-                    with loaded(names):
+                for config, (names, backend) in configs.items():
+                    with loaded(names, backend):
                         p, c = flood(ns, packets, mode)
                     pps[config].append(p)
                     cpu[config].append(c)
         what = "send+receive" if mode == "open" else "send to a closed port (NO_SOCKET drop)"
         print(f"\nloopback UDP flood, {what}: {packets} datagrams x {trials} trials per config")
-        print(f"{'attached':<14}{'median pps':>12}{'ratio':>7}{'CPU us/pkt':>12}{'ratio':>7}")
+        print(f"{'attached':<22}{'median pps':>12}{'ratio':>7}{'CPU us/pkt':>12}{'ratio':>7}")
         base_pps, base_cpu = statistics.median(pps["none"]), statistics.median(cpu["none"])
         for config in configs:
             p, c = statistics.median(pps[config]), statistics.median(cpu[config])
-            print(f"{config:<14}{p:>12.0f}{p / base_pps:>7.3f}{c * 1e6:>12.2f}{c / base_cpu:>7.3f}")
+            print(f"{config:<22}{p:>12.0f}{p / base_pps:>7.3f}{c * 1e6:>12.2f}{c / base_cpu:>7.3f}")
+
+
+def bench_exact(backends: list[str], datagrams: int = 5000) -> None:
+    print(f"\nexact counting: {datagrams} datagrams to a closed UDP port in a fresh namespace")
+    print(f"{'backend':<9}{'NO_SOCKET before':>18}{'after':>10}{'increase':>10}")
+    for backend in backends:
+        with loaded(["ebpf_drops"], backend) as [c], netns() as ns:
+            before = no_socket(c)
+            flood(ns, datagrams, "closed")
+            after = no_socket(c)
+        print(f"{backend:<9}{before:>18.0f}{after:>10.0f}{after - before:>+10.0f}")
+
+
+def no_socket(collector) -> float:
+    [family] = list(collector.collect())
+    return sum(s.value for s in family.samples if s.labels["reason"] == "NO_SOCKET")
 
 
 def main() -> None:
@@ -164,13 +233,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--packets", type=int, default=50000)
     parser.add_argument("--scrapes", type=int, default=100)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
     args = parser.parse_args()
     with prerequisites():
         print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, "
-              f"BCC_KERNEL_SOURCE={os.environ['BCC_KERNEL_SOURCE']}")
-        bench_compile(args.trials)
-        bench_rss(args.scrapes)
-        bench_flood(args.trials, args.packets)
+              f"BCC_KERNEL_SOURCE={os.environ.get('BCC_KERNEL_SOURCE', '(none)')}")
+        backends = usable_backends(args.backends.split(","))
+        if not backends:
+            sys.exit("bench_ebpf: no backend can run here")
+        bench_load(backends, args.trials)
+        bench_exact(backends)
+        bench_rss(backends, args.scrapes)
+        bench_flood(backends, args.trials, args.packets)
 
 
 if __name__ == "__main__":
