@@ -448,8 +448,11 @@ class FsyncCollector(Collector):
             labels=labels)
         quant = GaugeMetricFamily(
             "netstack_fsync_probe_quantile_seconds",
-            "fdatasync duration quantiles (nearest rank) of the last completed probe.",
-            labels=labels + ["quantile"])
+            "fdatasync duration quantiles (nearest rank) of the last completed probe; q is the "
+            "quantile (0.5, 0.9, 0.99, 1 = max).",
+            # not "quantile": that label is reserved for summaries (promtool rejects it here), and a
+            # summary's _sum/_count would duplicate the histogram's over a different window
+            labels=labels + ["q"])
         success = GaugeMetricFamily(
             "netstack_fsync_probe_last_success_timestamp_seconds",
             "Unix time when the last probe completed without error.", labels=labels)

@@ -247,7 +247,7 @@ def node_dashboard() -> dash_b.Dashboard:
              threshold=0.01))
          .with_panel(timeseries(
              "Last probe quantiles", "Quantiles of the last completed probe, per directory.", "s",
-             (f"netstack_fsync_probe_quantile_seconds{{{NODE}}}", "{{path}} q{{quantile}}")))
+             (f"netstack_fsync_probe_quantile_seconds{{{NODE}}}", "{{path}} q{{q}}")))
          .with_panel(timeseries(
              "Probe errors and age", "Errors by reason, and seconds since the last successful "
              "probe (alert above 600s).", "none",

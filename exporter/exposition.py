@@ -89,10 +89,17 @@ _TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram",
                "unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
 
 
+# prometheus_client keeps every value as a float: whole numbers are written without ".0" (a 0/1
+# gauge reads 0, not 0.0), up to 2**53, past which a float no longer holds every integer exactly.
+_EXACT_INTEGERS = float(2**53)
+
+
 def _value(v) -> str:
     if type(v) is int:
         return str(v)
     v = float(v)
+    if v.is_integer() and -_EXACT_INTEGERS < v < _EXACT_INTEGERS:
+        return str(int(v))
     if v != v:
         return "NaN"
     if math.isinf(v):

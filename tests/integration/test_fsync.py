@@ -110,7 +110,7 @@ def test_real_probes_count_every_fdatasync_and_reuse_one_file(tmp_path):
     assert value(m, "netstack_fsync_written_bytes_total", path=path) == count * BLOCK
     assert value(m, "netstack_fsync_duration_seconds_bucket", path=path, le="+Inf") == count
     assert value(m, "netstack_fsync_duration_seconds_sum", path=path) > 0
-    q = [value(m, "netstack_fsync_probe_quantile_seconds", path=path, quantile=x)
+    q = [value(m, "netstack_fsync_probe_quantile_seconds", path=path, q=x)
          for x in ("0.5", "0.9", "0.99", "1")]
     assert 0 < q[0] <= q[1] <= q[2] <= q[3]
     assert abs(value(m, "netstack_fsync_probe_last_success_timestamp_seconds", path=path) - time.time()) < 30

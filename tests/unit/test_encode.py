@@ -76,3 +76,18 @@ def test_compact_family_rows_encode_like_samples():
     parsed = _as_dict(parse_om(encode_openmetrics([compact, counter]).decode()))
     assert parsed[("x_packets", "counter", "x_packets_total", tuple(sorted(shared.items())))] == 12
     assert [s.name for s in counter.samples] == ["x_packets_total"]
+
+
+def test_whole_numbers_print_as_integers():
+    g = GaugeMetricFamily("x_loaded", "A 0/1 gauge.", labels=["module"])
+    for module, value in (("ip_vs", 0.0), ("nf_conntrack", 1.0), ("neg", -3.0), ("half", 0.5),
+                          ("big", 2.0**60), ("tiny", 1e-7)):
+        g.add_metric([module], value)
+    for encode in (encode_text, encode_openmetrics):
+        lines = encode([g]).decode().splitlines()
+        assert 'x_loaded{module="ip_vs"} 0' in lines
+        assert 'x_loaded{module="nf_conntrack"} 1' in lines
+        assert 'x_loaded{module="neg"} -3' in lines
+        assert 'x_loaded{module="half"} 0.5' in lines
+        assert 'x_loaded{module="big"} 1.152921504606847e+18' in lines  # beyond 2**53: as float
+        assert 'x_loaded{module="tiny"} 1e-07' in lines
