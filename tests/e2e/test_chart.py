@@ -213,30 +213,40 @@ def test_validators_reject_mistakes():
         validate_crd(bad_pm)
 
 
-def test_ebpf_mounts_headers_read_only_and_adds_capabilities():
+def test_ebpf_core_needs_no_header_mounts_and_adds_capabilities():
     docs = render(ALL_ON)
     c = container(docs)
     spec = daemonset(docs)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    for path in ("/lib/modules", "/usr/src", "/sys/kernel/tracing", "/sys/kernel/debug"):
+    for path in ("/sys/kernel/tracing", "/sys/kernel/debug"):
         assert mounts[path]["readOnly"] is True, path
         assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
+    assert "/lib/modules" not in mounts and "/usr/src" not in mounts  # libbpf: no headers
     assert "--collector.ebpf_softirq" in c["args"] and "--collector.ebpf_drops" in c["args"]
-    assert {"name": "BCC_KERNEL_SOURCE", "value": "/opt/kernel-headers"} in c["env"]
+    assert "--collector.ebpf_softirq.backend=auto" in c["args"]
+    assert "--collector.ebpf_drops.backend=auto" in c["args"]
     caps = c["securityContext"]["capabilities"]
     assert caps["drop"] == ["ALL"]
     assert {"NET_ADMIN", "BPF", "PERFMON"} == set(caps["add"])
     assert c["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    assert c["resources"]["limits"]["memory"] == "128Mi"  # the libbpf backend adds ~2 MB
+
+
+def test_ebpf_bcc_mounts_host_headers_read_only():
+    bcc = {"enabled": True, "backend": "bcc", "hostKernelHeaders": True,
+           "kernelSource": "/opt/kernel-headers",
+           "resources": {"requests": {"memory": "192Mi"}, "limits": {"memory": "512Mi"}}}
+    docs = render({"ebpf": bcc})
+    c = container(docs)
+    volumes = {v["name"]: v for v in daemonset(docs)["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for path in ("/lib/modules", "/usr/src"):
+        assert mounts[path]["readOnly"] is True, path
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
+    assert "--collector.ebpf_drops.backend=bcc" in c["args"]
+    assert {"name": "BCC_KERNEL_SOURCE", "value": "/opt/kernel-headers"} in c["env"]
     assert c["resources"]["limits"]["memory"] == "512Mi"  # clang at startup
-
-
-def test_ebpf_can_use_a_shipped_header_tree_only():
-    c = container(render({"ebpf": {"enabled": True, "hostKernelHeaders": False,
-                                   "kernelSource": "/opt/kernel-headers"}}))
-    paths = {m["mountPath"] for m in c["volumeMounts"]}
-    assert "/lib/modules" not in paths and "/usr/src" not in paths
-    assert "/sys/kernel/tracing" in paths
 
 
 def test_extra_fsync_directory_and_collector_options():
