@@ -469,7 +469,7 @@ class BackgroundLoad:
     """Run `setup` (load + attach; with bcc, a clang compile first) once in a worker thread.
 
     Readiness and the other collectors never wait for it. Until it is done, program() raises
-    StillLoading, so the collector reports success=0 with reason "still compiling"; if setup
+    StillLoading, so the collector reports success=0 with reason "still loading"; if setup
     failed, program() raises SourceUnavailable with its one-line reason on every collection.
     """
 
@@ -481,7 +481,7 @@ class BackgroundLoad:
         self._program: Program | None = None
         self._error: str | None = None
         self._closed = False
-        self.seconds: float | None = None  # how long compile + attach took
+        self.seconds: float | None = None  # how long load (bcc: compile) + attach took
         self._thread = threading.Thread(target=self._run, name=f"{collector}-bpf-load",
                                         daemon=True)
 
@@ -527,7 +527,7 @@ class BackgroundLoad:
                 return self._program
             if self._error is not None:
                 raise SourceUnavailable(self._error)
-        raise StillLoading("still compiling and attaching the BPF program")
+        raise StillLoading("still loading and attaching the BPF program")
 
     def close(self, timeout: float = 5.0) -> None:
         with self._lock:
