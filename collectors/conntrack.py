@@ -1,7 +1,7 @@
 """Conntrack: how full the table is and how often inserts fail, per network namespace.
 
 Sources, in order:
-  1. ctnetlink (pyroute2 NFCTSocket): per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU) and the
+  1. ctnetlink (collectors/netlink.py): per-CPU statistics (IPCTNL_MSG_CT_GET_STATS_CPU) and the
      entry count plus nf_conntrack_max (IPCTNL_MSG_CT_GET_STATS). Needs CAP_NET_ADMIN.
   2. procfs: /proc/net/stat/nf_conntrack (one hex row per possible CPU, columns named by a header
      line that differs between kernels) and /proc/sys/net/netfilter/nf_conntrack_{count,max}.
@@ -21,15 +21,30 @@ import socket
 import struct
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 from exporter.logs import log_event
+
 from .common import WrappingCounters, read_int, read_text
-from .netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, attributes, error_code
+from .netlink import (
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_MIN_TYPE,
+    NetlinkError,
+    NetlinkFormatError,
+    NetlinkKernelError,
+    NetlinkSocket,
+    attributes,
+    data_messages,
+    done_code,
+    error_code,
+    kernel_error,
+    messages,
+)
 
 log = logging.getLogger("netstack.conntrack")
 
@@ -66,8 +81,19 @@ PROCFS_COLUMNS = {
     "chainlength": "chain_toolong",
 }
 
-# CTA_STATS_<NAME> (pyroute2 attribute names) -> key.
-NETLINK_ATTRS = {"CTA_STATS_" + key.upper(): key for key in STATS_HELP}
+# ctnetlink (include/uapi/linux/netfilter/nfnetlink_conntrack.h): NFNL_SUBSYS_CTNETLINK << 8 | msg
+NETLINK_NETFILTER = 12
+CT_GET = (1 << 8) | 1  # IPCTNL_MSG_CT_GET
+CT_GET_STATS_CPU = (1 << 8) | 4  # IPCTNL_MSG_CT_GET_STATS_CPU
+CT_GET_STATS = (1 << 8) | 5  # IPCTNL_MSG_CT_GET_STATS
+NFGENMSG_UNSPEC = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # family, version, res_id
+# enum ctattr_stats_cpu (CTA_STATS_*) -> key
+NETLINK_ATTRS = {2: "found", 4: "invalid", 8: "insert", 9: "insert_failed", 10: "drop",
+                 11: "early_drop", 12: "error", 13: "search_restart", 14: "clash_resolve",
+                 15: "chain_toolong"}
+CTA_STATS_GLOBAL_ENTRIES, CTA_STATS_GLOBAL_MAX_ENTRIES = 1, 2
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
 
 # enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h), names as conntrack -L.
 TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
@@ -115,27 +141,37 @@ def parse_procfs_stats(text: str, path: str = "nf_conntrack",
     return entries, stats
 
 
-def stats_from_netlink(messages: Iterable) -> dict[int, dict[str, int]]:
-    """IPCTNL_MSG_CT_GET_STATS_CPU replies (one per CPU, res_id = CPU) -> {cpu: {key: value}}."""
+def stats_from_netlink(chunks: Iterable[bytes]) -> dict[int, dict[str, int]]:
+    """IPCTNL_MSG_CT_GET_STATS_CPU dump (one message per CPU, nfgenmsg res_id = CPU, big-endian
+    u32 attributes; ctnetlink_ct_stat_cpu_fill_info) -> {cpu: {key: value}}."""
     stats = {}
-    for msg in messages:
-        stats[msg["res_id"]] = {NETLINK_ATTRS[name]: value for name, value in msg["attrs"]
-                                if name in NETLINK_ATTRS}
+    for buf, _kind, start, end in data_messages(chunks, CT_GET_STATS_CPU):
+        if end - start < 20:
+            raise NetlinkFormatError(f"ctnetlink: per-CPU statistics message of {end - start} bytes")
+        cpu = _BE16.unpack_from(buf, start + 18)[0]
+        stats[cpu] = {NETLINK_ATTRS[kind]: _be32(buf, s, e)
+                      for kind, s, e in attributes(buf, start + 20, end) if kind in NETLINK_ATTRS}
     return stats
 
 
-def count_from_netlink(messages: Iterable) -> tuple[int | None, int | None]:
-    """IPCTNL_MSG_CT_GET_STATS reply -> (entries, max). Old kernels omit the max."""
-    attrs = {}
-    for msg in messages:
-        attrs.update(msg["attrs"])
-    return attrs.get("CTA_STATS_GLOBAL_ENTRIES"), attrs.get("CTA_STATS_GLOBAL_MAX_ENTRIES")
+def count_from_netlink(chunks: Iterable[bytes]) -> tuple[int | None, int | None]:
+    """IPCTNL_MSG_CT_GET_STATS reply (ctnetlink_stat_ct_fill_info) -> (entries, max). Old
+    kernels omit the max."""
+    values: dict[int, int] = {}
+    for buf, _kind, start, end in data_messages(chunks, CT_GET_STATS):
+        values.update((kind, _be32(buf, s, e)) for kind, s, e in attributes(buf, start + 20, end)
+                      if kind in (CTA_STATS_GLOBAL_ENTRIES, CTA_STATS_GLOBAL_MAX_ENTRIES))
+    return values.get(CTA_STATS_GLOBAL_ENTRIES), values.get(CTA_STATS_GLOBAL_MAX_ENTRIES)
+
+
+def _be32(buf: bytes, start: int, end: int) -> int:
+    if end - start != 4:
+        raise NetlinkFormatError(f"ctnetlink: statistics attribute of {end - start} bytes, not 4")
+    return _BE32.unpack_from(buf, start)[0]
 
 
 # --- by-state: a ctnetlink table dump, parsed without building per-entry objects --------------
 
-NETLINK_NETFILTER = 12
-CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET
 CTA_TUPLE_ORIG, CTA_PROTOINFO = 1, 4
 CTA_TUPLE_PROTO, CTA_PROTO_NUM = 2, 1
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
@@ -156,53 +192,57 @@ def entry_state(buf: bytes, start: int, end: int) -> tuple[str, str]:
     tup = _find(buf, start, end, CTA_TUPLE_ORIG)
     proto = tup and _find(buf, *tup, CTA_TUPLE_PROTO)
     num = proto and _find(buf, *proto, CTA_PROTO_NUM)
-    if num:
+    if num and num[1] > num[0]:
         protocol = PROTOCOLS.get(buf[num[0]], str(buf[num[0]]))
     if protocol != "tcp":
         return protocol, "none"
     info = _find(buf, start, end, CTA_PROTOINFO)
     tcp = info and _find(buf, *info, CTA_PROTOINFO_TCP)
     state = tcp and _find(buf, *tcp, CTA_PROTOINFO_TCP_STATE)
-    if not state:
+    if not state or state[1] <= state[0]:
         return protocol, "NONE"
     value = buf[state[0]]
     return protocol, TCP_STATES[value] if value < len(TCP_STATES) else str(value)
 
 
 def count_dump(chunks: Iterable[bytes], counts: Counter) -> bool:
-    """Add the entries of ctnetlink dump datagrams to counts; True once NLMSG_DONE was seen."""
+    """Add the entries of ctnetlink dump datagrams to counts; True once NLMSG_DONE was seen,
+    False when the chunks end before it (the dump goes on). A message cut short raises
+    NetlinkFormatError, as everywhere: the kernel never splits a message across datagrams, so a
+    cut means lost bytes, and counting on would undercount without saying so."""
     for buf in chunks:
-        offset = 0
-        while offset + NLMSGHDR.size <= len(buf):
-            length, kind = NLMSGHDR.unpack_from(buf, offset)[:2]
-            if length < NLMSGHDR.size:
-                raise ParseError(f"ctnetlink dump: bad message length {length}")
-            if offset + length > len(buf):
-                break  # a message cut short is not counted
+        for kind, _flags, _seq, start, end in messages(buf):
             if kind == NLMSG_DONE:
+                code = done_code(buf, start, end)
+                if code:
+                    raise kernel_error(code, "ctnetlink dump failed part-way: ")
                 return True
             if kind == NLMSG_ERROR:
-                code = error_code(buf, offset)
+                code = error_code(buf, start, end)
                 if code:
-                    raise OSError(code, f"ctnetlink dump: {os.strerror(code)}")
-            else:
-                counts[entry_state(buf, offset + 20, offset + length)] += 1
-            offset += (length + 3) & ~3
+                    raise kernel_error(code, "ctnetlink dump: ")
+            elif kind >= NLMSG_MIN_TYPE:
+                counts[entry_state(buf, start + 20, end)] += 1
     return False
 
 
-def dump_states(timeout: float = 10.0) -> Counter:
-    """{(protocol, state): entries} of this network namespace, from one ctnetlink dump."""
-    counts: Counter = Counter()
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
-        nl.settimeout(timeout)
-        nl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        nl.bind((0, 0))
+def dump_states(timeout: float = 10.0, max_entries: int | None = None) -> Counter:
+    """{(protocol, state): entries} of this network namespace, from one ctnetlink dump.
+    max_entries bounds the messages read (the table cannot hold more than nf_conntrack_max)."""
+
+    def count(chunks: Iterable[bytes]) -> Counter:
+        counts: Counter = Counter()
+        if not count_dump(chunks, counts):
+            raise NetlinkFormatError("ctnetlink dump ended without NLMSG_DONE")
+        return counts
+
+    nl = NetlinkSocket(NETLINK_NETFILTER, timeout=timeout, rcvbuf=1 << 20)
+    try:
         # nfgenmsg family AF_UNSPEC: IPv4 and IPv6 entries alike.
-        nl.send(struct.pack("=IHHIIBBH", 20, CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, 0, 0, 0, 0))
-        while not count_dump([nl.recv(1 << 17)], counts):
-            pass
-    return counts
+        return nl.dump(CT_GET, NFGENMSG_UNSPEC, count, what="ctnetlink table dump",
+                       max_messages=max_entries, max_bytes=1 << 40)
+    finally:
+        nl.close()
 
 
 # --- the collector ----------------------------------------------------------------------------
@@ -217,18 +257,23 @@ PERMANENT_ERRNOS = {errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT, errno.EAFN
 
 
 def read_netlink() -> Snapshot:
-    from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
+    """Per-CPU statistics, entry count and max from ctnetlink. NetlinkRefused when ctnetlink
+    cannot serve here for good, OSError (errno and reason) when it failed this time."""
     try:
-        # A fresh socket per collection: pyroute2's sync API keeps sockets per thread, so one
-        # long-lived socket would leak a descriptor per worker thread; opening one is cheap.
-        with NFCTSocket() as nfct:
-            stats = stats_from_netlink(nfct.stat())
-            entries, limit = count_from_netlink(nfct.count())
-    except (NetlinkError, OSError) as e:
-        code = e.code if isinstance(e, NetlinkError) else e.errno
-        reason = f"ctnetlink: {os.strerror(code) if code else e}"
+        # A fresh socket per collection: nothing to keep consistent between collections, and
+        # opening one costs microseconds.
+        nl = NetlinkSocket(NETLINK_NETFILTER)
+        try:
+            stats = nl.dump(CT_GET_STATS_CPU, NFGENMSG_UNSPEC, stats_from_netlink,
+                            what="ctnetlink statistics dump")
+            entries, limit = nl.request(CT_GET_STATS, NFGENMSG_UNSPEC, count_from_netlink)
+        finally:
+            nl.close()
+    except NetlinkError as e:
+        code = e.errno if isinstance(e, NetlinkKernelError) else None
+        if code is None:  # a malformed reply: treated like a transient failure
+            raise OSError(errno.EBADMSG, f"ctnetlink: {e}") from None
+        reason = f"ctnetlink: {os.strerror(code)}"
         if code in PERMANENT_ERRNOS:
             if code == errno.EPERM:
                 reason += " (needs CAP_NET_ADMIN)"
@@ -341,7 +386,7 @@ class ConntrackCollector(Collector):
             snap = self._read()
             families = list(self.families(snap))
             if self.option("by-state"):
-                by_state = self._by_state()
+                by_state = self._by_state(snap.limit)
                 if by_state is not None:
                     families.append(by_state)
         return families
@@ -382,9 +427,10 @@ class ConntrackCollector(Collector):
                 family.add_metric([], total)
             yield family
 
-    def _by_state(self):
+    def _by_state(self, limit: int | None):
         try:
-            counts = dump_states()
+            # entries deleted and re-added during the dump may be seen twice, no more
+            counts = dump_states(max_entries=2 * limit + 1024 if limit else None)
         except OSError as e:
             # Counters above still serve; only the breakdown is missing.
             self._warn_once("by-state", "conntrack by-state unavailable", reason=str(e))

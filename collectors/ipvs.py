@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import os
 import re
 import socket
 import struct
-import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -34,11 +35,20 @@ from prometheus_client.samples import Sample
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 from exporter.exposition import CompactFamily, LabelSet
 from exporter.logs import log_event
+
 from .common import read_int, read_text
-from .netlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, attribute,
-                      attributes, error_code, messages)
+from .netlink import (
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NetlinkFormatError,
+    NetlinkSocket,
+    attribute,
+    attribute_spans,
+    data_messages,
+)
 
 log = logging.getLogger("netstack.ipvs")
+T = TypeVar("T")
 
 DEFAULT_MODULES = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack"]
 # kube-proxy's IPVS mode relies on these (conntrack for SNAT, strictARP for MetalLB and friends).
@@ -214,15 +224,15 @@ _U16 = struct.Struct("=H")
 _BE16 = struct.Struct(">H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
+# What a malformed message can raise while its attributes are read: a required attribute that is
+# missing (KeyError), one of the wrong size (struct.error), an address too short (ValueError).
+_DECODE_ERRORS = (KeyError, struct.error, ValueError)
+
+_attrs = attribute_spans  # {attribute type: (payload start, payload end)}
 
 
 class NetlinkUnavailable(Exception):
     """The IPVS generic netlink family cannot be used here (not registered, no privilege)."""
-
-
-def _attrs(buf: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
-    """{attribute type: (payload start, payload end)} for the attributes in buf[off:end]."""
-    return {kind: (start, stop) for kind, start, stop in attributes(buf, off, end)}
 
 
 def _stats(buf: bytes, span: tuple[int, int]) -> tuple[int, ...]:
@@ -240,111 +250,118 @@ def _stats(buf: bytes, span: tuple[int, int]) -> tuple[int, ...]:
 def _nl_address(buf: bytes, start: int, end: int, family: int) -> str:
     # The kernel always sends union nf_inet_addr (16 bytes); IPv4 is its first 4 bytes.
     if family == socket.AF_INET6:
+        if end - start < 16:
+            raise ValueError(f"IPv6 address attribute of {end - start} bytes")
         return socket.inet_ntop(socket.AF_INET6, bytes(buf[start:start + 16]))
+    if end - start < 4:
+        raise ValueError(f"IPv4 address attribute of {end - start} bytes")
     return socket.inet_ntoa(bytes(buf[start:start + 4]))
+
+
+def _malformed(what: str, e: Exception) -> NetlinkFormatError:
+    if isinstance(e, KeyError):
+        return NetlinkFormatError(f"IPVS {what} message without attribute {e.args[0]}")
+    return NetlinkFormatError(f"IPVS {what} message: {e}")
 
 
 def genl_messages(chunks: Iterable[bytes], family_id: int) -> Iterator[tuple[bytes, int, int]]:
     """(buffer, attributes start, message end) of each `family_id` message in recv() chunks.
 
-    Stops at NLMSG_DONE; an NLMSG_ERROR with a non-zero code raises OSError(code)."""
-    for buf in chunks:
-        for kind, _flags, _seq, start, end in messages(buf):
-            if kind == NLMSG_DONE:
-                return
-            if kind == NLMSG_ERROR:
-                code = error_code(buf, start)
-                if code:
-                    raise OSError(code, os.strerror(code))
-            elif kind == family_id:
-                yield buf, start + 20, end  # 16 nlmsghdr + 4 genlmsghdr
+    Stops at NLMSG_DONE; an NLMSG_ERROR with a non-zero code raises NetlinkKernelError, an
+    OSError with that errno."""
+    for buf, _kind, start, end in data_messages(chunks, family_id):
+        yield buf, start + 20, end  # 16 nlmsghdr + 4 genlmsghdr
 
 
 def decode_services(chunks: Iterable[bytes], family_id: int) -> list[Service]:
     """Services of an IPVS_CMD_GET_SERVICE dump (ip_vs_genl_fill_service)."""
     services = []
-    for buf, off, end in genl_messages(chunks, family_id):
-        span = _attrs(buf, off, end).get(IPVS_CMD_ATTR_SERVICE)
-        if span is None:
-            continue
-        a = _attrs(buf, *span)
-        family = _U16.unpack_from(buf, a[SVC_AF][0])[0] if SVC_AF in a else socket.AF_INET
-        sched_start, sched_end = a.get(SVC_SCHED_NAME, (0, 0))
-        scheduler = bytes(buf[sched_start:sched_end]).split(b"\0", 1)[0].decode("ascii", "replace")
-        if SVC_FWMARK in a:
-            svc = Service("", "", 0, _U32.unpack_from(buf, a[SVC_FWMARK][0])[0], scheduler)
-        else:
-            proto = _U16.unpack_from(buf, a[SVC_PROTOCOL][0])[0]
-            svc = Service(PROTOCOL_NAMES.get(proto, f"IP_{proto}"),
-                          _nl_address(buf, *a[SVC_ADDR], family),
-                          _BE16.unpack_from(buf, a[SVC_PORT][0])[0], 0, scheduler)
-        if SVC_FLAGS in a:
-            flags = _U32.unpack_from(buf, a[SVC_FLAGS][0])[0]
-            svc.persistent = bool(flags & IP_VS_SVC_F_PERSISTENT)
-            svc.one_packet = bool(flags & IP_VS_SVC_F_ONEPACKET)
-        stats = a.get(SVC_STATS64) or a.get(SVC_STATS)
-        if stats:
-            svc.stats = _stats(buf, stats)
-        svc.key = b"".join(bytes(buf[a[k][0] - 4:a[k][1]]) + b"\0" * (-(a[k][1] - a[k][0]) % 4)
-                           for k in SVC_KEY_ATTRS if k in a)
-        services.append(svc)
+    u16, u32 = _U16.unpack, _U32.unpack
+    try:
+        for buf, off, end in genl_messages(chunks, family_id):
+            span = _attrs(buf, off, end).get(IPVS_CMD_ATTR_SERVICE)
+            if span is None:
+                continue
+            a = _attrs(buf, *span)
+            family = u16(buf[slice(*a[SVC_AF])])[0] if SVC_AF in a else socket.AF_INET
+            sched_start, sched_end = a.get(SVC_SCHED_NAME, (0, 0))
+            scheduler = bytes(buf[sched_start:sched_end]).split(b"\0", 1)[0].decode("ascii", "replace")
+            if SVC_FWMARK in a:
+                svc = Service("", "", 0, u32(buf[slice(*a[SVC_FWMARK])])[0], scheduler)
+            else:
+                proto = u16(buf[slice(*a[SVC_PROTOCOL])])[0]
+                svc = Service(PROTOCOL_NAMES.get(proto, f"IP_{proto}"),
+                              _nl_address(buf, *a[SVC_ADDR], family),
+                              _BE16.unpack(buf[slice(*a[SVC_PORT])])[0], 0, scheduler)
+            if SVC_FLAGS in a:  # struct ip_vs_flags: flags, mask
+                flags = _U32.unpack_from(buf[slice(*a[SVC_FLAGS])])[0]
+                svc.persistent = bool(flags & IP_VS_SVC_F_PERSISTENT)
+                svc.one_packet = bool(flags & IP_VS_SVC_F_ONEPACKET)
+            stats = a.get(SVC_STATS64) or a.get(SVC_STATS)
+            if stats:
+                svc.stats = _stats(buf, stats)
+            svc.key = b"".join(bytes(buf[a[k][0] - 4:a[k][1]]) + b"\0" * (-(a[k][1] - a[k][0]) % 4)
+                               for k in SVC_KEY_ATTRS if k in a)
+            services.append(svc)
+    except _DECODE_ERRORS as e:
+        if isinstance(e, ParseError):
+            raise
+        raise _malformed("service", e) from None
     return services
 
 
 def decode_dests(chunks: Iterable[bytes], family_id: int, svc: Service, want_dests: bool) -> None:
-    """Add the destinations of an IPVS_CMD_GET_DEST dump (ip_vs_genl_fill_dest) to svc."""
-    if want_dests:
-        svc.dests = []
-    for buf, off, end in genl_messages(chunks, family_id):
-        span = _attrs(buf, off, end).get(IPVS_CMD_ATTR_DEST)
-        if span is None:
-            continue
-        a = _attrs(buf, *span)
-        u32 = _U32.unpack_from
-        weight = u32(buf, a[DEST_WEIGHT][0])[0]
-        active = u32(buf, a[DEST_ACTIVE_CONNS][0])[0]
-        inactive = u32(buf, a[DEST_INACT_CONNS][0])[0]
-        svc.add_backend(weight, active, inactive)
-        if want_dests:
-            family = (_U16.unpack_from(buf, a[DEST_ADDR_FAMILY][0])[0] if DEST_ADDR_FAMILY in a
-                      else socket.AF_INET6 if ":" in svc.address else socket.AF_INET)
-            forward = u32(buf, a[DEST_FWD_METHOD][0])[0] if DEST_FWD_METHOD in a else 0
-            svc.dests.append((_nl_address(buf, *a[DEST_ADDR], family),
-                              _BE16.unpack_from(buf, a[DEST_PORT][0])[0],
+    """Set svc's backends from an IPVS_CMD_GET_DEST dump (ip_vs_genl_fill_dest): sums, and the
+    list when want_dests."""
+    svc.backends = svc.active = svc.inactive = svc.weight_zero = 0
+    dests: list[tuple[str, int, str, int, int, int]] | None = [] if want_dests else None
+    svc.dests = dests
+    u32 = _U32.unpack
+    try:
+        for buf, off, end in genl_messages(chunks, family_id):
+            span = _attrs(buf, off, end).get(IPVS_CMD_ATTR_DEST)
+            if span is None:
+                continue
+            a = _attrs(buf, *span)
+            weight = u32(buf[slice(*a[DEST_WEIGHT])])[0]
+            active = u32(buf[slice(*a[DEST_ACTIVE_CONNS])])[0]
+            inactive = u32(buf[slice(*a[DEST_INACT_CONNS])])[0]
+            svc.add_backend(weight, active, inactive)
+            if dests is not None:
+                family = (_U16.unpack(buf[slice(*a[DEST_ADDR_FAMILY])])[0] if DEST_ADDR_FAMILY in a
+                          else socket.AF_INET6 if ":" in svc.address else socket.AF_INET)
+                forward = u32(buf[slice(*a[DEST_FWD_METHOD])])[0] if DEST_FWD_METHOD in a else 0
+                dests.append((_nl_address(buf, *a[DEST_ADDR], family),
+                              _BE16.unpack(buf[slice(*a[DEST_PORT])])[0],
                               FORWARD_NAMES.get(forward, "masq"), weight, active, inactive))
+    except _DECODE_ERRORS as e:
+        if isinstance(e, ParseError):
+            raise
+        raise _malformed("destination", e) from None
 
 
 class GenlSocket:
-    """A minimal generic-netlink client: resolve a family, run dumps, return raw recv() chunks."""
+    """Generic netlink on the shared client: resolve a family, run requests and dumps."""
 
     def __init__(self, sock: socket.socket | None = None):
-        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                          NETLINK_GENERIC)
-        if sock is None:
-            self.sock.bind((0, 0))
-            self.sock.settimeout(10.0)  # a reply that never ends must not hang the collector
-        self.seq = 0
-        self.lock = threading.Lock()
+        # a reply that never ends must not hang the collector
+        self.nl = NetlinkSocket(NETLINK_GENERIC, timeout=10.0, sock=sock)
+
+    @staticmethod
+    def _body(cmd: int, version: int, attrs: bytes) -> bytes:
+        return struct.pack("=BBH", cmd, version, 0) + attrs  # genlmsghdr
 
     def request(self, kind: int, flags: int, cmd: int, version: int, attrs: bytes) -> list[bytes]:
         """Send one request; return the reply chunks up to and including NLMSG_DONE or the ack."""
-        with self.lock:
-            self.seq += 1
-            seq = self.seq
-            body = struct.pack("=BBH", cmd, version, 0) + attrs
-            self.sock.send(NLMSGHDR.pack(16 + len(body), kind, flags, seq, 0) + body)
-            chunks = []
-            while True:
-                buf = self.sock.recv(65536)
-                if not buf:
-                    raise OSError(errno.EIO, "netlink socket closed")
-                last = _last_message(buf)
-                if last is None or last[1] != seq:
-                    continue  # an empty read or a stale reply to an earlier, interrupted request
-                chunks.append(buf)
-                # a dump ends with NLMSG_DONE (or an error); a plain request with one reply
-                if not flags & NLM_F_DUMP or last[0] in (NLMSG_DONE, NLMSG_ERROR):
-                    return chunks
+        body = self._body(cmd, version, attrs)
+        if flags & NLM_F_DUMP == NLM_F_DUMP:
+            return self.nl.dump(kind, body, flags=flags)
+        return self.nl.request(kind, body, flags=flags)
+
+    def dump(self, kind: int, cmd: int, version: int, attrs: bytes,
+             decode: Callable[[Iterator[bytes]], T]) -> T:
+        """decode(the reply chunks, as they arrive) of one dump."""
+        return self.nl.dump(kind, self._body(cmd, version, attrs), decode)
 
     def family_id(self, name: str) -> int:
         """The numeric id of a generic netlink family; NetlinkUnavailable when not registered."""
@@ -352,9 +369,9 @@ class GenlSocket:
             chunks = self.request(GENL_ID_CTRL, NLM_F_REQUEST, CTRL_CMD_GETFAMILY, 1,
                                   attribute(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"))
             for buf, off, end in genl_messages(chunks, GENL_ID_CTRL):
-                a = _attrs(buf, off, end)
-                if CTRL_ATTR_FAMILY_ID in a:
-                    return _U16.unpack_from(buf, a[CTRL_ATTR_FAMILY_ID][0])[0]
+                start, stop = _attrs(buf, off, end).get(CTRL_ATTR_FAMILY_ID, (0, 0))
+                if stop - start >= 2:
+                    return _U16.unpack_from(buf, start)[0]
         except OSError as e:
             if e.errno == errno.ENOENT:
                 raise NetlinkUnavailable(f"generic netlink family {name} is not registered") from None
@@ -362,15 +379,7 @@ class GenlSocket:
         raise NetlinkUnavailable(f"generic netlink family {name}: no id in the reply")
 
     def close(self) -> None:
-        self.sock.close()
-
-
-def _last_message(buf: bytes) -> tuple[int, int] | None:
-    """(type, sequence number) of the last netlink message in buf."""
-    last = None
-    for kind, _flags, seq, _start, _end in messages(buf):
-        last = (kind, seq)
-    return last
+        self.nl.close()
 
 
 @contextlib.contextmanager
@@ -398,18 +407,18 @@ class IpvsNetlink:
     def dump_services(self) -> list[Service]:
         """The services with their traffic counters, without destinations (one request)."""
         with _needs_privilege():
-            chunks = self.genl.request(self.family, NLM_F_REQUEST | NLM_F_DUMP, IPVS_CMD_GET_SERVICE,
-                                       IPVS_GENL_VERSION, b"")
-            return decode_services(chunks, self.family)
+            return self.genl.dump(self.family, IPVS_CMD_GET_SERVICE, IPVS_GENL_VERSION, b"",
+                                  lambda chunks: decode_services(chunks, self.family))
 
     def services(self, want_dests: bool) -> list[Service]:
         """The services and, one dump per service, their destinations."""
         services = self.dump_services()
         with _needs_privilege():
             for svc in services:
-                chunks = self.genl.request(self.family, NLM_F_REQUEST | NLM_F_DUMP, IPVS_CMD_GET_DEST,
-                                           IPVS_GENL_VERSION, attribute(IPVS_CMD_ATTR_SERVICE, svc.key))
-                decode_dests(chunks, self.family, svc, want_dests)
+                self.genl.dump(self.family, IPVS_CMD_GET_DEST, IPVS_GENL_VERSION,
+                               attribute(IPVS_CMD_ATTR_SERVICE, svc.key),
+                               functools.partial(decode_dests, family_id=self.family, svc=svc,
+                                                 want_dests=want_dests))
         return services
 
     def close(self) -> None:

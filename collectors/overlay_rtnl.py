@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import struct
-import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-from .netlink import (NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR,
-                      NetlinkFormatError, attribute, attributes, error_code, messages)
+from .netlink import (
+    NLMSGHDR,
+    NetlinkFormatError,
+    NetlinkSocket,
+    attribute,
+    attributes,
+    data_messages,
+    messages,
+)
 
 NETLINK_ROUTE = 0
 
@@ -41,7 +46,7 @@ RTM_GETROUTE = 26
 RTM_NEWSTATS = 92
 RTM_GETSTATS = 94
 
-NLM_F_DUMP_INTR = 0x10
+RCVBUF = 1 << 20  # room for a dump part and a burst of link events
 
 # Multicast groups, as bind() bitmask (RTMGRP_*).
 RTMGRP_LINK = 0x1
@@ -80,10 +85,6 @@ STATS64_FIELDS = (
     "tx_window_errors", "rx_compressed", "tx_compressed", "rx_nohandler",
     "rx_otherhost_dropped",
 )
-
-
-class DumpInterrupted(Exception):
-    """The kernel flagged the dump NLM_F_DUMP_INTR: links changed while it was running."""
 
 
 # --- pure wire-format functions ---------------------------------------------------------------
@@ -155,6 +156,8 @@ def parse_route_oif(message: bytes) -> int | None:
 
 def parse_addr(message: bytes) -> tuple[int, set[bytes]]:
     """(ifindex, raw addresses) of an RTM_NEWADDR message."""
+    if len(message) < NLMSGHDR.size + IFADDRMSG.size:
+        raise NetlinkFormatError(f"address message of {len(message)} bytes is too short")
     _family, _plen, _flags, _scope, index = IFADDRMSG.unpack_from(message, NLMSGHDR.size)
     found = {payload for atype, payload in iter_attrs(message, NLMSGHDR.size + IFADDRMSG.size)
              if atype in (IFA_ADDRESS, IFA_LOCAL)}
@@ -164,92 +167,31 @@ def parse_addr(message: bytes) -> tuple[int, set[bytes]]:
 # --- sockets ----------------------------------------------------------------------------------
 
 
-def _open(groups: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, groups))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class RtnlSocket:
-    """Request/response rtnetlink socket. One request at a time (a lock serialises callers)."""
-
-    RECV_SIZE = 1 << 16  # a dump part is at most a few pages
-    MAX_RECVS = 100_000  # bound on parts for one request: no endless loop on a confused socket
+    """Request/response rtnetlink on the shared client (sequence check, NLM_F_DUMP_INTR retry,
+    bounds, timeout: netlink.NetlinkSocket). One request at a time."""
 
     TIMEOUT = 5.0  # the kernel answers at once; this only bounds a wedged socket
 
     def __init__(self) -> None:
-        self._sock = _open()
-        self._sock.settimeout(self.TIMEOUT)
-        self._seq = 0
-        self._lock = threading.Lock()
+        self._nl = NetlinkSocket(NETLINK_ROUTE, timeout=self.TIMEOUT, rcvbuf=RCVBUF)
 
     def close(self) -> None:
-        self._sock.close()
-
-    def request(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
-        """Send one request; return the reply messages (all parts of a dump).
-
-        Raises OSError(errno) when the kernel answers with an error, DumpInterrupted when a
-        dump was flagged inconsistent.
-        """
-        with self._lock:
-            self._seq = (self._seq + 1) & 0xFFFFFFFF
-            seq = self._seq
-            header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, flags | NLM_F_REQUEST,
-                                   seq, 0)
-            self._sock.send(header + body)
-            dump = (flags & NLM_F_DUMP) == NLM_F_DUMP
-            replies: list[bytes] = []
-            interrupted = False
-            for _ in range(self.MAX_RECVS):
-                data = self._sock.recv(self.RECV_SIZE)
-                for mtype, mflags, mseq, message in iter_messages(data):
-                    if mseq != seq:
-                        continue  # a late reply to an earlier, abandoned request
-                    if mflags & NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if mtype == NLMSG_ERROR:
-                        code = error_code(message, 0)
-                        if code:
-                            raise OSError(code, os.strerror(code))
-                        return replies
-                    if mtype == NLMSG_DONE:
-                        if interrupted:
-                            raise DumpInterrupted()
-                        return replies
-                    replies.append(message)
-                    if not dump:
-                        return replies
-            raise OSError(errno.EMSGSIZE, "netlink reply did not end")
+        self._nl.close()
 
     def dump_links(self) -> list[LinkSummary]:
         body = IFINFOMSG.pack(0, 0, 0, 0, 0) + attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
-        for _attempt in range(3):
-            try:
-                return [parse_link(m) for m in self.request(RTM_GETLINK, NLM_F_DUMP, body)]
-            except DumpInterrupted:
-                continue
-        raise OSError(errno.EAGAIN, "link dump interrupted three times in a row")
+        return self._nl.dump(RTM_GETLINK, body, _decode_links, what="link dump")
 
     def link_stats(self, index: int) -> dict[str, int] | None:
         """Counters of one device; None when it no longer exists."""
         body = IFSTATSMSG.pack(0, 0, index, 1 << (IFLA_STATS_LINK_64 - 1))
         try:
-            replies = self.request(RTM_GETSTATS, 0, body)
+            return self._nl.request(RTM_GETSTATS, body, _decode_stats)
         except OSError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
                 return None
             raise
-        for message in replies:
-            if NLMSGHDR.unpack_from(message)[1] == RTM_NEWSTATS:
-                return parse_stats64(message)
-        return None
 
     def route_oif(self, address: str) -> int | None:
         """Output interface of the route the kernel would use to reach address; None if none."""
@@ -257,26 +199,44 @@ class RtnlSocket:
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         body = RTMSG.pack(family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + attribute(RTA_DST, ip.packed)
         try:
-            replies = self.request(RTM_GETROUTE, 0, body)
+            return self._nl.request(RTM_GETROUTE, body, _decode_route_oif)
         except OSError as e:
             if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESRCH, errno.EINVAL,
                            errno.EACCES, errno.EPERM):
                 return None  # unroutable (or a prohibit/blackhole route)
             raise
-        for message in replies:
-            if NLMSGHDR.unpack_from(message)[1] == RTM_NEWROUTE:
-                return parse_route_oif(message)
-        return None
 
     def address_owner(self, address: str) -> int | None:
         """ifindex of the device that has address assigned; None if no device has it."""
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        for message in self.request(RTM_GETADDR, NLM_F_DUMP, IFADDRMSG.pack(family, 0, 0, 0, 0)):
-            index, found = parse_addr(message)
-            if ip.packed in found:
-                return index
-        return None
+
+        def owner(chunks: Iterable[bytes]) -> int | None:
+            found = None
+            for buf, _kind, start, end in data_messages(chunks, RTM_NEWADDR):
+                index, addresses = parse_addr(buf[start:end])
+                if found is None and ip.packed in addresses:
+                    found = index
+            return found
+
+        return self._nl.dump(RTM_GETADDR, IFADDRMSG.pack(family, 0, 0, 0, 0), owner,
+                             what="address dump")
+
+
+def _decode_links(chunks: Iterable[bytes]) -> list[LinkSummary]:
+    return [parse_link(buf[start:end]) for buf, _kind, start, end in data_messages(chunks, RTM_NEWLINK)]
+
+
+def _decode_stats(chunks: Iterable[bytes]) -> dict[str, int] | None:
+    for buf, _kind, start, end in data_messages(chunks, RTM_NEWSTATS):
+        return parse_stats64(buf[start:end])
+    return None
+
+
+def _decode_route_oif(chunks: Iterable[bytes]) -> int | None:
+    for buf, _kind, start, end in data_messages(chunks, RTM_NEWROUTE):
+        return parse_route_oif(buf[start:end])
+    return None
 
 
 @dataclass(frozen=True)
@@ -291,25 +251,26 @@ class LinkMonitor:
     MAX_RECVS = 1000  # per drain: a storm of events ends in "overflowed", i.e. a full refresh
 
     def __init__(self) -> None:
-        self._sock = _open(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-                           | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
-        self._sock.setblocking(False)
+        self._nl = NetlinkSocket(NETLINK_ROUTE, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                                 | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE, timeout=0, rcvbuf=RCVBUF)
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def drain(self) -> tuple[list[Event], bool]:
         """Events queued since the last call, and whether some were lost (then refresh all)."""
         events: list[Event] = []
         for _ in range(self.MAX_RECVS):
             try:
-                data = self._sock.recv(RtnlSocket.RECV_SIZE)
-            except BlockingIOError:
-                return events, False
+                data = self._nl.receive_nowait()
+            except NetlinkFormatError:  # a notification too big to read whole: lost, refresh
+                return events, True
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # the kernel dropped events: our view is stale
                     return events, True
                 raise
+            if data is None:
+                return events, False
             for mtype, _flags, _seq, message in iter_messages(data):
                 if mtype in (RTM_NEWLINK, RTM_DELLINK):
                     events.append(Event(mtype, parse_link(message)))

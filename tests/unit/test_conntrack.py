@@ -18,13 +18,19 @@ from collections import Counter
 
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pyroute2.netlink.nfnetlink.nfctsocket import nfct_stats, nfct_stats_cpu
 
-from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from collectors import conntrack
 from collectors.conntrack import (
-    COLLECTOR, ConntrackCollector, Snapshot, count_dump, count_from_netlink,
-    parse_procfs_stats, stats_from_netlink,
+    COLLECTOR,
+    ConntrackCollector,
+    Snapshot,
+    count_dump,
+    count_from_netlink,
+    parse_procfs_stats,
+    stats_from_netlink,
 )
+from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from tests.helpers import FIXTURES
 
 DIR = FIXTURES / "conntrack"
@@ -83,17 +89,34 @@ def test_procfs_bad_input_is_one_clear_error(text, message):
     assert "\n" not in str(e.value)
 
 
+def ctnetlink(cls, msg_type: int, attrs, res_id: int = 0, seq: int = 1, flags: int = 2) -> bytes:
+    """A ctnetlink reply as the kernel lays it out, encoded by pyroute2's message classes."""
+    msg = cls()
+    msg["nfgen_family"], msg["res_id"], msg["attrs"] = 0, res_id, attrs
+    msg["header"]["type"], msg["header"]["flags"] = msg_type, flags
+    msg["header"]["sequence_number"] = seq
+    msg.encode()
+    return bytes(msg.data)
+
+
+DONE = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
+
+
 def test_netlink_replies_map_to_the_same_keys():
-    # The shape pyroute2 decodes IPCTNL_MSG_CT_GET_STATS_CPU / _GET_STATS into.
-    cpu_msgs = [{"res_id": 0, "attrs": [("CTA_STATS_INSERT_FAILED", 3), ("CTA_STATS_DROP", 5),
-                                        ("CTA_STATS_CHAIN_TOOLONG", 1), ("CTA_STATS_ERROR", 2)]},
-                {"res_id": 1, "attrs": [("CTA_STATS_INSERT_FAILED", 4), ("CTA_STATS_SEARCHED", 9)]}]
-    assert stats_from_netlink(cpu_msgs) == {
+    # IPCTNL_MSG_CT_GET_STATS_CPU (one message per CPU) and _GET_STATS, encoded by pyroute2
+    cpu_msgs = [ctnetlink(nfct_stats_cpu, conntrack.CT_GET_STATS_CPU, [
+                    ("CTA_STATS_INSERT_FAILED", 3), ("CTA_STATS_DROP", 5),
+                    ("CTA_STATS_CHAIN_TOOLONG", 1), ("CTA_STATS_ERROR", 2)], res_id=0),
+                ctnetlink(nfct_stats_cpu, conntrack.CT_GET_STATS_CPU, [
+                    ("CTA_STATS_INSERT_FAILED", 4), ("CTA_STATS_SEARCHED", 9)], res_id=1)]
+    assert stats_from_netlink([cpu_msgs[0], cpu_msgs[1] + DONE]) == {
         0: {"insert_failed": 3, "drop": 5, "chain_toolong": 1, "error": 2},
         1: {"insert_failed": 4}}
-    count = [{"attrs": [("CTA_STATS_GLOBAL_ENTRIES", 17), ("CTA_STATS_GLOBAL_MAX_ENTRIES", 65536)]}]
+    count = [ctnetlink(nfct_stats, conntrack.CT_GET_STATS, [
+        ("CTA_STATS_GLOBAL_ENTRIES", 17), ("CTA_STATS_GLOBAL_MAX_ENTRIES", 65536)])]
     assert count_from_netlink(count) == (17, 65536)
-    assert count_from_netlink([{"attrs": [("CTA_STATS_GLOBAL_ENTRIES", 17)]}]) == (17, None)
+    old = [ctnetlink(nfct_stats, conntrack.CT_GET_STATS, [("CTA_STATS_GLOBAL_ENTRIES", 17)])]
+    assert count_from_netlink(old) == (17, None)
 
 
 def test_dump_from_the_kernel_counts_protocols_and_tcp_states():
@@ -106,7 +129,11 @@ def test_dump_from_the_kernel_counts_protocols_and_tcp_states():
 def test_dump_errors_are_reported_not_guessed():
     data = (DIR / "dump-6.18.bin").read_bytes()
     counts: Counter = Counter()
-    assert count_dump([data[: len(data) // 2]], counts) is False  # dump continues: no DONE yet
+    # five whole messages, no NLMSG_DONE yet: the dump continues in the next datagram
+    assert count_dump([data[:1248]], counts) is False and sum(counts.values()) == 5
+    # a message cut short (the kernel never splits one across datagrams): bytes were lost
+    with pytest.raises(ParseError, match="truncated"):
+        count_dump([data[: len(data) // 2]], Counter())
     with pytest.raises(ParseError):
         count_dump([struct.pack("=IHHII", 8, 0x101, 0, 0, 0)], Counter())
     error = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -1) + b"\0" * 16  # NLMSG_ERROR, -EPERM

@@ -11,29 +11,20 @@ import socket
 import struct
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.registry import CollectorRegistry
 from pyroute2.netlink import ctrlmsg, nlmsgerr
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 from pyroute2.netlink.marshal import Marshal
 
 from collectors import ipvs, netlink
 from exporter.contract import Context, ParseError, Paths, SourceUnavailable
-from tests.helpers import FIXTURES, parse_metrics, samples, value
+from tests.helpers import FIXTURES, collector_metrics, samples, value
 
 FIX = FIXTURES / "ipvs"
 
 
 def scrape(collector) -> dict:
-    """Exposition text as the exporter serialises it, parsed back into {(name, labels): value}."""
-
-    class Once:
-        def collect(self):
-            return collector.collect()
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Once())
-    return parse_metrics(generate_latest(registry).decode())
+    """Exposition text as the exporter encodes it, parsed back into {(name, labels): value}."""
+    return collector_metrics(collector)
 
 
 def make(tree: str = "full", sysfs: str | None = None, **options):
@@ -501,6 +492,12 @@ class FakeKernelSocket:
 
     def recv(self, size: int) -> bytes:
         return self.pending.pop(0)
+
+    def recv_into(self, buffer: bytearray, size: int, flags: int = 0) -> int:
+        # as the kernel with MSG_TRUNC: the datagram's real size, even when it did not fit
+        data = self.pending.pop(0)
+        buffer[:min(size, len(data))] = data[:size]
+        return len(data)
 
     def close(self) -> None:
         self.closed = True
