@@ -19,6 +19,7 @@ import errno
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 # The documented reason label values of netstack_fsync_probe_errors_total.
 REASONS = ("no_space", "read_only", "permission_denied", "io_error", "missing_directory",
-           "timeout", "other")
+           "unsafe_directory", "unsafe_file", "timeout", "other")
 _ERRNO_REASONS = {
     errno.ENOSPC: "no_space",
     errno.EDQUOT: "no_space",
@@ -65,7 +66,108 @@ _ERRNO_REASONS = {
 
 
 def error_reason(err: OSError) -> str:
+    if isinstance(err, UnsafePath):
+        return err.reason
     return _ERRNO_REASONS.get(err.errno, "other")
+
+
+class UnsafePath(OSError):
+    """A probe directory or file the probe refuses to use; `reason` is its label value."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(errno.EPERM, message)
+        self.reason = reason
+
+
+def check_directory(st: os.stat_result, euid: int) -> None:
+    """Like ssh's StrictModes: the directory belongs to us or root, and nobody else can add,
+    rename or remove entries in it (group/world-writable only with the sticky bit)."""
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath("unsafe_directory", "not a directory")
+    if st.st_uid not in (euid, 0):
+        raise UnsafePath("unsafe_directory", f"owned by uid {st.st_uid}, neither this process's "
+                                             f"(uid {euid}) nor root's")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise UnsafePath("unsafe_directory", f"mode {stat.S_IMODE(st.st_mode):04o}: writable by "
+                                             "group or others without the sticky bit")
+
+
+def check_probe_file(st: os.stat_result, euid: int) -> None:
+    """The probe file is a plain file of ours with no other name: never a FIFO, a device, a
+    symlink, someone else's file, or a hard link to a file elsewhere."""
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath("unsafe_file", f"{PROBE_FILE} is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePath("unsafe_file", f"{PROBE_FILE} is not a regular file (mode {st.st_mode:o})")
+    if st.st_uid != euid:
+        raise UnsafePath("unsafe_file", f"{PROBE_FILE} belongs to uid {st.st_uid}, not to this "
+                                        f"process (uid {euid})")
+    if st.st_nlink != 1:
+        raise UnsafePath("unsafe_file", f"{PROBE_FILE} has {st.st_nlink} links (a hard link to "
+                                        "a file elsewhere)")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_probe_directory(path: str) -> int:
+    """The directory's fd, opened without following a symlink in its last component, checked."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError as e:
+        # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR (ELOOP without O_DIRECTORY)
+        if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise UnsafePath("unsafe_directory", "is a symbolic link") from None
+        raise
+    try:
+        check_directory(os.fstat(fd), os.geteuid())
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_probe_file(dir_fd: int) -> int:
+    """Create the probe file in the directory (O_EXCL), or reuse the one an earlier run of ours
+    left (a crash) if it is plainly ours; opened relative to the directory's fd, never through
+    a symlink, never blocking on a FIFO."""
+    euid = os.geteuid()
+    try:
+        return os.open(PROBE_FILE, _FILE_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    before = os.stat(PROBE_FILE, dir_fd=dir_fd, follow_symlinks=False)
+    check_probe_file(before, euid)  # before opening: a FIFO or a device is never opened
+    try:
+        fd = os.open(PROBE_FILE, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # swapped for a symlink or a FIFO meanwhile
+            raise UnsafePath("unsafe_file", f"{PROBE_FILE} was replaced while being opened") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise UnsafePath("unsafe_file", f"{PROBE_FILE} was replaced while being opened")
+        check_probe_file(st, euid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_probe_file(dir_fd: int, inode: int | None) -> bool:
+    """Unlink the probe file relative to the directory's fd, only if it is still our file
+    (the inode we wrote, when known). True if removed."""
+    try:
+        st = os.stat(PROBE_FILE, dir_fd=dir_fd, follow_symlinks=False)
+        check_probe_file(st, os.geteuid())
+    except (FileNotFoundError, UnsafePath):
+        return False
+    if inode is not None and st.st_ino != inode:
+        return False
+    os.unlink(PROBE_FILE, dir_fd=dir_fd)
+    return True
 
 
 @dataclass(frozen=True)
@@ -193,23 +295,30 @@ class ProbeResult:
     bytes_written: int = 0
     error: OSError | None = None
     stopped: bool = False  # ended early by should_stop (timeout or shutdown)
+    inode: int | None = None  # of the probe file written
 
 
-def run_probe(directory: str, writes: int, block: bytes,
+def run_probe(directory: str | int, writes: int, block: bytes,
               datasync: Callable[[int], None] = os.fdatasync,
               should_stop: Callable[[], bool] = lambda: False,
               reset_extents: bool = True) -> ProbeResult:
-    """One probe: `writes` sequential writes of `block` into the probe file of `directory`, each
-    followed by a timed fdatasync. Expected failures land in result.error, never raised."""
+    """One probe: `writes` sequential writes of `block` into the probe file of `directory` (a
+    path, or the fd of a directory opened by open_probe_directory), each followed by a timed
+    fdatasync. Expected failures land in result.error, never raised."""
     result = ProbeResult()
     size = writes * len(block)
+    dir_fd = None
     try:
-        # O_NOFOLLOW: directories may be shared hostPaths; never write through a planted symlink.
-        fd = os.open(os.path.join(directory, PROBE_FILE),
-                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        # Directories may be shared hostPaths: never follow a planted symlink, FIFO or hard link.
+        dir_fd = open_probe_directory(directory) if isinstance(directory, str) else directory
+        fd = open_probe_file(dir_fd)
     except OSError as e:
         result.error = e
         return result
+    finally:
+        if isinstance(directory, str) and dir_fd is not None:
+            os.close(dir_fd)
+    result.inode = os.fstat(fd).st_ino
     try:
         st = os.fstat(fd)
         if st.st_size != size or st.st_blocks * 512 < size:
@@ -271,6 +380,11 @@ class _Directory:
         self.state: str | None = None  # "ok" or the last error reason; logged when it changes
         self.worker: threading.Thread | None = None
         self.existed = False
+        # The directory, opened once (O_DIRECTORY|O_NOFOLLOW); files are made and removed
+        # relative to it, so a path swapped for a symlink never leads a write elsewhere.
+        self.dir_fd: int | None = None
+        self.file_inode: int | None = None  # the probe file we wrote: the only one we remove
+        self.fd_lock = threading.Lock()  # dir_fd between the probe thread and close()
 
 
 def _absolute_paths(paths: list[str]) -> None:
@@ -360,9 +474,16 @@ class FsyncCollector(Collector):
             device, fstype = self._labels(d.path)
             result = self._prepare(d)
             if result is None:
-                result = run_probe(
-                    d.path, self.option("writes"), self._block, self._datasync,
-                    lambda: self._closing.is_set() or time.monotonic() >= run.deadline)
+                try:
+                    dir_fd = self._directory_fd(d)
+                except OSError as e:
+                    result = ProbeResult(error=e)
+                else:
+                    result = run_probe(
+                        dir_fd, self.option("writes"), self._block, self._datasync,
+                        lambda: self._closing.is_set() or time.monotonic() >= run.deadline)
+                    if result.inode is not None:
+                        d.file_inode = result.inode
             with self._lock:
                 d.device, d.fstype = device, fstype
                 self._publish(d, run, result)
@@ -388,6 +509,34 @@ class FsyncCollector(Collector):
             return ProbeResult(error=e)
         d.existed = True
         return None
+
+    def _directory_fd(self, d: _Directory) -> int:
+        """The directory's fd, opened once; checked again before every probe. If the path now
+        names something else (a symlink, another directory), the old fd is dropped and the path
+        opened and checked afresh, which refuses a symlink."""
+        with d.fd_lock:
+            if d.dir_fd is not None:
+                try:
+                    now = os.stat(d.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    self._drop_directory_fd(d)
+                    raise
+                held = os.fstat(d.dir_fd)
+                if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                    check_directory(held, os.geteuid())  # its owner or mode may have changed
+                    return d.dir_fd
+                # moved away or replaced: clean up our file in it, through the fd, then let go
+                log_event(log, logging.WARNING, "fsync probe directory was replaced", path=d.path)
+                remove_probe_file(d.dir_fd, d.file_inode)
+                self._drop_directory_fd(d)
+            d.dir_fd = open_probe_directory(d.path)
+            return d.dir_fd
+
+    @staticmethod
+    def _drop_directory_fd(d: _Directory) -> None:
+        if d.dir_fd is not None:
+            os.close(d.dir_fd)
+            d.dir_fd, d.file_inode = None, None
 
     def _publish(self, d: _Directory, run: _Run, result: ProbeResult) -> None:
         # Completed syncs are real observations even when the probe failed or ran late.
@@ -492,13 +641,16 @@ class FsyncCollector(Collector):
             self._loop.stop(timeout=0.2)
 
     def _remove_probe_file(self, d: _Directory) -> None:
-        try:
-            os.unlink(os.path.join(d.path, PROBE_FILE))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log_event(log, logging.WARNING, "fsync cannot remove probe file", path=d.path,
-                   error=e.strerror or str(e))
+        """Unlink our probe file, relative to the directory's fd (never through the path, which
+        may have been swapped for a symlink meanwhile)."""
+        with d.fd_lock:
+            if d.dir_fd is None:
+                return
+            try:
+                remove_probe_file(d.dir_fd, d.file_inode)
+            except OSError as e:
+                log_event(log, logging.WARNING, "fsync cannot remove probe file", path=d.path,
+                          error=e.strerror or str(e))
 
 
 COLLECTOR = FsyncCollector
