@@ -16,6 +16,8 @@ MODULES = (
     "ipvs",
     "fsync",
     "bgp",
+    "virtualization",
+    "strict_arp",
     "ebpf_softirq",
     "ebpf_drops",
 )
