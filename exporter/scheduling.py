@@ -5,6 +5,9 @@ Each collector owns one daemon worker thread. That gives three properties cheapl
 - a collector stuck in the kernel (NFS, a hung netlink peer) holds only its own thread, is marked
   failed after the timeout, and is not called again until it returns, so threads never pile up;
 - shutdown never waits for a stuck call (daemon threads).
+
+In a collection every collector has the whole budget on its own thread: a probe when one is due,
+then collect(), in parallel with the others, so a slow one fails only itself.
 """
 
 from __future__ import annotations
@@ -15,15 +18,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client.core import Metric
 
 from .contract import Collector, NotReady, SourceUnavailable
-from .exposition import CompactFamily, LabelSets
 from .logs import log_event
-from .snapshot import INLINE_ENCODE_SAMPLES, Snapshot, release_freed_heap
+from .snapshot import INLINE_ENCODE_SAMPLES, Outcome, Snapshot, release_freed_heap
 
 log = logging.getLogger("netstack.exporter")
 
@@ -62,54 +63,118 @@ class Worker:
         self._queue.put(None)
 
 
-@dataclass
-class Outcome:
-    families: list[Metric]
-    success: bool
-    duration: float
+class Job:
+    """A call on a worker that several collections may wait for in turn: one that stops waiting
+    leaves it to the next. A waiter's callback goes when it stops waiting, so a call stuck for
+    days holds nothing per scrape."""
+
+    def __init__(self, future: concurrent.futures.Future):
+        self.future = future
+        self._lock = threading.Lock()
+        self._waiters: list[Callable[[], None]] = []
+        future.add_done_callback(self._finished)
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self):
+        return self.future.result()
+
+    def notify(self, fn: Callable[[], None]) -> None:
+        """Call fn once the call has returned (on the worker's thread), or now if it has."""
+        with self._lock:
+            if not self.future.done():
+                self._waiters.append(fn)
+                return
+        fn()
+
+    def forget(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if fn in self._waiters:
+                self._waiters.remove(fn)
+
+    def _finished(self, _future) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for fn in waiters:
+            fn()
 
 
 class CollectorRunner:
-    """One enabled collector: availability, its worker, its last result and error."""
+    """One enabled collector: availability, its worker, its last result and error.
 
-    def __init__(self, collector: Collector):
+    Availability is what probe() (or a SourceUnavailable from collect()) said, whenever it says
+    it: a probe that outlasts the scrape is a failure of that scrape, and its answer still counts
+    when it comes. Only a source known to be absent makes the collector unavailable."""
+
+    def __init__(self, collector: Collector, reprobe_interval: float = REPROBE_INTERVAL):
         self.collector = collector
         self.name = collector.name
         self.worker = Worker(collector.name)
-        self.available: bool | None = None  # None until probed
+        self.reprobe_interval = reprobe_interval
+        self.available: bool | None = None  # None until a probe has answered
         self.reason = ""  # why unavailable
         self.last_error = ""
         self.last_duration: float | None = None
         self.last_success_time: float | None = None
-        self._probed_at = -REPROBE_INTERVAL
+        self._probed_at: float | None = None
+        self._probing = False
         self._started = False
-        self._busy = False
-        self._collecting: concurrent.futures.Future | None = None  # the collect() call in flight
-        self._joined: concurrent.futures.Future | None = None  # ... joined by a later collection
+        self._encoding_failed = False
+        self._job: Job | None = None  # the probe and collection in flight
+        self._reports_unavailable = (
+            type(collector).unavailable_families is not Collector.unavailable_families)
 
-    def _submit(self, fn: Callable) -> concurrent.futures.Future:
-        """Run fn on the worker; the collector counts as busy until fn returns, however long."""
-        self._busy = True
-        future = self.worker.submit(fn)
-        future.add_done_callback(lambda _: setattr(self, "_busy", False))
-        return future
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and not self._job.done()
 
-    def _probe_and_start(self) -> None:
-        self.collector.probe()
-        if not self._started:
-            self._started = True
-            self.collector.start()
+    def begin(self) -> Job | None:
+        """Start this collector's part of a collection on its worker (a probe when due, then
+        collect() or unavailable_families()). A call still running from an earlier collection
+        that stopped waiting for it is joined instead: its result is as fresh as any, and a
+        stuck collector holds one thread, never more. None when the source is absent and the
+        collector has nothing to say about that."""
+        if self.busy:
+            return self._job
+        probe = self._probe_due()
+        if not probe and self.available is False and not self._reports_unavailable:
+            return None
+        self._job = Job(self.worker.submit(lambda: self._run(probe)))
+        return self._job
 
-    async def probe(self, timeout: float) -> None:
-        """Probe (and start, the first time) on the worker; records availability and the reason."""
+    def _probe_due(self) -> bool:
+        if self.available:
+            return False
+        return self._probed_at is None or time.monotonic() - self._probed_at >= self.reprobe_interval
+
+    def _run(self, probe: bool) -> tuple[list[Metric], float, bool]:
+        """On the worker: (families, seconds collect() took, whether they come from collect())."""
+        if probe:
+            self._probing = True
+            try:
+                self._probe()
+            finally:
+                self._probing = False
+        start = time.perf_counter()
+        if self.available:
+            try:
+                return list(self.collector.collect()), time.perf_counter() - start, True
+            except SourceUnavailable as e:  # gone since the probe: say so in this very scrape
+                self._probed_at = time.monotonic()
+                self._set_unavailable(str(e))
+        return self._unavailable_families(), time.perf_counter() - start, False
+
+    def _probe(self) -> None:
+        """Probe (and start, the first time); records availability and the reason."""
         self._probed_at = time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self._submit(self._probe_and_start)), timeout)
+            self.collector.probe()
+            if not self._started:
+                self._started = True
+                self.collector.start()
         except SourceUnavailable as e:
             self._set_unavailable(str(e))
-            return
-        except TimeoutError:
-            self._set_unavailable(f"probe timed out after {timeout:g}s")
             return
         except Exception as e:  # a bug or an unexpected OS error: still only this collector
             self._set_unavailable(f"probe failed: {type(e).__name__}: {e}", exc=e)
@@ -125,65 +190,57 @@ class CollectorRunner:
                 log.debug("probe traceback", exc_info=exc)
         self.available, self.reason = False, reason
 
-    def _collect_sync(self) -> tuple[list[Metric], float]:
-        start = time.perf_counter()
-        families = list(self.collector.collect())
-        return families, time.perf_counter() - start
-
-    def needs_probe(self) -> bool:
-        return not self.available and not self._busy and time.monotonic() - self._probed_at >= REPROBE_INTERVAL
-
-    def begin(self) -> concurrent.futures.Future | None:
-        """Start a collection on the worker; join the collect() call still running from an
-        earlier collection that stopped waiting for it (its result is as fresh as any), or None
-        when busy otherwise or unavailable with nothing to say about it."""
-        if self._collecting is not None and not self._collecting.done():
-            self._joined = self._collecting
-            return self._collecting
-        if self._busy:
-            return None
-        if self.available:
-            self._collecting = self._submit(self._collect_sync)
-            return self._collecting
-        if type(self.collector).unavailable_families is Collector.unavailable_families:
-            return None
-        return self._submit(lambda: list(self.collector.unavailable_families()))
-
-    def finish(self, future: concurrent.futures.Future | None, timeout: float, elapsed: float) -> Outcome:
-        """The outcome of begin()'s future after the collection's wait ended."""
-        if future is None:
-            if not self.available:
-                return Outcome([], False, 0.0)
-            return self._failed("previous collection still running", elapsed)
-        if not future.done():
-            if future is self._joined:
-                return self._failed("previous collection still running", elapsed)
-            return self._failed(f"timed out after {timeout:g}s", elapsed)
-        if not self.available:  # unavailable_families(): reported, still a failed collection
-            try:
-                return Outcome(future.result(), False, elapsed)
-            except Exception as e:
-                log.debug("unavailable_families failed", exc_info=e)
-                return Outcome([], False, elapsed)
+    def _unavailable_families(self) -> list[Metric]:
+        if not self._reports_unavailable:
+            return []
         try:
-            families, duration = future.result()
-        except SourceUnavailable as e:
-            self._set_unavailable(str(e))
-            self._probed_at = time.monotonic()
-            return Outcome([], False, elapsed)
+            return list(self.collector.unavailable_families())
+        except Exception as e:
+            log.debug("unavailable_families failed", exc_info=e)
+            return []
+
+    def finish(self, job: Job | None, timeout: float, elapsed: float) -> Outcome:
+        """The outcome of begin()'s job after the collection's wait ended."""
+        if job is None:
+            return self._outcome([], False, 0.0)
+        if not job.done():
+            what = "probe timed out" if self._probing else "timed out"
+            return self._failed(f"{what} after {timeout:g}s", elapsed)
+        try:
+            families, duration, collected = job.result()
         except NotReady as e:
             if str(e) != self.last_error:
                 log_event(log, logging.INFO, "collector not ready yet", collector=self.name, reason=str(e))
             self.last_error = str(e)
-            return Outcome([], False, elapsed)
+            return self._outcome([], False, elapsed)
         except Exception as e:
             return self._failed(f"{type(e).__name__}: {e}", elapsed, exc=e)
+        if not collected:  # unavailable: what unavailable_families() said, a failed collection
+            return self._outcome(families, False, elapsed)
+        if not self._encoding_failed:  # else recovered only once its families encode again
+            self._recovered()
+        self.last_duration = duration
+        self.last_success_time = time.time()
+        return self._outcome(families, True, duration)
+
+    def encoded(self, error: BaseException | None) -> None:
+        """How encoding this collector's families went (the snapshot says, once per format): a
+        family the encoder cannot write fails the collector, as an exception in collect() does."""
+        if error is not None:
+            self._encoding_failed = True
+            self._failed(f"encoding failed: {type(error).__name__}: {error}", self.last_duration or 0.0,
+                         exc=error)
+        elif self._encoding_failed:
+            self._encoding_failed = False
+            self._recovered()
+
+    def _outcome(self, families: list[Metric], success: bool, duration: float) -> Outcome:
+        return Outcome(self.name, families, success, duration, self.available is not False, self.encoded)
+
+    def _recovered(self) -> None:
         if self.last_error:
             log_event(log, logging.INFO, "collector recovered", collector=self.name)
         self.last_error = ""
-        self.last_duration = duration
-        self.last_success_time = time.time()
-        return Outcome(families, True, duration)
 
     def _failed(self, error: str, elapsed: float, exc: BaseException | None = None) -> Outcome:
         if error != self.last_error:  # one line per distinct failure, not one per scrape
@@ -192,7 +249,7 @@ class CollectorRunner:
                 log.debug("collector traceback", exc_info=exc)
         self.last_error = error
         self.last_duration = elapsed
-        return Outcome([], False, elapsed)
+        return self._outcome([], False, elapsed)
 
     def close(self, timeout: float) -> None:
         """Close the collector on its own worker, waiting at most `timeout`."""
@@ -207,23 +264,23 @@ class CollectorRunner:
         self.worker.stop()
 
 
-async def _all_done(futures: list[concurrent.futures.Future], timeout: float) -> None:
-    """Wait until every future is done or `timeout` passed, whichever comes first.
+async def _all_done(jobs: list[Job], timeout: float) -> None:
+    """Wait until every job is done or `timeout` passed, whichever comes first.
 
     The workers wake the event loop once, when the last of them finishes, rather than once each:
     each wake-up is a write to the loop's self-pipe and a pass of the loop."""
-    if not futures:
+    if not jobs:
         return
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
-    remaining = len(futures)
+    remaining = len(jobs)
     lock = threading.Lock()
 
     def finish() -> None:
         if not finished.done():
             finished.set_result(None)
 
-    def one_done(_future) -> None:
+    def one_done() -> None:
         nonlocal remaining
         with lock:
             remaining -= 1
@@ -232,12 +289,14 @@ async def _all_done(futures: list[concurrent.futures.Future], timeout: float) ->
             loop.call_soon_threadsafe(finish)
 
     timer = loop.call_later(timeout, finish)
-    for future in futures:
-        future.add_done_callback(one_done)
+    for job in jobs:
+        job.notify(one_done)
     try:
         await finished
     finally:
         timer.cancel()
+        for job in jobs:
+            job.forget(one_done)
 
 
 class Scheduler:
@@ -252,9 +311,9 @@ class Scheduler:
         self.collections = 0
         self.ready = False
         self._release_pending = False
-        self._collector_labels = LabelSets("collector")
         self._inflight: asyncio.Task | None = None
         self._inflight_budget = 0.0
+        self._own_error = ""
 
     async def snapshot(self, timeout: float | None = None) -> Snapshot:
         """The result of a collection with a budget of `timeout` (at most the configured one).
@@ -275,40 +334,29 @@ class Scheduler:
             self._inflight = None
 
     async def _collect(self, timeout: float) -> Snapshot:
-        # One budget for probes and collections together, so a scrape never outlasts `timeout`.
-        start = time.perf_counter()
-        probing = [r.probe(timeout) for r in self.runners if r.needs_probe()]
-        if probing:
-            await asyncio.gather(*probing)
-        remaining = max(0.05, timeout - (time.perf_counter() - start))
         start = time.perf_counter()
         calls = [(r, r.begin()) for r in self.runners]
-        await _all_done([f for _, f in calls if f is not None], remaining)
+        await _all_done([job for _, job in calls if job is not None], timeout)
         elapsed = time.perf_counter() - start
-        outcomes = [r.finish(f, remaining, elapsed) for r, f in calls]
-        success = CompactFamily("netstack_scrape_collector_success",
-                                "1 if the collector's last collection succeeded, 0 if it failed or its "
-                                "source is unavailable.", "gauge")
-        duration = CompactFamily("netstack_scrape_collector_duration_seconds",
-                                 "Time the collector's last collection took.", "gauge")
-        available = CompactFamily("netstack_collector_available",
-                                  "1 if the collector's source exists on this host (see / for the "
-                                  "reason when 0).", "gauge")
-        families: list[Metric] = []
-        for runner, outcome in zip(self.runners, outcomes):
-            families.extend(outcome.families)
-            labels = self._collector_labels(runner.name)
-            success.add(labels, 1 if outcome.success else 0)
-            duration.add(labels, outcome.duration)
-            available.add(labels, 1 if runner.available else 0)
-        families.extend((success, duration, available))
-        families.extend(self.own_families())
-        snapshot = Snapshot(families)
+        outcomes = [r.finish(job, timeout, elapsed) for r, job in calls]
+        snapshot = Snapshot(outcomes, self._own_families())
         self.collections += 1
         self.ready = True
         if snapshot.samples >= INLINE_ENCODE_SAMPLES:
             self._release_memory_later()
         return snapshot
+
+    def _own_families(self) -> list[Metric]:
+        try:
+            families = self.own_families()
+        except Exception as e:  # our own /proc/self (out of descriptors?): not worth a failed scrape
+            error = f"{type(e).__name__}: {e}"
+            if error != self._own_error:
+                log_event(log, logging.WARNING, "exporter self-metrics failed", error=error)
+            self._own_error = error
+            return []
+        self._own_error = ""
+        return families
 
     def _release_memory_later(self) -> None:
         """After a large collection: once its responses are written and the snapshot is garbage

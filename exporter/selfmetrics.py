@@ -21,22 +21,25 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = resource.getpagesize()
 
 
-def _boot_time() -> float:
-    with open("/proc/stat", "rb") as f:
+def _boot_time(proc: str) -> float:
+    with open(os.path.join(proc, "stat"), "rb") as f:
         for line in f:
             if line.startswith(b"btime "):
                 return float(line.split()[1])
     return 0.0
 
 
-def _stat_fields() -> list[bytes]:
-    """Fields of /proc/self/stat after the command name (which may contain spaces)."""
-    with open("/proc/self/stat", "rb") as f:
+def _stat_fields(proc: str) -> list[bytes]:
+    """Fields of <proc>/self/stat after the command name (which may contain spaces and ')')."""
+    with open(os.path.join(proc, "self", "stat"), "rb") as f:
         return f.read().rpartition(b")")[2].split()
 
 
 class SelfMetrics:
-    def __init__(self) -> None:
+    """proc is this process's own /proc (a fixture tree in tests), never --path.procfs."""
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self._proc = proc
         build = GaugeMetricFamily(
             "netstack_build_info", "Version of netstack-exporter and of the Python running it; value 1.",
             labels=["version", "python_version", "python_implementation"])
@@ -46,11 +49,11 @@ class SelfMetrics:
         self._static = [build, *platform_info.collect()]  # never change
         self._gc = CollectorRegistry()
         GCCollector(registry=self._gc)
-        fields = _stat_fields()
-        self._start_time = _boot_time() + int(fields[19]) / _TICKS
+        fields = _stat_fields(proc)
+        self._start_time = _boot_time(proc) + int(fields[19]) / _TICKS
 
     def families(self) -> list[Metric]:
-        fields = _stat_fields()
+        fields = _stat_fields(self._proc)
         cpu = CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
                                   value=(int(fields[11]) + int(fields[12])) / _TICKS)
         return [
@@ -61,9 +64,10 @@ class SelfMetrics:
             GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
                               value=int(fields[21]) * _PAGE),
             GaugeMetricFamily("process_start_time_seconds",
-                              "Start time of the process since unix epoch in seconds.", value=self._start_time),
+                              "Start time of the process since unix epoch in seconds.",
+                              value=self._start_time),
             GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
-                              value=len(os.listdir("/proc/self/fd"))),
+                              value=len(os.listdir(os.path.join(self._proc, "self", "fd")))),
             GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
                               value=resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
             *self._gc.collect(),

@@ -41,8 +41,29 @@ def negotiate_format(accept: str) -> str:
     return TEXT
 
 
+def _qualities(header: str) -> dict[str, float]:
+    """{coding: q} of an Accept-Encoding header (lower case; a missing q is 1, a bad one 0)."""
+    out = {}
+    for part in header.split(","):
+        coding, *params = (p.strip() for p in part.split(";"))
+        if not coding:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, text = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(text)
+                except ValueError:
+                    q = 0.0
+        out[coding.lower()] = q
+    return out
+
+
 def wants_gzip(accept_encoding: str) -> bool:
-    return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
+    """gzip when the client accepts it: named with q > 0, or not named and '*' has q > 0."""
+    q = _qualities(accept_encoding)
+    return q.get("gzip", q.get("*", 0.0)) > 0
 
 
 def scrape_timeout(header: str | None) -> float | None:

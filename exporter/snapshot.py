@@ -3,6 +3,10 @@
 Serialisation is CPU work: it is done once per collection and format, never once per scrape.
 Large snapshots are encoded on a worker thread so that a 15,000-series IPVS table does not
 stall /healthz, and the heap they freed is handed back to the system afterwards.
+
+Each collector's families are encoded apart and the pieces joined: a family that cannot be
+encoded (a value too long to print, a broken family) costs its own collector that scrape
+(success 0, none of its series), never the response.
 """
 
 from __future__ import annotations
@@ -10,14 +14,20 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gzip
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
-from .exposition import encode_openmetrics, encode_text
+from .exposition import CompactFamily, LabelSets, encode_openmetrics, encode_text
+from .logs import log_event
 
 if TYPE_CHECKING:
     from .scheduling import Worker
+
+log = logging.getLogger("netstack.exporter")
 
 OPENMETRICS = "openmetrics"
 TEXT = "text"
@@ -27,19 +37,93 @@ CONTENT_TYPES = {
 }
 # Below this many samples encoding is cheap enough to run inline on the event loop.
 INLINE_ENCODE_SAMPLES = 2000
+_EOF = b"# EOF\n"
+_COLLECTOR_LABELS = LabelSets("collector")  # one per collector name: a bounded set
+
+
+@dataclass
+class Outcome:
+    """One collector's part of a collection."""
+
+    collector: str
+    families: list[Metric]
+    success: bool
+    duration: float
+    available: bool  # False only when the source is known to be absent
+    # Told how encoding the families went: None, or the exception (then the collector failed).
+    encoded: Callable[[BaseException | None], None] | None = None
+
+
+def _sample_count(families: list[Metric]) -> int:
+    count = 0
+    for family in families:
+        try:
+            count += len(getattr(family, "rows", None) or family.samples)
+        except Exception:  # a broken family: the encoder will say so
+            pass
+    return count
 
 
 class Snapshot:
     """The metric families of one collection, encoded at most once per format and encoding."""
 
-    def __init__(self, families: list[Metric]):
-        self.families = families
-        self.samples = sum(len(getattr(f, "rows", None) or f.samples) for f in families)
+    def __init__(self, outcomes: list[Outcome], own: Sequence[Metric] = ()):
+        self.outcomes = outcomes
+        self.own = list(own)  # the exporter's own families, after the collectors' status
+        self.samples = sum(_sample_count(o.families) for o in outcomes) + _sample_count(self.own)
+        self._bodies: dict[str, bytes] = {}
         self._encoded: dict[tuple[str, bool], bytes | asyncio.Future] = {}
 
     def encode(self, fmt: str, compress: bool) -> bytes:
-        body = encode_openmetrics(self.families) if fmt == OPENMETRICS else encode_text(self.families)
+        body = self._bodies.get(fmt)
+        if body is None:
+            body = self._bodies[fmt] = self._encode(fmt)
         return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
+
+    def _encode(self, fmt: str) -> bytes:
+        openmetrics = fmt == OPENMETRICS
+        encode = encode_openmetrics if openmetrics else encode_text
+
+        def piece(families: list[Metric]):
+            body = encode(families)
+            # Every piece but the last goes without the end marker (a view: no copy).
+            return memoryview(body)[: -len(_EOF)] if openmetrics else body
+
+        pieces = []
+        success = CompactFamily("netstack_scrape_collector_success",
+                                "1 if the collector's last collection succeeded, 0 if it failed or its "
+                                "source is unavailable.", "gauge")
+        duration = CompactFamily("netstack_scrape_collector_duration_seconds",
+                                 "Time the collector's last collection took.", "gauge")
+        available = CompactFamily("netstack_collector_available",
+                                  "1 if the collector's source exists on this host (see / for the "
+                                  "reason when 0).", "gauge")
+        for o in self.outcomes:
+            ok = o.success
+            if o.families:
+                try:
+                    pieces.append(piece(o.families))
+                except Exception as e:
+                    ok = False
+                    if o.success and o.encoded is not None:
+                        o.encoded(e)
+                    else:  # unavailable_families() of an absent source: nothing else to fail
+                        log.debug("families of an unavailable collector failed to encode", exc_info=e)
+            if ok and o.encoded is not None:
+                o.encoded(None)
+            labels = _COLLECTOR_LABELS(o.collector)
+            success.add(labels, 1 if ok else 0)
+            duration.add(labels, o.duration)
+            available.add(labels, 1 if o.available else 0)
+        pieces.append(piece([success, duration, available]))
+        try:
+            pieces.append(piece(self.own))
+        except Exception as e:  # a bug of ours; the collectors' series are still worth serving
+            log_event(log, logging.WARNING, "exporter self-metrics failed to encode",
+                      error=f"{type(e).__name__}: {e}")
+        if openmetrics:
+            pieces.append(_EOF)
+        return b"".join(pieces)
 
     async def encoded(self, fmt: str, compress: bool, worker: Worker) -> bytes:
         key = (fmt, compress)
@@ -48,7 +132,8 @@ class Snapshot:
             if self.samples < INLINE_ENCODE_SAMPLES:
                 body = self._encoded[key] = self.encode(fmt, compress)
             else:
-                body = self._encoded[key] = asyncio.wrap_future(worker.submit(lambda: self.encode(fmt, compress)))
+                future = worker.submit(lambda: self.encode(fmt, compress))
+                body = self._encoded[key] = asyncio.wrap_future(future)
         if isinstance(body, bytes):
             return body
         return await asyncio.shield(body)

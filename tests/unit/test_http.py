@@ -1,10 +1,10 @@
-from exporter.snapshot import OPENMETRICS, TEXT
 from exporter.server import negotiate_format, wants_gzip
+from exporter.snapshot import OPENMETRICS, TEXT
 
 
 def test_prometheus_accept_header_gets_openmetrics():
-    prom = ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,"
-            "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+    prom = ("application/openmetrics-text;version=1.0.0;q=0.5,"
+            "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
     assert negotiate_format(prom) == OPENMETRICS
 
 
@@ -22,13 +22,24 @@ def test_gzip_detection():
     assert not wants_gzip("")
 
 
+def test_gzip_refused_with_q_0_is_not_sent():
+    # Issue 11.16: q=0 means "not acceptable" (RFC 9110 12.4.2).
+    assert not wants_gzip("gzip;q=0")
+    assert not wants_gzip("deflate, gzip; q=0.000")
+    assert not wants_gzip("gzip;q=0, *;q=0")
+    assert not wants_gzip("*;q=1, gzip;q=0")  # the named coding wins over the wildcard
+    assert wants_gzip("GZIP;Q=0.1")
+    assert wants_gzip("identity, *;q=0.5")  # any coding, gzip included
+    assert not wants_gzip("gzip;q=bogus")
+
+
 def test_a_snapshot_is_encoded_once_per_format():
     import asyncio
 
     from prometheus_client.core import GaugeMetricFamily
 
     from exporter.scheduling import Worker
-    from exporter.snapshot import Snapshot
+    from exporter.snapshot import Outcome, Snapshot
 
     calls = []
 
@@ -38,7 +49,7 @@ def test_a_snapshot_is_encoded_once_per_format():
             return super().encode(fmt, compress)
 
     async def scrape_many():
-        snapshot = Counting([GaugeMetricFamily("x", "X.", value=1)])
+        snapshot = Counting([Outcome("x", [GaugeMetricFamily("x", "X.", value=1)], True, 0.001, True)])
         worker = Worker("test")
         try:
             bodies = await asyncio.gather(*(snapshot.encoded(fmt, gz, worker)
