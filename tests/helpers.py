@@ -114,6 +114,17 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
+def collector_text(collector) -> str:
+    """One collect() of a collector, encoded as the exporter encodes it (0.0.4 text format)."""
+    from exporter.exposition import encode_text
+    return encode_text(list(collector.collect())).decode()
+
+
+def collector_metrics(collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One collect() of a collector, encoded by the exporter and parsed back (see parse_metrics)."""
+    return parse_metrics(collector_text(collector))
+
+
 def samples(metrics: dict, name: str, **labels: str) -> dict[tuple, float]:
     """All samples called `name` whose labels include `labels`."""
     want = set(labels.items())

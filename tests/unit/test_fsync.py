@@ -13,8 +13,7 @@ from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from collectors.fsync import (BUCKETS, ETCD_WAL_BUCKETS, REASONS, FsyncCollector, Histogram,
                               error_reason, find_mount, nearest_rank_quantiles, parse_mountinfo,
                               parse_uevent_devname)
-from tests.helpers import FIXTURES, parse_metrics, samples
-from prometheus_client import CollectorRegistry, generate_latest
+from tests.helpers import FIXTURES, collector_metrics, samples
 
 FIX = FIXTURES / "fsync"
 
@@ -71,8 +70,7 @@ def test_labels_from_fixture_tree(directory, device, fstype):
     c = FsyncCollector(Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")),
                                {"directory": [directory]}))
     c.probe()  # resolves labels; probes nothing yet
-    text = generate_latest(_Registry(c)).decode()
-    got = samples(parse_metrics(text), "netstack_fsync_duration_seconds_count", path=directory)
+    got = samples(collector_metrics(c), "netstack_fsync_duration_seconds_count", path=directory)
     assert len(got) == 1
     labels = dict(next(iter(got))[1])
     assert (labels["device"], labels["fstype"]) == (device, fstype)
@@ -82,7 +80,7 @@ def test_labels_empty_and_collector_alive_when_mountinfo_unreadable(tmp_path):
     c = FsyncCollector(Context(Paths(procfs=str(tmp_path), sysfs=str(tmp_path)),
                                {"directory": ["/var/lib/etcd"]}))
     c.probe()
-    m = parse_metrics(generate_latest(_Registry(c)).decode())
+    m = collector_metrics(c)
     assert samples(m, "netstack_fsync_duration_seconds_count", device="", fstype="")
 
 
@@ -140,18 +138,10 @@ def test_every_reason_series_exists_before_any_error():
     c = FsyncCollector(Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")),
                                {"directory": ["/var/lib/etcd"]}))
     c.probe()
-    m = parse_metrics(generate_latest(_Registry(c)).decode())
+    m = collector_metrics(c)
     errors = samples(m, "netstack_fsync_probe_errors_total", path="/var/lib/etcd")
     assert sorted(dict(k[1])["reason"] for k in errors) == sorted(REASONS)
     assert set(errors.values()) == {0.0}
     # nothing measured yet: no quantiles, no success timestamp
     assert not samples(m, "netstack_fsync_probe_quantile_seconds")
     assert not samples(m, "netstack_fsync_probe_last_success_timestamp_seconds")
-
-
-class _Registry(CollectorRegistry):
-    """A registry holding one collector, to render it in the exposition format."""
-
-    def __init__(self, collector):
-        super().__init__(auto_describe=False)
-        self.register(collector)
