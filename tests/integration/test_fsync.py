@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.contract import Context, Paths
 from collectors.fsync import PROBE_FILE, REASONS, FsyncCollector
-from tests.helpers import ROOT, Exporter, need_root, need_tool, parse_metrics, run, samples, value
+from tests.helpers import (ROOT, Exporter, collector_metrics, need_root, need_tool, parse_metrics, run,
+                           samples, value)
 
 WRITES = 20
 BLOCK = 2300
@@ -35,9 +35,7 @@ def make(dirs, datasync=os.fdatasync, **options) -> FsyncCollector:
 
 
 def scrape(c: FsyncCollector) -> dict:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(c)
-    return parse_metrics(generate_latest(registry).decode())
+    return collector_metrics(c)
 
 
 def errors(m: dict, path) -> dict[str, float]:
@@ -230,17 +228,17 @@ def test_directory_created_once_its_parent_becomes_writable(tmp_path):
 
 PERMISSION_SCRIPT = """
 import json, logging, sys, time
-from prometheus_client import CollectorRegistry, generate_latest
 from exporter.contract import Context, Paths
 from collectors.fsync import FsyncCollector
+from tests.helpers import collector_text, parse_metrics, samples
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s %(kv)s")
 c = FsyncCollector(Context(Paths(), {"directory": [sys.argv[1]], "interval": 0.05, "writes": 5}))
 c.probe(); c.start()
 deadline = time.monotonic() + 10
-reg = CollectorRegistry(auto_describe=False); reg.register(c)
 while time.monotonic() < deadline:
-    text = generate_latest(reg).decode()
-    if 'reason="permission_denied"} 3.0' in text:
+    text = collector_text(c)
+    if any(v >= 3 for v in samples(parse_metrics(text), "netstack_fsync_probe_errors_total",
+                                   reason="permission_denied").values()):
         break
     time.sleep(0.05)
 c.close()
