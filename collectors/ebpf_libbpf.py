@@ -254,7 +254,7 @@ class LibbpfProgram(Program):
         info = self._map(name)
         slots = len(self._cpus) if info.per_cpu else 1
         stride = ((info.value_size + 7) & ~7) if info.per_cpu else info.value_size
-        if stride // (8 if info.per_cpu else 1) and info.value_size not in _INT_FORMATS:
+        if info.value_size not in _INT_FORMATS:
             raise TypeError(f"map {name}: only integer values are read")
         keys, values, n = self._lookup_all(info, slots * stride)
         key_fmt, value_fmt = _INT_FORMATS[info.key_size], _INT_FORMATS[info.value_size]

@@ -255,3 +255,12 @@ def test_cap_bpf_and_cap_perfmon_are_enough(core_env):
         assert cap_eff == (1 << 39) | (1 << 38), hex(cap_eff)
         ns.exec(sys.executable, "-c", SEND, "500")
         assert 500 <= no_socket(exporter.scrape()) - before <= 510
+
+
+def test_settings_are_checked_against_the_object(core_env):
+    with pytest.raises(SourceUnavailable, match=r"softirq\.bpf\.o has no setting NR_CPUS"):
+        LibbpfLoader().load("softirq", {"VEC_MASK": 1, "NR_CPUS": 2}, {})
+    with pytest.raises(SourceUnavailable, match=r"drops\.bpf\.o has no \.rodata settings"):
+        LibbpfLoader().load("drops", {"MAX_REASONS": 1024}, {})
+    with pytest.raises(SourceUnavailable, match=r"drops\.bpf\.o: cannot size map nope"):
+        LibbpfLoader().load("drops", {}, {"nope": 4})
