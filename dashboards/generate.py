@@ -255,6 +255,45 @@ def node_dashboard() -> dash_b.Dashboard:
              (f"time() - netstack_fsync_probe_last_success_timestamp_seconds{{{NODE}}}",
               "{{path}} seconds since success"))))
 
+    d = (d.with_row(dash_b.Row("BGP (Calico's BIRD)"))
+         .with_panel(stat("Peers not Established", "BGP peers of this node's BIRD in any state but "
+                          "Established (alert after 5 minutes).", "none",
+                          f'sum(netstack_bgp_peers{{{NODE},state!="Established"}})',
+                          [(None, "green"), (1, "red")]))
+         .with_panel(stat("BIRD answering", "1 when every BIRD control socket of this node "
+                          "answers (bird.ctl, bird6.ctl).", "none",
+                          f"min(netstack_bird_up{{{NODE}}})", [(None, "red"), (1, "green")]))
+         .with_panel(timeseries(
+             "Peers by state", "BGP peers per BGP state (Established, Active, Connect, ...).",
+             "none", (f"sum by (state) (netstack_bgp_peers{{{NODE}}}) > 0", "{{state}}"),
+             stacked=True))
+         .with_panel(timeseries(
+             "Session up per peer", "1 while the session with the peer is Established. Empty "
+             "with --collector.bgp.peer-series=counts.", "none",
+             (f"netstack_bgp_peer_up{{{NODE}}}", "{{peer}} {{type}} {{family}}")))
+         .with_panel(timeseries(
+             "Routes per peer", "Routes imported from and exported to each peer.", "none",
+             (f"netstack_bgp_peer_imported_routes{{{NODE}}}", "{{peer}} imported"),
+             (f"netstack_bgp_peer_exported_routes{{{NODE}}}", "{{peer}} exported"))))
+
+    d = (d.with_row(dash_b.Row("Node: virtualization and L2 readiness"))
+         .with_panel(stat_b.Panel().title("Virtualization").description(
+             "What runs this node: type (role). Role container means the host's kernel is shared.")
+             .datasource(DATASOURCE).span(6).height(4)
+             .with_target(query(f"netstack_virtualization_info{{{NODE}}}", "{{type}} ({{role}})"))
+             .text_mode(common_m.BigValueTextMode.NAME).graph_mode(common_m.BigValueGraphMode.NONE)
+             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"])))
+         .with_panel(stat("Kernel modules loadable", "0 when this node cannot load kernel modules "
+                          "(see the reason label).", "none",
+                          f"netstack_kernel_modules_loadable{{{NODE}}}", [(None, "red"), (1, "green")]))
+         .with_panel(stat("Strict ARP", "kube-proxy's strictARP state (arp_ignore=1, "
+                          "arp_announce=2), needed by MetalLB layer 2 in IPVS mode.", "none",
+                          f"netstack_ipvs_strict_arp{{{NODE}}}",
+                          [(None, "red"), (1, "green")]))
+         .with_panel(stat("kube-ipvs0 addresses", "Service IPs kube-proxy bound to kube-ipvs0.",
+                          "none", f"sum(netstack_ipvs_kube_ipvs0_addresses{{{NODE}}})",
+                          [(None, "blue")])))
+
     d = (d.with_row(dash_b.Row("eBPF (optional collectors)"))
          .with_panel(timeseries(
              "Softirq wait p99 (raise to run)", "How long NET_RX/NET_TX waited between being raised "
