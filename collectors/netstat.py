@@ -137,7 +137,7 @@ HOST_COUNTERS: tuple[tuple[str, str, tuple[tuple[str, str, str, str], ...]], ...
 def host_counter_families(sources: dict[str, Any]) -> list[Metric]:
     """Families for HOST_COUNTERS from parsed files ({"snmp": sections, "netstat": sections,
     "snmp6": flat dict}); a missing source or field yields no sample."""
-    families = []
+    families: list[Metric] = []
     for metric, help_text, fields in HOST_COUNTERS:
         family = CounterMetricFamily(metric, help_text, labels=["family"])
         for ip_family, source, section, field in fields:

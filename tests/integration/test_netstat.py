@@ -35,8 +35,9 @@ def test_fragments_and_no_port_datagrams_equal_the_kernel():
     need_tool("sysctl", "procps")
     with Netns("nsta") as a, Netns("nstb") as b:
         for ns in (a, b):  # no IPv6 background traffic
-            ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1")
+            ns.exec(
+                "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"
+            )
         a.ip("link", "add", "nsa0", "type", "veth", "peer", "name", "nsb0", "netns", b.name)
         a.ip("link", "set", "nsa0", "mtu", "1280", "up")
         b.ip("link", "set", "nsb0", "mtu", "1280", "up")
@@ -50,19 +51,31 @@ def test_fragments_and_no_port_datagrams_equal_the_kernel():
             assert created - before == 15
             assert created == kernel_snmp(a)["Ip"]["FragCreates"]
             k = kernel_snmp(b)
-            assert value(received, "netstack_udp_no_port_datagrams_total", family="ipv4") \
-                == k["Udp"]["NoPorts"] >= 5
-            assert value(received, "netstack_ip_reassembly_failures_total", family="ipv4") \
+            assert (
+                value(received, "netstack_udp_no_port_datagrams_total", family="ipv4")
+                == k["Udp"]["NoPorts"]
+                >= 5
+            )
+            assert (
+                value(received, "netstack_ip_reassembly_failures_total", family="ipv4")
                 == k["Ip"]["ReasmFails"]
+            )
             assert value(received, "netstack_scrape_collector_success", collector="netstat") == 1
 
 
 def test_broken_snmp_fails_only_this_collector(tmp_path):
     (tmp_path / "net").mkdir()
     (tmp_path / "net" / "snmp").write_text("Ip: Forwarding DefaultTTL\nIp: 1\n")
-    with Netns("nstp") as ns, Exporter("--collector.disable-defaults", "--collector.netstat",
-                                       "--collector.overlay", f"--path.procfs={tmp_path}",
-                                       netns=ns) as exp:
+    with (
+        Netns("nstp") as ns,
+        Exporter(
+            "--collector.disable-defaults",
+            "--collector.netstat",
+            "--collector.overlay",
+            f"--path.procfs={tmp_path}",
+            netns=ns,
+        ) as exp,
+    ):
         with exp.get() as r:
             status, m = r.status, parse_metrics(r.read().decode())
         assert status == 200

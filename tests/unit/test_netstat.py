@@ -55,24 +55,31 @@ def test_parse_old_layout_by_name():
     s = parse_snmp(fixture_text("linux-2.6-style", "net", "snmp"), "snmp")
     assert s["Ip"]["FragFails"] == 3
     assert "OutTransmits" not in s["Ip"]
-    assert s["Udp"] == {"InDatagrams": 40, "NoPorts": 7, "InErrors": 2, "OutDatagrams": 41,
-                        "RcvbufErrors": 1, "SndbufErrors": 0}
+    assert s["Udp"] == {
+        "InDatagrams": 40,
+        "NoPorts": 7,
+        "InErrors": 2,
+        "OutDatagrams": 41,
+        "RcvbufErrors": 1,
+        "SndbufErrors": 0,
+    }
 
 
 def test_icmpmsg_pairs_are_merged():
-    text = ("IcmpMsg: InType3 InType8\nIcmpMsg: 1 2\n"
-            "IcmpMsg: OutType0 OutType3\nIcmpMsg: 2 5\n")
-    assert parse_snmp(text, "snmp")["IcmpMsg"] == {"InType3": 1, "InType8": 2,
-                                                   "OutType0": 2, "OutType3": 5}
+    text = "IcmpMsg: InType3 InType8\nIcmpMsg: 1 2\nIcmpMsg: OutType0 OutType3\nIcmpMsg: 2 5\n"
+    assert parse_snmp(text, "snmp")["IcmpMsg"] == {"InType3": 1, "InType8": 2, "OutType0": 2, "OutType3": 5}
 
 
-@pytest.mark.parametrize("text, where", [
-    ("Ip: Forwarding DefaultTTL\nIp: 1\n", "snmp:2: Ip has 2 names but 1 values"),
-    ("Ip: Forwarding DefaultTTL\nIp: 1 x\n", "snmp:2: non-numeric value in Ip"),
-    ("Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: NoPorts\n", "snmp:3: header of 'Udp' has no values"),
-    ("Ip: Forwarding\nUdp: 1\n", "snmp:2: values for 'Udp' follow the header of 'Ip'"),
-    ("<html>not procfs</html>\n", "snmp:1: expected 'Section: ...'"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("Ip: Forwarding DefaultTTL\nIp: 1\n", "snmp:2: Ip has 2 names but 1 values"),
+        ("Ip: Forwarding DefaultTTL\nIp: 1 x\n", "snmp:2: non-numeric value in Ip"),
+        ("Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: NoPorts\n", "snmp:3: header of 'Udp' has no values"),
+        ("Ip: Forwarding\nUdp: 1\n", "snmp:2: values for 'Udp' follow the header of 'Ip'"),
+        ("<html>not procfs</html>\n", "snmp:1: expected 'Section: ...'"),
+    ],
+)
 def test_parse_snmp_rejects_malformed_with_one_line(text, where):
     with pytest.raises(ParseError) as e:
         parse_snmp(text, "snmp")
