@@ -261,7 +261,7 @@ def read_netlink() -> Snapshot:
     cannot serve here for good, OSError (errno and reason) when it failed this time."""
     try:
         # A fresh socket per collection: nothing to keep consistent between collections, and
-        # opening one costs microseconds.
+        # opening one is cheap.
         nl = NetlinkSocket(NETLINK_NETFILTER)
         try:
             stats = nl.dump(CT_GET_STATS_CPU, NFGENMSG_UNSPEC, stats_from_netlink,
