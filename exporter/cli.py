@@ -42,6 +42,7 @@ class Config:
     enabled: dict[str, bool]
     collector_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     web: WebLimits = field(default_factory=lambda: WebLimits())
+    extra: dict[str, Any] = field(default_factory=dict)  # a subcommand's own flags, by flag
 
 
 @dataclass
@@ -106,6 +107,19 @@ def parse_listen_address(text: str) -> tuple[str | None, int]:
 
 def parse_optional_path(text: str) -> str | None:
     return os.path.abspath(text) if text else None
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes as fio writes them: '2300', '64k', '22m', '1g' (powers of 1024)."""
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = t[-1:] if t[-1:] in "kmg" else ""
+    number = t[: len(t) - len(unit)]
+    if not number.isdigit() or len(number) > 12:
+        raise ValueError(f"invalid size {_shown(text)} (bytes, or with k, m, g: e.g. 22m)")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def parse_path(text: str) -> str:
@@ -218,9 +232,10 @@ def _show(value: Any, kind: str) -> str:
     return str(value)
 
 
-def build_parser(collector_classes: Sequence[type]) -> tuple[argparse.ArgumentParser, list[_Setting]]:
+def build_parser(collector_classes: Sequence[type], extra: Sequence[Flag] = (),
+                 prog: str = PROG) -> tuple[argparse.ArgumentParser, list[_Setting]]:
     parser = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Prometheus exporter for the node-level network and disk signals that break "
                     "Kubernetes networking: CPU steal, softirq/softnet, conntrack, IPVS, overlay "
                     "MTU and drops, fsync latency, eBPF softirq latency and drop reasons.",
@@ -229,7 +244,7 @@ def build_parser(collector_classes: Sequence[type]) -> tuple[argparse.ArgumentPa
     )
     settings: list[_Setting] = []
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    for flag, option, parse, metavar in GLOBAL_FLAGS:
+    for flag, option, parse, metavar in (*GLOBAL_FLAGS, *extra):
         _add(parser, settings, flag, option, parse, metavar)
     for cls in collector_classes:
         group = parser.add_argument_group(f"collector {cls.name}", cls.help or None)
@@ -242,7 +257,8 @@ def build_parser(collector_classes: Sequence[type]) -> tuple[argparse.ArgumentPa
 
 
 # Flags of the process itself: (flag, option with its bounds, parser, metavar).
-GLOBAL_FLAGS: tuple[tuple[str, Option, Any, str | None], ...] = (
+Flag = tuple[str, Option, Any, "str | None"]
+GLOBAL_FLAGS: tuple[Flag, ...] = (
     ("--web.listen-address", Option("listen-address", "Address to listen on", f":{DEFAULT_PORT}"),
      parse_listen_address, "HOST:PORT"),
     ("--web.telemetry-path", Option("telemetry-path", "Path of the metrics endpoint", "/metrics"),
@@ -304,8 +320,9 @@ def _parse(setting: _Setting, raw: Any) -> Any:
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str],
-                 collector_classes: Sequence[type]) -> Config:
-    parser, settings = build_parser(collector_classes)
+                 collector_classes: Sequence[type], extra: Sequence[Flag] = (), prog: str = PROG) -> Config:
+    """The configuration; `extra` flags (a subcommand's own) land in Config.extra by flag name."""
+    parser, settings = build_parser(collector_classes, extra, prog)
     ns = vars(parser.parse_args(argv))
     values = {s.flag: _resolve(s, ns[s.dest], environ) for s in settings}
     host, port = values["--web.listen-address"]
@@ -332,13 +349,15 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str],
                       max_connections=values["--web.max-connections"],
                       idle_timeout=values["--web.idle-timeout"],
                       read_header_timeout=values["--web.read-header-timeout"]),
+        extra={flag: values[flag] for flag, *_ in extra},
     )
 
 
-def load_config(argv: Sequence[str], environ: Mapping[str, str], collector_classes: Sequence[type]) -> Config:
+def load_config(argv: Sequence[str], environ: Mapping[str, str], collector_classes: Sequence[type],
+                extra: Sequence[Flag] = (), prog: str = PROG) -> Config:
     """parse_config, exiting with one error line on a bad value."""
     try:
-        return parse_config(argv, environ, collector_classes)
+        return parse_config(argv, environ, collector_classes, extra, prog)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -19,6 +19,8 @@ from .logs import log_event
 from .scheduling import CollectorRunner, Scheduler
 from .selfmetrics import SelfMetrics
 from .listener import Listener, LoopErrorLog, connection_cap, raise_open_file_limit, track_requests
+from .check import VerdictHistory
+from .check import main as check_main
 from .server import RequestLimit, build_app, web_config_middleware
 from .webconfig import LiveWebConfig, WebConfigError
 
@@ -34,7 +36,9 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     middlewares = [track_requests, RequestLimit(limits.max_requests).middleware]
     if live is not None:
         middlewares.append(web_config_middleware(live))
-    app = build_app(scheduler, config.telemetry_path, config.enabled, middlewares)
+    history = VerdictHistory(runners)
+    scheduler.listeners.append(history.add)
+    app = build_app(scheduler, config.telemetry_path, config.enabled, middlewares, history.verdicts)
     handler_kwargs = {"access_log": None, "keepalive_timeout": limits.idle_timeout}
     runner = web.AppRunner(app, handle_signals=False, **handler_kwargs)
     await runner.setup()
@@ -83,8 +87,11 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:  # the field guide's verdicts for this node (exporter/check.py)
+        return check_main(argv[1:])
     classes = available_collectors()
-    config = load_config(sys.argv[1:] if argv is None else argv, os.environ, classes)
+    config = load_config(argv, os.environ, classes)
     logs.setup(config.log_level, config.log_format)
     live = None
     if config.web.config_file:

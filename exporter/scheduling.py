@@ -314,6 +314,8 @@ class Scheduler:
         self._inflight: asyncio.Task | None = None
         self._inflight_budget = 0.0
         self._own_error = ""
+        # Called with every new snapshot (the landing page's verdict history).
+        self.listeners: list[Callable[[Snapshot], None]] = []
 
     async def snapshot(self, timeout: float | None = None) -> Snapshot:
         """The result of a collection with a budget of `timeout` (at most the configured one).
@@ -342,6 +344,11 @@ class Scheduler:
         snapshot = Snapshot(outcomes, self._own_families())
         self.collections += 1
         self.ready = True
+        for listener in self.listeners:
+            try:
+                listener(snapshot)
+            except Exception as e:  # the landing page's history must never fail a scrape
+                log_event(log, logging.WARNING, "snapshot listener failed", error=f"{type(e).__name__}: {e}")
         if snapshot.samples >= INLINE_ENCODE_SAMPLES:
             self._release_memory_later()
         return snapshot

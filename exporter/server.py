@@ -6,6 +6,7 @@ import html
 import logging
 import math
 import time
+from typing import Callable
 
 from aiohttp import web
 
@@ -122,19 +123,42 @@ async def landing(request: web.Request) -> web.Response:
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>yes</td><td>{available}</td><td>{duration}</td>"
             f"<td>{_age(runner.last_success_time)}</td><td>{html.escape(problem)}</td></tr>")
+    await scheduler.snapshot()  # a fresh reading, so the verdicts' rates reach up to now
+    verdicts = _verdict_rows(request.app["verdicts"]())
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>netstack-exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
-tr:nth-child(even){{background:#f3f3f3}}</style></head>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left;vertical-align:top}}
+tr:nth-child(even){{background:#f3f3f3}}.ok{{color:#1a7f37}}.warn{{color:#9a6700}}.fail{{color:#cf222e}}
+.skip{{color:#6e7781}}.status{{font-weight:bold;text-transform:uppercase}}small{{color:#57606a}}</style></head>
 <body><h1>netstack-exporter {html.escape(__version__)}</h1>
 <p><a href="{html.escape(path)}">Metrics</a> &middot; <a href="/healthz">healthz</a> &middot;
 <a href="/readyz">readyz</a> &middot; collections so far: {scheduler.collections}</p>
+<h2>Verdicts</h2>
+<p><small>The field guide's checks over the last minute of collections (the same as
+<code>netstack-exporter check</code>).</small></p>
+<table id="verdicts"><tr><th>status</th><th>check</th><th>measured</th><th>threshold</th><th>why / what to do</th></tr>
+{verdicts}
+</table>
+<h2>Collectors</h2>
 <table><tr><th>collector</th><th>enabled</th><th>available</th><th>last duration</th>
 <th>last success</th><th>last error / why unavailable</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
     return web.Response(text=page, content_type="text/html")
+
+
+def _verdict_rows(verdicts: list) -> str:
+    if not verdicts:
+        return '<tr><td colspan="5">no collection yet</td></tr>'
+    order = {"fail": 0, "warn": 1, "skip": 2, "ok": 3}  # the answer first
+    rows = []
+    for v in sorted(verdicts, key=lambda v: order.get(v.status, 9)):
+        advice = f"{html.escape(v.why)}<br><small>{html.escape(v.action)}</small>" if v.status in ("warn", "fail") else ""
+        rows.append(f'<tr class="verdict {v.status}"><td class="status {v.status}">{v.status}</td>'
+                    f"<td>{html.escape(v.title)}</td><td>{html.escape(v.value)}</td>"
+                    f"<td>{html.escape(v.threshold)}</td><td>{advice}</td></tr>")
+    return "\n".join(rows)
 
 
 class RequestLimit:
@@ -184,9 +208,12 @@ def web_config_middleware(live: LiveWebConfig):
 
 
 def build_app(scheduler: Scheduler, telemetry_path: str, enabled: dict[str, bool],
-              middlewares=()) -> web.Application:
+              middlewares=(), verdicts: Callable[[], list] = list) -> web.Application:
+    """`verdicts` gives the field guide's verdicts over the recent collections for the landing
+    page (objects with status, title, value, threshold, why, action)."""
     app = web.Application(middlewares=list(middlewares))
     app[SCHEDULER] = scheduler
+    app["verdicts"] = verdicts
     app["telemetry_path"] = telemetry_path
     app["enabled"] = enabled
     app.router.add_get(telemetry_path, metrics)
