@@ -6,10 +6,11 @@ from __future__ import annotations
 import http.client
 import ssl
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import need_tool
+from tests.helpers import Exporter, need_tool
 
 
 @dataclass
@@ -77,3 +78,60 @@ def serial_of(pair: Pair) -> str:
     out = subprocess.run([need_tool("openssl", "openssl"), "x509", "-noout", "-serial", "-in", str(pair.cert)],
                          check=True, capture_output=True, text=True).stdout
     return out.strip().split("=", 1)[1].upper()
+
+
+def write_web_config(path: Path, *, pair: Pair | None = None, client_ca: Pair | None = None,
+                     users: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Path:
+    lines = []
+    if pair is not None:
+        lines += ["tls_server_config:", f"  cert_file: {pair.cert}", f"  key_file: {pair.key}"]
+        if client_ca is not None:
+            lines += ["  client_auth_type: RequireAndVerifyClientCert", f"  client_ca_file: {client_ca.cert}"]
+    if users:
+        lines += ["basic_auth_users:"] + [f"  {u}: '{h}'" for u, h in users.items()]
+    if headers:
+        lines += ["http_server_config:", "  headers:"] + [f"    {k}: {v}" for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def basic(user: str, password: str) -> dict:
+    import base64
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+class TLSExporter(Exporter):
+    """The exporter with --web.config.file, waited for over HTTPS (with credentials if given)."""
+
+    def __init__(self, *args: str, ctx: ssl.SSLContext | None = None, headers: dict | None = None,
+                 prefix: tuple[str, ...] = (), **kw):
+        super().__init__(*args, wait_ready=False, **kw)
+        self.ctx = ctx
+        self.headers = headers or {}
+        self.args = [*prefix, *self.args]
+        self.url = f"https://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "TLSExporter":
+        super().__enter__()
+        try:
+            self.wait_tls()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def wait_tls(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited {self.proc.returncode}: {self.log()}")
+            try:
+                if https_get(self.port, "/readyz", self.ctx, self.headers, timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"exporter not ready over TLS after {timeout}s: {self.log()}")
+
+    def get_tls(self, path: str = "/metrics", headers: dict | None = None, ctx=None):
+        return https_get(self.port, path, ctx or self.ctx, {**self.headers, **(headers or {})})
