@@ -14,6 +14,7 @@ APT_PACKAGES=(
   clang llvm bpftool libbpf-dev libbpf1   # CO-RE BPF objects (package build) and the libbpf backend
   util-linux unzip ca-certificates      # setpriv (permission tests), unzip (helm from its wheel)
   openssl apache2-utils                 # TLS test certificates; bcrypt hashes from htpasswd -B
+  bird2                                 # BIRD 2 for the bgp tests (BIRD 1.6 is extracted below)
 )
 
 log() { echo "test.sh: $*" >&2; }
@@ -30,6 +31,20 @@ if [[ $(id -u) == 0 ]]; then
   fi
 else
   log "not root: Debian packages not installed; tests that need them will skip"
+fi
+
+# BIRD 1.6 (Debian's bird, the base of Calico's fork) conflicts with bird2 as a package: its .deb
+# is extracted into .tools/bird1 instead (tests/bird.py runs it from there).
+if [[ ! -x .tools/bird1/usr/sbin/bird ]]; then
+  work=$(mktemp -d) && chmod 755 "$work"
+  if (cd "$work" && { apt-get download -q bird >/dev/null 2>&1 ||
+        { [[ $(id -u) == 0 ]] && apt-get update -q >/dev/null && apt-get download -q bird >/dev/null; }; }); then
+    mkdir -p .tools/bird1 && dpkg-deb -x "$work"/bird_*.deb .tools/bird1
+    log "extracted $("$PWD/.tools/bird1/usr/sbin/bird" --version 2>&1) into .tools/bird1"
+  else
+    log "could not download Debian's bird (1.6): its tests will skip"
+  fi
+  rm -rf "$work"
 fi
 
 PYTHON=${PYTHON:-python3}
