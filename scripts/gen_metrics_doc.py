@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -105,7 +106,7 @@ class Live:
     args: tuple[str, ...]
     setup: Callable | None = None
     ready: str = ""  # a family name that must have samples before the scrape is taken
-    netns: bool = True  # False: tracepoints are host-wide, and `ip netns exec` hides tracefs
+    netns: bool = True  # False: eBPF; tracepoints are host-wide, and `ip netns exec` hides tracefs
 
 
 # collector -> how to make it produce every family it has. {tmp} is a scratch directory.
@@ -156,6 +157,20 @@ SOURCELESS: dict[str, Callable[[], Iterable]] = {
 }
 
 
+@contextlib.contextmanager
+def tracefs_mounted():
+    """tracefs for the eBPF collectors; mounted here (and unmounted after) only if it was not."""
+    tracefs = "/sys/kernel/tracing"
+    if any(os.path.isdir(f"{p}/events") for p in ("/sys/kernel/debug/tracing", tracefs)):
+        yield
+        return
+    subprocess.run(["mount", "-t", "tracefs", "nodev", tracefs], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", tracefs], check=False)
+
+
 def capture_live() -> None:
     """Scrape each LIVE_COLLECTORS collector alone in a fresh network namespace; write LIVE."""
     if os.geteuid() != 0:
@@ -174,6 +189,8 @@ def live_scrape(name: str, timeout: float = 60.0) -> str:
     spec = LIVE_COLLECTORS[name]
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(Netns("nse-doc")) if spec.netns else None
+        if not spec.netns:
+            stack.enter_context(tracefs_mounted())
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nse-doc-"))
         if spec.setup is not None:
             spec.setup(ns)

@@ -116,3 +116,13 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--regenerate"]:
         sys.exit(f"usage: {REGENERATE}")
     regenerate()
+
+
+def test_every_collector_is_in_the_reference():
+    """A collector missing here has no entry in docs/metrics.md: add it to TREE_COLLECTORS (it can
+    run from files) or to LIVE_COLLECTORS / SOURCELESS in scripts/gen_metrics_doc.py."""
+    from collectors import MODULES
+    from scripts.gen_metrics_doc import LIVE_COLLECTORS, SOURCELESS
+
+    covered = set(TREE_COLLECTORS) | set(LIVE_COLLECTORS) | set(SOURCELESS)
+    assert [m for m in MODULES if m not in covered] == [], f"then regenerate: {REGENERATE}"

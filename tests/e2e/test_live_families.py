@@ -28,3 +28,28 @@ def test_live_families_match_the_committed_list(collector):
     assert shape(live_scrape(collector)) == shape(committed), (
         "live families changed; regenerate: .venv/bin/python -m tests.e2e.test_golden --regenerate"
     )
+
+
+def test_promtool_accepts_a_live_scrape_with_every_collector_on(tmp_path):
+    """Every registered collector at once on this host (those whose source is missing report
+    only their availability), with the options that make them emit the most."""
+    import time
+
+    from collectors import MODULES
+    from tests.e2e.test_golden import promtool_check
+    from tests.helpers import Exporter
+
+    need_root()
+    args = [f"--collector.{m}" for m in MODULES]
+    for spec in LIVE_COLLECTORS.values():
+        args += [a.replace("{tmp}", str(tmp_path)) for a in spec.args if "source=" not in a]
+    from scripts.gen_metrics_doc import tracefs_mounted
+
+    with tracefs_mounted(), Exporter(*args) as exp:
+        deadline = time.monotonic() + 60
+        text = exp.scrape_text()
+        while 'netstack_scrape_collector_success{collector="ebpf_drops"} 1' not in text:
+            assert time.monotonic() < deadline, exp.log()
+            time.sleep(0.5)
+            text = exp.scrape_text()
+    promtool_check(text)
