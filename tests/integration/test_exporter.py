@@ -93,12 +93,16 @@ def test_success_and_self_metrics(procfs):
 
 class SlowFile:
     """Serves `content` through a FIFO at `path`, each reader getting it `delay` seconds after it
-    opened the file: a source that takes that long to read, every time."""
+    opened the file (`first_delay` for the first reader): a source that takes that long to read.
+    While held (hold() until release()), readers wait for the release as well."""
 
-    def __init__(self, path, content: bytes, delay: float):
+    def __init__(self, path, content: bytes, delay: float, first_delay: float | None = None):
         self.path, self.content, self.delay = path, content, delay
+        self.first_delay = delay if first_delay is None else first_delay
         self.reads = 0
         self._stop = threading.Event()
+        self._released = threading.Event()
+        self._released.set()
         os.unlink(path)
         os.mkfifo(path)
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -112,7 +116,8 @@ class SlowFile:
                 continue
             try:
                 self.reads += 1
-                self._stop.wait(self.delay)
+                self._stop.wait(self.first_delay if self.reads == 1 else self.delay)
+                self._released.wait(30)
                 os.set_blocking(fd, True)
                 os.write(fd, self.content)
             except OSError:  # the reader went away (a probe reads one byte)
@@ -123,39 +128,75 @@ class SlowFile:
             # same reader twice; it reads a small file at once.
             self._stop.wait(0.2)
 
+    def hold(self):
+        self._released.clear()
+
+    def release(self):
+        self._released.set()
+
     def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
+        self._released.set()
         self._thread.join(5)
 
 
 def test_concurrent_scrapes_are_coalesced(procfs):
-    # /proc/stat takes a second to read, so all 20 scrapes arrive while one collection runs.
-    with SlowFile(procfs / "stat", (procfs / "stat").read_bytes(), delay=1.0), exporter(procfs) as exp:
-        barrier = threading.Barrier(20)
+    # /proc/stat is held until all 20 scrapes have been sent, so they all arrive while one
+    # collection runs.
+    import http.client
+    slow = SlowFile(procfs / "stat", (procfs / "stat").read_bytes(), delay=0.5)
+    with slow, exporter(procfs) as exp:
+        reads = slow.reads  # the warm-up's probe and collection
+        slow.hold()
+        sent = threading.Semaphore(0)
         bodies = []
 
         def scrape():
-            barrier.wait()
-            bodies.append(exp.scrape_text())
+            conn = http.client.HTTPConnection("127.0.0.1", exp.port, timeout=30)
+            conn.request("GET", "/metrics")
+            sent.release()
+            bodies.append(conn.getresponse().read().decode())
+            conn.close()
 
         threads = [threading.Thread(target=scrape) for _ in range(20)]
         for t in threads:
             t.start()
+        for _ in threads:
+            assert sent.acquire(timeout=30)
+        time.sleep(0.3)
+        slow.release()
         for t in threads:
             t.join()
-        with exp.get("/") as r:
-            page = r.read().decode()
+        assert slow.reads - reads == 1  # one collection for the whole burst
     assert len(bodies) == 20
-    collections = int(page.split("collections so far: ")[1].split("<")[0])
-    assert collections == 2, collections  # the warm-up, then one for the whole burst
     results = [parse_metrics(b) for b in bodies]
     assert all(value(r, "netstack_scrape_collector_success", collector="cpu") == 1 for r in results)
     durations = {value(r, "netstack_scrape_collector_duration_seconds", collector="cpu") for r in results}
-    assert len(durations) == 1 and durations.pop() >= 1.0  # the same (slow) collection for all
+    assert len(durations) == 1 and durations.pop() >= 0.5  # the same (slow) collection for all
+
+
+def test_a_probe_past_the_timeout_is_a_failure_not_an_absence(procfs):
+    # Issue 11.1: cpu's first probe (one read of /proc/stat) takes 1.5 s, the scrape timeout is
+    # 0.5 s. The source exists: available stays 1, the scrape fails, the next ones succeed.
+    content = (procfs / "stat").read_bytes()
+    with SlowFile(procfs / "stat", content, delay=0.0, first_delay=1.5), \
+            exporter(procfs, "--scrape.timeout=500ms") as exp:
+        m = exp.scrape()
+        assert value(m, "netstack_collector_available", collector="cpu") == 1
+        deadline = time.monotonic() + 10
+        while value(m, "netstack_scrape_collector_success", collector="cpu") != 1:
+            assert time.monotonic() < deadline, exp.log()
+            time.sleep(0.1)
+            m = exp.scrape()
+        assert value(m, "netstack_collector_available", collector="cpu") == 1
+        log = exp.log()
+    assert "collector unavailable" not in log
+    failed = [line for line in log.splitlines() if "collector failed" in line and "collector=cpu" in line]
+    assert failed and "probe timed out after 0.5s" in failed[0], log
 
 
 def test_a_value_the_encoder_cannot_print_fails_only_its_collector(procfs):
