@@ -138,7 +138,10 @@ def test_daemonset_runs_in_the_host_network_and_reads_the_host():
 
     args = c["args"]
     assert "--path.procfs=/host/proc" in args and "--path.sysfs=/host/sys" in args
-    assert "--web.listen-address=:9977" in args
+    # the node's own address (downward API), not every interface of the node
+    assert "--web.listen-address=[$(HOST_IP)]:9977" in args
+    assert {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}} in c["env"]
+    assert not any(a.startswith("--web.config.file") for a in args)
     assert "--collector.fsync.directory=/var/lib/netstack-exporter/fsync/root" in args
     assert not any("ebpf" in a for a in args)
     assert c["ports"] == [{"name": "metrics", "containerPort": 9977, "hostPort": 9977,
@@ -438,3 +441,114 @@ def _check_live(base: str, instance: str) -> None:
 def alerting_rules_from_file() -> list[dict]:
     groups = _yaml().safe_load((ROOT / "alerts" / "netstack.rules.yml").read_text())["groups"]
     return [r for g in groups for r in g["rules"] if "alert" in r]
+
+
+# --- listen address, web config, TLS, NetworkPolicy ------------------------------------------------
+
+
+def test_listen_address_choices():
+    def listen(values):
+        c = container(render({"web": values}))
+        (arg,) = [a for a in c["args"] if a.startswith("--web.listen-address=")]
+        return arg.split("=", 1)[1], [e["name"] for e in c.get("env", [])]
+
+    assert listen({}) == ("[$(HOST_IP)]:9977", ["HOST_IP"])
+    assert listen({"listenOnAllInterfaces": True}) == (":9977", [])
+    assert listen({"listenHost": "10.0.0.5", "port": 9100}) == ("10.0.0.5:9100", [])
+    assert listen({"listenHost": "fd00::5"}) == ("[fd00::5]:9977", [])
+
+
+def test_host_ip_listen_address_is_accepted_by_the_real_exporter():
+    """Kubernetes expands $(HOST_IP) to status.hostIP; the exporter must accept the bracketed
+    form for an IPv4 address, as node_exporter does."""
+    (arg,) = [a for a in container(render())["args"] if a.startswith("--web.listen-address=")]
+    exporter = Exporter("--collector.disable-defaults", "--collector.cpu")
+    port = exporter.port
+    exporter.args = [a for a in exporter.args if not a.startswith("--web.listen-address=")]
+    exporter.args.append(arg.replace("$(HOST_IP)", "127.0.0.1").replace(":9977", f":{port}"))
+    with exporter as e:
+        assert e.get("/healthz").status == 200
+
+
+TLS_ON = {
+    "web": {"config": {"content": {"tls_server_config": {"cert_file": "/etc/netstack-exporter/tls/tls.crt",
+                                                         "key_file": "/etc/netstack-exporter/tls/tls.key"},
+                                   "basic_auth_users": {"prometheus": "$2y$10$" + "a" * 53}}},
+            "tlsSecret": "netstack-tls", "tls": {"enabled": True}},
+    "podMonitor": {"enabled": True,
+                   "tlsConfig": {"ca": {"secret": {"name": "netstack-tls", "key": "ca.crt"}},
+                                 "serverName": "netstack-exporter"},
+                   "basicAuth": {"username": {"name": "scrape-auth", "key": "username"},
+                                 "password": {"name": "scrape-auth", "key": "password"}}},
+    "serviceMonitor": {"enabled": True,
+                       "tlsConfig": {"ca": {"secret": {"name": "netstack-tls", "key": "ca.crt"}},
+                                     "serverName": "netstack-exporter"}},
+    "networkPolicy": {"enabled": True},
+}
+
+
+def test_web_config_and_tls_from_secrets():
+    docs = render(TLS_ON)
+    validate_core(docs)
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            validate_crd(doc)
+    c = container(docs)
+    spec = daemonset(docs)["spec"]["template"]["spec"]
+    assert "--web.config.file=/etc/netstack-exporter/web/web.yml" in c["args"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    web, tls = mounts["/etc/netstack-exporter/web"], mounts["/etc/netstack-exporter/tls"]
+    assert web["readOnly"] and tls["readOnly"]
+    assert volumes[tls["name"]]["secret"]["secretName"] == "netstack-tls"
+    (secret,) = by_kind(docs, "Secret")
+    assert volumes[web["name"]]["secret"]["secretName"] == secret["metadata"]["name"]
+    web_yml = _yaml().safe_load(secret["stringData"]["web.yml"])
+    assert web_yml == TLS_ON["web"]["config"]["content"]
+    # the chart's web.yml is one the exporter accepts (up to the files it names)
+    from exporter.webconfig import parse_web_config
+    assert parse_web_config(secret["stringData"]["web.yml"]).tls.cert_file.endswith("tls.crt")
+    assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (pm,) = by_kind(docs, "PodMonitor")
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    (pep,), (sep,) = pm["spec"]["podMetricsEndpoints"], sm["spec"]["endpoints"]
+    assert pep["scheme"] == sep["scheme"] == "https"
+    assert pep["tlsConfig"] == TLS_ON["podMonitor"]["tlsConfig"]
+    assert pep["basicAuth"] == TLS_ON["podMonitor"]["basicAuth"]
+    assert "basicAuth" not in sep
+
+
+def test_existing_web_config_secret_and_client_certificates():
+    docs = render({"web": {"config": {"existingSecret": "my-web-config"},
+                           "tls": {"enabled": True, "clientCertRequired": True}}})
+    validate_core(docs)
+    assert not by_kind(docs, "Secret")
+    c = container(docs)
+    volumes = {v["name"]: v for v in daemonset(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["web-config"]["secret"]["secretName"] == "my-web-config"
+    # kubelet has no client certificate: the probes check the port only
+    assert c["livenessProbe"]["tcpSocket"] == {"port": "metrics"} and "httpGet" not in c["livenessProbe"]
+    assert c["readinessProbe"]["tcpSocket"] == {"port": "metrics"}
+
+
+def test_no_tls_no_scheme_on_monitors():
+    docs = render({"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    for monitor, key in ((by_kind(docs, "PodMonitor")[0], "podMetricsEndpoints"),
+                         (by_kind(docs, "ServiceMonitor")[0], "endpoints")):
+        (ep,) = monitor["spec"][key]
+        assert "scheme" not in ep and "tlsConfig" not in ep and "basicAuth" not in ep
+
+
+def test_network_policy_admits_only_prometheus():
+    docs = render({"networkPolicy": {"enabled": True}})
+    validate_core(docs)
+    (np,) = by_kind(docs, "NetworkPolicy")
+    pod_labels = daemonset(docs)["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels[k] == v for k, v in np["spec"]["podSelector"]["matchLabels"].items())
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = np["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9977, "protocol": "TCP"}]
+    (peer,) = rule["from"]  # namespace AND pod in one peer, not either
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}

@@ -49,3 +49,61 @@ alerts name the node rather than host-IP:port. */}}
   targetLabel: node
   action: replace
 {{- end -}}
+
+{{/* --web.listen-address: an explicit web.listenHost, else every interface, else the node's own
+address from the downward API ([$(HOST_IP)]:port; brackets work for IPv4 and IPv6 alike). */}}
+{{- define "netstack-exporter.listenAddress" -}}
+{{- $w := .Values.web -}}
+{{- if $w.listenHost -}}
+{{- if contains ":" $w.listenHost }}[{{ $w.listenHost }}]{{ else }}{{ $w.listenHost }}{{ end }}:{{ $w.port }}
+{{- else if $w.listenOnAllInterfaces -}}
+:{{ $w.port }}
+{{- else -}}
+[$(HOST_IP)]:{{ $w.port }}
+{{- end -}}
+{{- end -}}
+
+{{- define "netstack-exporter.listenOnHostIP" -}}
+{{- if not (or .Values.web.listenHost .Values.web.listenOnAllInterfaces) }}true{{ end -}}
+{{- end -}}
+
+{{/* The Secret holding web.yml: the given one, or the chart's own when web.config.content is set. */}}
+{{- define "netstack-exporter.webConfigSecret" -}}
+{{- if .Values.web.config.existingSecret -}}
+{{ .Values.web.config.existingSecret }}
+{{- else if .Values.web.config.content -}}
+{{ include "netstack-exporter.fullname" . }}-web-config
+{{- end -}}
+{{- end -}}
+
+{{/* A probe from values: https with TLS; a TCP check when client certificates are required
+(kubelet has none). Usage: include "netstack-exporter.probe" (list $ .Values.livenessProbe) */}}
+{{- define "netstack-exporter.probe" -}}
+{{- $root := index . 0 -}}
+{{- $probe := deepCopy (index . 1) -}}
+{{- $tls := $root.Values.web.tls -}}
+{{- if and $tls.enabled $tls.clientCertRequired $probe.httpGet -}}
+{{- $_ := set $probe "tcpSocket" (dict "port" $probe.httpGet.port) -}}
+{{- $_ := unset $probe "httpGet" -}}
+{{- else if and $tls.enabled $probe.httpGet -}}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}
+
+{{/* scheme, tlsConfig and basicAuth of a monitor endpoint. Usage: (list $ .Values.podMonitor) */}}
+{{- define "netstack-exporter.monitorAuth" -}}
+{{- $root := index . 0 -}}
+{{- $m := index . 1 -}}
+{{- if $root.Values.web.tls.enabled }}
+scheme: https
+{{- with $m.tlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- with $m.basicAuth }}
+basicAuth:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
