@@ -31,8 +31,8 @@ import socket
 import stat
 import time
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -58,6 +58,7 @@ _BANNER = re.compile(r"BIRD (\S+) ready\.")
 _ROUTES = re.compile(r"(\d+) (imported|filtered|exported|preferred)")
 _TIME_OF_DAY = re.compile(r"(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?")
 _DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d)")
+_DETAIL = re.compile(r" *(Routes|Neighbor address|BGP state|Last error|State): *(.*)")
 
 
 class BirdError(Exception):
@@ -140,20 +141,17 @@ def parse_protocols(text: str, source: str = "bird") -> list[Protocol]:
         elif code == 1006:
             if not protocols:
                 raise ParseError(f"{source}: protocol details before any protocol row")
-            if not line.strip():
-                continue
-            current = protocols[-1]
-            stripped = line.strip()
-            indent = len(line) - len(line.lstrip())
-            if indent <= 2 and stripped.startswith("Channel "):
-                channel = current.channels.setdefault(stripped[len("Channel "):], {})
-                continue
-            if indent <= 2:
+            # Only a few detail lines are kept (BIRD 2 prints ~60 per BGP peer): an indent of at
+            # most 2 ends a channel section, '  Channel ipv4' starts one.
+            if line[:3] != "   ":
                 channel = None
-            key, colon, value = stripped.partition(":")
-            if colon:
-                target = channel if channel is not None else current.details
-                target.setdefault(key, value.strip())
+                if line.startswith("  Channel "):
+                    channel = protocols[-1].channels.setdefault(line[10:].strip(), {})
+                    continue
+            m = _DETAIL.match(line)
+            if m:
+                target = channel if channel is not None else protocols[-1].details
+                target.setdefault(m[1], m[2].strip())
         elif code in (0, 2002):
             continue
         else:

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+
 from .common import read_text
 from .netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, error_code, messages
 

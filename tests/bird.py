@@ -58,14 +58,14 @@ def config(version: int, router_id: str, peers: dict[str, tuple[str, str]],
     static routes to announce, a bgp_template, and one protocol per peer
     ({protocol name: (neighbor address, source address)}). BIRD 1.6 speaks one family per daemon
     (bird or bird6); BIRD 2 gets one channel per peer, so one daemon can be dual-stack."""
-    common = """\
+    common = f"""\
   description "Connection to BGP peer";
-  local as {asn};
+  local as {AS_NUMBER};
   graceful restart;
   connect delay time 1;
   connect retry time 1;
   error wait time 1,5;
-""".format(asn=AS_NUMBER)
+"""
     routes = "".join(f"  route {r} blackhole;\n" for r in statics)
     lines = [f"router id {router_id};", extra, "protocol device { scan time 2; }"]
     if version == 1:
@@ -109,7 +109,7 @@ class Bird:
         self.proc: subprocess.Popen | None = None
         self.log = workdir / f"{name}.log"
 
-    def start(self, timeout: float = 10) -> "Bird":
+    def start(self, timeout: float = 10) -> Bird:
         with open(self.log, "ab") as log:
             self.proc = self.netns.popen(self.binary, "-f", "-c", str(self.conf_path),
                                          "-s", self.socket_path, stdout=log, stderr=log)
@@ -117,12 +117,11 @@ class Bird:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"BIRD exited {self.proc.returncode}: {self.log.read_text()}")
-            with contextlib.suppress(OSError):
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(1)
-                    s.connect(self.socket_path)
-                    if s.recv(100).startswith(b"0001 BIRD"):
-                        return self
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(1)
+                s.connect(self.socket_path)
+                if s.recv(100).startswith(b"0001 BIRD"):
+                    return self
             time.sleep(0.05)
         raise AssertionError(f"BIRD socket {self.socket_path} not up after {timeout}s")
 
@@ -161,7 +160,7 @@ class TwoNodes:
     A4, B4 = "198.18.0.1", "198.18.0.2"
     A6, B6 = "fd00:198:18::1", "fd00:198:18::2"
 
-    def __enter__(self) -> "TwoNodes":
+    def __enter__(self) -> TwoNodes:
         need_root()
         self.workdir = Path(tempfile.mkdtemp(prefix="nse-bgp-"))
         os.chmod(self.workdir, 0o755)

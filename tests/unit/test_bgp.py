@@ -15,14 +15,25 @@ from pathlib import Path
 
 import pytest
 
-from collectors.bgp import (BgpCollector, BirdError, BirdSocketError, bird_command, calico_peer,
-                            parse_banner, parse_protocols, parse_since, peers_from, reply_lines,
-                            route_counts, socket_family)
+from collectors.bgp import (
+    BgpCollector,
+    BirdError,
+    BirdSocketError,
+    bird_command,
+    calico_peer,
+    parse_banner,
+    parse_protocols,
+    parse_since,
+    peers_from,
+    reply_lines,
+    route_counts,
+    socket_family,
+)
 from exporter.contract import Context, ParseError, SourceUnavailable
 from tests.helpers import FIXTURES
 
 BGP = FIXTURES / "bgp"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 # 2026-12-01 10:00:00 UTC, shortly after the fixtures were captured (09:50-09:52 UTC).
 NOW = dt.datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC).timestamp()
 
@@ -330,7 +341,7 @@ def families(c: BgpCollector) -> dict:
 
 
 def test_collector_unavailable_without_a_socket(tmp_path):
-    with pytest.raises(SourceUnavailable, match="no BIRD control socket at .*bird.ctl"):
+    with pytest.raises(SourceUnavailable, match=r"no BIRD control socket at .*bird\.ctl"):
         collector(tmp_path).probe()
 
 
@@ -392,7 +403,7 @@ def test_collector_stale_socket_is_bird_down(tmp_path):
 
 def test_collector_fails_on_a_silent_socket(fake, tmp_path):
     fake("no-reply")
-    with pytest.raises(BirdSocketError, match="no complete answer within 0.2s"):
+    with pytest.raises(BirdSocketError, match=r"no complete answer within 0\.2s"):
         families(collector(tmp_path, timeout=0.2))
 
 

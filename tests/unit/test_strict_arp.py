@@ -7,8 +7,7 @@ import struct
 
 import pytest
 
-from collectors.strict_arp import (StrictArpCollector, address_dump_request, count_addresses,
-                                   strict_arp)
+from collectors.strict_arp import StrictArpCollector, address_dump_request, count_addresses, strict_arp
 from exporter.contract import Context, ParseError, Paths, SourceUnavailable
 from tests.helpers import FIXTURES
 

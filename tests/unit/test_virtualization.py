@@ -8,8 +8,14 @@ import shutil
 
 import pytest
 
-from collectors.virtualization import (VirtualizationCollector, acpi_oem_id, detect,
-                                       modules_loadable, parse_environ, read_facts)
+from collectors.virtualization import (
+    VirtualizationCollector,
+    acpi_oem_id,
+    detect,
+    modules_loadable,
+    parse_environ,
+    read_facts,
+)
 from exporter.contract import Context, Paths
 from tests.helpers import FIXTURES
 
