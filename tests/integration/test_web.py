@@ -243,3 +243,14 @@ def test_header_and_idle_timeouts_close_connections():
         _closed_after(keepalive.sock, 6)
         idle = time.monotonic() - answered
         assert 1.5 < idle < 3.5, idle
+
+
+def test_client_allowed_sans(pki, tmp_path):
+    allowed = make_cert(pki["ca"], tmp_path, "prom", sans="DNS:prometheus.example")
+    config = write_web_config(tmp_path / "web.yml", pair=pki["server"], client_ca=pki["ca"])
+    config.write_text(config.read_text() + "  client_allowed_sans: [prometheus.example]\n")
+    with TLSExporter(*CORE, f"--web.config.file={config}", ctx=client_context(pki["ca"], allowed)) as e:
+        assert e.get_tls()[0] == 200
+        # same CA, verified, but without the allowed SAN
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            https_get(e.port, "/metrics", client_context(pki["ca"], pki["client"]))
