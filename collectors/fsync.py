@@ -68,7 +68,7 @@ _ERRNO_REASONS = {
 def error_reason(err: OSError) -> str:
     if isinstance(err, UnsafePath):
         return err.reason
-    return _ERRNO_REASONS.get(err.errno, "other")
+    return _ERRNO_REASONS.get(err.errno or 0, "other")
 
 
 class UnsafePath(OSError):
@@ -547,7 +547,8 @@ class FsyncCollector(Collector):
             return  # already counted as a timeout by the scheduler
         if result.error is not None:
             e = result.error
-            self._fail(d, error_reason(e), f"{e.strerror or e} (errno {errno.errorcode.get(e.errno, e.errno)})")
+            code = errno.errorcode.get(e.errno or 0, e.errno)
+            self._fail(d, error_reason(e), f"{e.strerror or e} (errno {code})")
         elif result.stopped:
             if not self._closing.is_set():  # it stopped itself at the deadline, first
                 run.timed_out = True

@@ -58,13 +58,14 @@ class Connection:
     header_started: float | None = None  # first byte of a request not yet being served
     active: int = 0  # requests being served
     served: int = 0
+    handshake: asyncio.Task | None = None  # the TLS handshake in progress (a reference keeps it alive)
 
 
 class _Handler(RequestHandler):
     """aiohttp's HTTP/1.1 protocol, telling the listener when request bytes arrive and when
     the connection is gone."""
 
-    def __init__(self, conn: Connection, listener: "Listener", *args: Any, **kwargs: Any):
+    def __init__(self, conn: Connection, listener: Listener, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.conn = conn
         self.listener = listener
@@ -83,7 +84,7 @@ class _Handler(RequestHandler):
 class _Accepted(asyncio.Protocol):
     """The first protocol of every connection: registers it, then hands it on."""
 
-    def __init__(self, listener: "Listener"):
+    def __init__(self, listener: Listener):
         self.listener = listener
         self.conn: Connection | None = None
 
@@ -127,7 +128,7 @@ class Listener:
         self.evicted = 0
         self.timed_out = 0
         self.handshake_failures = 0
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -154,7 +155,7 @@ class Listener:
                 return conn
         context = self.live.ssl_context if self.live is not None else None
         if context is not None:
-            asyncio.ensure_future(self._start_tls(conn, context))
+            conn.handshake = asyncio.ensure_future(self._start_tls(conn, context))
         else:
             handler = self._handler(conn)
             transport.set_protocol(handler)
@@ -171,13 +172,16 @@ class Listener:
         try:
             tls = await self._loop.start_tls(conn.transport, handler, context, server_side=True,
                                              ssl_handshake_timeout=self.read_header_timeout + 1)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, OSError, ConnectionError) as e:
             # plain HTTP to the TLS port, no or a wrong client certificate, a port scanner
             self.handshake_failures += 1
             log.debug("TLS handshake failed: %s", e)
             conn.transport.abort()
             self.forget(conn)
             return
+        finally:
+            conn.handshake = None
+        assert tls is not None
         if conn not in self.conns:  # evicted or timed out while the handshake finished
             tls.abort()
             return

@@ -12,15 +12,16 @@ import sys
 from aiohttp import web
 
 from collectors import available_collectors
+
 from . import __version__, logs
+from .check import VerdictHistory
+from .check import main as check_main
 from .cli import PROG, load_config
 from .contract import Context, Paths
+from .listener import Listener, LoopErrorLog, connection_cap, raise_open_file_limit, track_requests
 from .logs import log_event
 from .scheduling import CollectorRunner, Scheduler
 from .selfmetrics import SelfMetrics
-from .listener import Listener, LoopErrorLog, connection_cap, raise_open_file_limit, track_requests
-from .check import VerdictHistory
-from .check import main as check_main
 from .server import RequestLimit, build_app, web_config_middleware
 from .webconfig import LiveWebConfig, WebConfigError
 
@@ -66,7 +67,7 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    background = []
+    background: list[asyncio.Future] = []
     if live is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: background.append(
             asyncio.ensure_future(live.reload_async("SIGHUP"))))

@@ -84,7 +84,8 @@ def scrape_timeout(header: str | None) -> float | None:
 
 async def metrics(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
-    snapshot = await scheduler.snapshot(scrape_timeout(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")))
+    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    snapshot = await scheduler.snapshot(scrape_timeout(header))
     fmt = negotiate_format(request.headers.get("Accept", ""))
     compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
     body = await snapshot.encoded(fmt, compress, scheduler.encoder)

@@ -24,8 +24,9 @@ import os
 import re
 import ssl
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import bcrypt
 import yaml
@@ -313,7 +314,7 @@ def _parse_http(raw: dict) -> tuple[dict[str, str], bool]:
 def parse_web_config(text: str, base_dir: str = ".") -> WebConfig:
     """The file's content -> WebConfig. Checks structure and values; reads no other file."""
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise WebConfigError(f"not valid YAML: {e}") from None
     top = _mapping(raw, "the file")
@@ -342,7 +343,7 @@ def apply_tls_settings(ctx: ssl.SSLContext, tls: TLSSettings) -> None:
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
-    names = [CIPHER_SUITES[c] for c in tls.cipher_suites if CIPHER_SUITES[c]]
+    names = [name for c in tls.cipher_suites if (name := CIPHER_SUITES[c])]
     if names:
         try:
             ctx.set_ciphers(":".join(names))
@@ -371,7 +372,8 @@ def build_tls_context(tls: TLSSettings) -> ssl.SSLContext:
         except ssl.SSLError as e:
             raise WebConfigError(f"client CA: no usable certificate ({e.reason or e})") from None
         except OSError as e:
-            raise WebConfigError(f"cannot read client_ca_file {tls.client_ca_file}: {e.strerror or e}") from None
+            raise WebConfigError(f"cannot read client_ca_file {tls.client_ca_file}: "
+                                 f"{e.strerror or e}") from None
         if not ctx.get_ca_certs():
             raise WebConfigError("client CA: no certificate found")
     return ctx
@@ -484,7 +486,7 @@ def load_web_config(path: str) -> Loaded:
 
 def _fingerprint(files: tuple[str, ...]) -> tuple:
     """What changes when a file is rewritten or a Kubernetes Secret volume swaps its symlink."""
-    out = []
+    out: list[object] = []
     for f in files:
         try:
             st = os.stat(f)

@@ -75,8 +75,8 @@ def https_get(port: int, path: str = "/metrics", ctx: ssl.SSLContext | None = No
 
 
 def serial_of(pair: Pair) -> str:
-    out = subprocess.run([need_tool("openssl", "openssl"), "x509", "-noout", "-serial", "-in", str(pair.cert)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([need_tool("openssl", "openssl"), "x509", "-noout", "-serial", "-in",
+                          str(pair.cert)], check=True, capture_output=True, text=True).stdout
     return out.strip().split("=", 1)[1].upper()
 
 
@@ -111,7 +111,7 @@ class TLSExporter(Exporter):
         self.args = [*prefix, *self.args]
         self.url = f"https://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "TLSExporter":
+    def __enter__(self) -> TLSExporter:
         super().__enter__()
         try:
             self.wait_tls()

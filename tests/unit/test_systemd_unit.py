@@ -23,7 +23,8 @@ def test_systemd_analyze_accepts_the_unit(tmp_path):
 
 def test_limits_reload_and_web_config_option():
     text = UNIT.read_text()
-    assert re.search(r"^LimitNOFILE=(\d+)$", text, re.M) and int(re.search(r"^LimitNOFILE=(\d+)$", text, re.M).group(1)) >= 4096
+    limit = re.search(r"^LimitNOFILE=(\d+)$", text, re.M)
+    assert limit and int(limit.group(1)) >= 4096
     assert "ExecReload=/bin/kill -HUP $MAINPID" in text
     for flag in ("--web.config.file", "--web.listen-address"):
         assert env_name(flag) + "=" in text, flag

@@ -10,7 +10,8 @@ from exporter.listener import RESERVED_FDS, LoopErrorLog, connection_cap
 from exporter.server import TIMEOUT_FLOOR, TIMEOUT_MARGIN, scrape_timeout
 from exporter.snapshot import TEXT
 from tests.helpers import parse_metrics
-from tests.unit.test_scheduling import Fake, harness, status  # noqa: F401 (fixture)
+from tests.unit.test_scheduling import Fake, status
+from tests.unit.test_scheduling import harness as harness  # the fixture
 
 
 def test_scrape_timeout_header_parsing():

@@ -12,8 +12,15 @@ import time
 
 import pytest
 
-from exporter.webconfig import (Authenticator, LiveWebConfig, WebConfigError, load_web_config,
-                                parse_basic_auth, parse_web_config, peer_sans)
+from exporter.webconfig import (
+    Authenticator,
+    LiveWebConfig,
+    WebConfigError,
+    load_web_config,
+    parse_basic_auth,
+    parse_web_config,
+    peer_sans,
+)
 from tests.tls import bcrypt_hash, client_context, make_ca, make_cert, serial_of
 
 HASH = "$2y$10$e53WoZ1qoyqqtKK7Vtz1i.xF0wwYIlJU1luNCXlDh5wZkx6VoiJly"  # htpasswd -nbBC 10 "" secret
@@ -62,36 +69,41 @@ basic_auth_users:
     assert config.http2 is False
 
 
+TLS = "tls_server_config:\n  cert_file: a\n  key_file: b\n"
+COST3 = "$2y$03$e53WoZ1qoyqqtKK7Vtz1i.xF0wwYIlJU1luNCXlDh5wZkx6VoiJly"
+
+
 @pytest.mark.parametrize("text, message", [
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cert_fil: c\n", "tls_server_config.cert_fil: unknown key"),
+    (TLS + "  cert_fil: c\n", "tls_server_config.cert_fil: unknown key"),
     ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown key"),
     ("tls_server_config:\n  cert_file: a\n", "tls_server_config.key_file: required"),
     ("tls_server_config:\n  min_version: TLS12\n", "tls_server_config.cert_file: required"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS14\n", "unknown TLS version 'TLS14'"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n  max_version: TLS12\n",
+    (TLS + "  min_version: TLS14\n", "unknown TLS version 'TLS14'"),
+    (TLS + "  min_version: TLS13\n  max_version: TLS12\n",
      "min_version TLS13 is above max_version TLS12"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Maybe\n", "unknown client auth type 'Maybe'"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAnyClientCert\n",
+    (TLS + "  client_auth_type: Maybe\n", "unknown client auth type 'Maybe'"),
+    (TLS + "  client_auth_type: RequireAnyClientCert\n",
      "never verified) is not supported"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n",
+    (TLS + "  client_auth_type: RequireAndVerifyClientCert\n",
      "client_ca_file: required"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_ca_file: ca\n", "client CA given but client_auth_type is NoClientCert"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n", "needs client_auth_type"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n", "unknown cipher"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: TLS_AES_128_GCM_SHA256\n", "must be a list"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  curve_preferences: [X25519]\n", "cannot set a list of curves"),
+    (TLS + "  client_ca_file: ca\n", "client CA given but client_auth_type is NoClientCert"),
+    (TLS + "  client_allowed_sans: [x]\n", "needs client_auth_type"),
+    (TLS + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n", "unknown cipher"),
+    (TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n", "must be a list"),
+    (TLS + "  curve_preferences: [X25519]\n", "cannot set a list of curves"),
     ("tls_server_config:\n  cert: PEM\n  key_file: b\n", "inline certificates are not supported"),
     ("tls_server_config:\n  cert_file: ''\n  key_file: b\n", "must not be empty"),
     ("tls_server_config:\n  cert_file: 5\n  key_file: b\n", "must be a string"),
     ("rate_limit:\n  burst: 1\n", "--web.max-requests"),
     ("basic_auth_users:\n  alice: secret\n", "basic_auth_users.alice: not a bcrypt hash"),
-    ("basic_auth_users:\n  alice: '$2y$03$e53WoZ1qoyqqtKK7Vtz1i.xF0wwYIlJU1luNCXlDh5wZkx6VoiJly'\n", "cost 03 out of range"),
+    (f"basic_auth_users:\n  alice: '{COST3}'\n", "cost 03 out of range"),
     ("basic_auth_users:\n  'a:b': '" + HASH + "'\n", "without ':'"),
     ("basic_auth_users: [alice]\n", "basic_auth_users: must be a mapping"),
     ("http_server_config:\n  headers:\n    Server: x\n", "this header cannot be configured"),
     ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "invalid value 'allow'"),
     ("http_server_config:\n  http2: maybe\n", "must be true or false"),
-    ("http_server_config:\n  headers:\n    Content-Security-Policy: \"a\\r\\nSet-Cookie: x\"\n", "line breaks"),
+    ("http_server_config:\n  headers:\n    Content-Security-Policy: \"a\\r\\nSet-Cookie: x\"\n",
+     "line breaks"),
     ("basic_auth_users:\n  a: '" + HASH + "'\n  a: '" + HASH + "'\n", "key 'a' given twice"),
     ("tls_server_config: [\n", "not valid YAML"),
     ("- 1\n", "the file: must be a mapping"),
@@ -173,15 +185,18 @@ def write_config(pki, name="web.yml", **extra) -> str:
 def test_load_reports_file_problems(pki):
     path = write_config(pki)
     assert load_web_config(path).context is not None
-    (pki["dir"] / "bad.yml").write_text(f"tls_server_config:\n  cert_file: missing.crt\n  key_file: {pki['server'].key}\n")
-    with pytest.raises(WebConfigError, match="missing.crt"):
+    (pki["dir"] / "bad.yml").write_text(
+        f"tls_server_config:\n  cert_file: missing.crt\n  key_file: {pki['server'].key}\n")
+    with pytest.raises(WebConfigError, match=r"missing\.crt"):
         load_web_config(str(pki["dir"] / "bad.yml"))
     # certificate and key that do not belong together
-    (pki["dir"] / "mix.yml").write_text(f"tls_server_config:\n  cert_file: {pki['server'].cert}\n  key_file: {pki['client'].key}\n")
+    (pki["dir"] / "mix.yml").write_text(
+        f"tls_server_config:\n  cert_file: {pki['server'].cert}\n  key_file: {pki['client'].key}\n")
     with pytest.raises(WebConfigError, match="cannot load cert_file"):
         load_web_config(str(pki["dir"] / "mix.yml"))
     (pki["dir"] / "junk.pem").write_text("not a certificate\n")
-    bad_ca = write_config(pki, "ca.yml", client_auth_type="RequireAndVerifyClientCert", client_ca_file="junk.pem")
+    bad_ca = write_config(pki, "ca.yml", client_auth_type="RequireAndVerifyClientCert",
+                          client_ca_file="junk.pem")
     with pytest.raises(WebConfigError, match="client CA"):
         load_web_config(bad_ca)
     with pytest.raises(WebConfigError, match="cannot read"):
@@ -250,15 +265,16 @@ def test_reload_rotates_certificate_and_client_ca(pki):
 
         # new server certificate and a different client CA
         pki["dir"].joinpath("web.yml").write_text(
-            f"tls_server_config:\n  cert_file: server2.crt\n  key_file: server2.key\n"
-            f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: other-ca.crt\n")
+            "tls_server_config:\n  cert_file: server2.crt\n  key_file: server2.key\n"
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: other-ca.crt\n")
         assert live.changed()
         assert server.reload()
         assert server.connect(pki["ca"], pki["other_client"]) == serial_of(pki["server2"])
         assert server.connect(pki["ca"], pki["client"]) != serial_of(pki["server2"])  # old CA is gone
 
         # client certificates turned off: a client without one gets in
-        pki["dir"].joinpath("web.yml").write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+        pki["dir"].joinpath("web.yml").write_text(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
         assert server.reload()
         assert server.connect(pki["ca"]) == serial_of(pki["server"])
     finally:
@@ -271,7 +287,8 @@ def test_bad_reload_keeps_the_old_config(pki, caplog):
     server = TLSServer(live)
     try:
         good = serial_of(pki["server"])
-        pki["dir"].joinpath("web.yml").write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: nope.key\n")
+        pki["dir"].joinpath("web.yml").write_text(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: nope.key\n")
         assert not server.reload()
         failed = [r for r in caplog.records if "keeping the previous one" in r.getMessage()]
         assert len(failed) == 1 and "nope.key" in failed[0].kv["error"]
