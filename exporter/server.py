@@ -208,11 +208,17 @@ def web_config_middleware(live: LiveWebConfig):
     return middleware
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would announce "Python/3.x aiohttp/3.y": versions help only an attacker.
+    response.headers["Server"] = "netstack-exporter"
+
+
 def build_app(scheduler: Scheduler, telemetry_path: str, enabled: dict[str, bool],
               middlewares=(), verdicts: Callable[[], list] = list) -> web.Application:
     """`verdicts` gives the field guide's verdicts over the recent collections for the landing
     page (objects with status, title, value, threshold, why, action)."""
     app = web.Application(middlewares=list(middlewares))
+    app.on_response_prepare.append(_server_header)
     app[SCHEDULER] = scheduler
     app["verdicts"] = verdicts
     app["telemetry_path"] = telemetry_path

@@ -52,9 +52,11 @@ def test_tls_and_basic_auth(pki, tmp_path):
         assert status == 200 and b"netstack_cpu_seconds_total" in body
         assert peer["serialNumber"] == serial_of(pki["server"])
         assert headers["X-Frame-Options"] == "deny" and headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Server"] == "netstack-exporter"  # no Python/aiohttp versions
         for creds in ({}, basic("prometheus", "wrong"), basic("mallory", "s3cret")):
             status, headers, body, _ = e.get_tls(headers=creds)
             assert status == 401 and headers["WWW-Authenticate"] == "Basic"
+            assert headers["Server"] == "netstack-exporter"
             assert b"netstack_" not in body
             assert headers["X-Frame-Options"] == "deny"
         for path in ("/", "/metrics"):
