@@ -148,13 +148,31 @@ def _raise_own_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
 
 
-def test_idle_and_slowloris_flood_under_a_1024_file_limit(tmp_path):
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+def test_idle_and_slowloris_flood_under_a_1024_file_limit(pki, tmp_path, tls):
     """1,200 idle and 200 slowloris connections held open against an exporter limited to 1,024
-    open files (systemd's default soft limit): a normal scrape is still answered within 1 s."""
+    open files (systemd's default soft limit): a normal scrape is still answered within 1 s.
+    With TLS the idle ones never start a handshake and the slow ones trickle a ClientHello."""
     prlimit = need_tool("prlimit", "util-linux")
     _raise_own_fd_limit(4096)
-    exporter = Exporter(*CORE)
-    exporter.args = [prlimit, "--nofile=1024", *exporter.args]
+    if tls:
+        config = write_web_config(tmp_path / "web.yml", pair=pki["server"])
+        exporter: Exporter = TLSExporter(*CORE, f"--web.config.file={config}", ctx=client_context(pki["ca"]),
+                                         prefix=(prlimit, "--nofile=1024"))
+        head, trickle = b"\x16\x03\x01\x02\x00\x01", b"\x00"  # a ClientHello record never finished
+    else:
+        exporter = Exporter(*CORE)
+        exporter.args = [prlimit, "--nofile=1024", *exporter.args]
+        head, trickle = b"GET /metrics HTTP/1.1\r\nHost: x\r\n", b"X"  # a request head never finished
+
+    def scrape() -> None:
+        if tls:
+            status, _, body, _ = https_get(exporter.port, "/metrics", client_context(pki["ca"]), timeout=5)
+        else:
+            with exporter.get(timeout=5) as r:
+                status, body = r.status, r.read()
+        assert status == 200 and b"netstack_cpu_seconds_total" in body
+
     with exporter as e:
         held = []
         try:
@@ -166,20 +184,19 @@ def test_idle_and_slowloris_flood_under_a_1024_file_limit(tmp_path):
             # SYNs dropped while the accept queue was full are sent again after 1 s and 3 s:
             # wait until every connection had its chance to be accepted
             time.sleep(4.5)
-            for s in held[1200:]:  # slowloris: an unfinished request head
+            for s in held[1200:]:  # slowloris
                 try:
-                    s.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    s.send(head)
                 except OSError:
                     pass
             latencies = []
             for _ in range(5):
                 start = time.monotonic()
-                with e.get(timeout=5) as r:
-                    assert r.status == 200 and b"netstack_cpu_seconds_total" in r.read()
+                scrape()
                 latencies.append(time.monotonic() - start)
-                for s in held[1200:]:  # keep the slowloris trickle going
+                for s in held[1200:]:  # keep the trickle going
                     try:
-                        s.send(b"X")
+                        s.send(trickle)
                     except OSError:
                         pass
                 time.sleep(0.2)
