@@ -318,3 +318,32 @@ def test_peer_sans():
     cert = {"subjectAltName": (("DNS", "prometheus.example"), ("IP Address", "198.18.0.1"))}
     assert peer_sans(cert) == {"prometheus.example", "198.18.0.1"}
     assert peer_sans(None) == set()
+
+
+def _negotiated(server: TLSServer, ca, maximum=None) -> tuple[str, str] | str:
+    ctx = client_context(ca)
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s, \
+                ctx.wrap_socket(s, server_hostname="localhost") as t:
+            cipher = t.cipher()
+            return t.version(), cipher[0] if cipher else ""
+    except (ssl.SSLError, OSError) as e:
+        return type(e).__name__
+
+
+def test_versions_and_cipher_suites_are_enforced(pki):
+    path = write_config(pki, max_version="TLS12",
+                        cipher_suites="[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]")
+    server = TLSServer(LiveWebConfig(path))
+    try:
+        assert _negotiated(server, pki["ca"]) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
+    finally:
+        server.stop()
+    server = TLSServer(LiveWebConfig(write_config(pki, "v13.yml", min_version="TLS13")))
+    try:
+        assert _negotiated(server, pki["ca"])[0] == "TLSv1.3"
+        assert _negotiated(server, pki["ca"], ssl.TLSVersion.TLSv1_2) in ("SSLError", "SSLEOFError")
+    finally:
+        server.stop()
