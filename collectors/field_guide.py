@@ -11,8 +11,8 @@ two together. Checks without a rule say so (alert None).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from prometheus_client.core import Metric
 
@@ -27,9 +27,14 @@ class Threshold:
     alert: str | None  # the alert rule with the same threshold; None for a check-only threshold
     value: float
     crossed: str  # the status when the threshold is crossed: warn or fail (the rule's severity)
+    op: str = ">"  # the rule's comparison: ">" (value above the threshold) or "==" (a 0/1 state)
+
+    def is_crossed(self, value: float) -> bool:
+        return value > self.value if self.op == ">" else value == self.value
 
 
 # Severity of the rule -> status of the check: critical fails, warning and info warn.
+# tests/unit/test_check_thresholds.py holds each entry to its rule in alerts/netstack.rules.yml.
 THRESHOLDS: dict[str, Threshold] = {
     "steal_node": Threshold("NetstackCPUStealHigh", 0.10, WARN),
     "steal_cpu": Threshold("NetstackCPUStealHighPerCPU", 0.25, WARN),
@@ -40,9 +45,13 @@ THRESHOLDS: dict[str, Threshold] = {
     "conntrack_insert_failed": Threshold("NetstackConntrackInsertFailed", 0, WARN),
     "conntrack_dropping": Threshold("NetstackConntrackDropping", 0, FAIL),
     "ipvs_without_backends": Threshold("NetstackIPVSServicesWithoutBackends", 0, WARN),
-    "overlay_mtu_mismatch": Threshold("NetstackOverlayMTUMismatch", 0, WARN),
+    "strict_arp_off": Threshold("NetstackIPVSStrictARPOff", 0, WARN, "=="),
+    "overlay_mtu_mismatch": Threshold("NetstackOverlayMTUMismatch", 1, WARN, "=="),
     "overlay_dropping": Threshold("NetstackOverlayDropping", 0, WARN),
     "fsync_p99": Threshold("NetstackFsyncSlow", 0.010, WARN),
+    "bgp_peer_down": Threshold("NetstackBGPPeerNotEstablished", 0, WARN, "=="),
+    "shared_kernel": Threshold("NetstackSharedKernelNode", 1, WARN, "=="),
+    "collector_failing": Threshold("NetstackCollectorFailing", 0, WARN, "=="),
     "softirq_wait_p99": Threshold(None, 0.001, WARN),
 }
 
@@ -98,6 +107,8 @@ class Readings:
     seconds: float
     # collector -> "" when its last collection succeeded, else why not (disabled, unavailable, failing)
     problems: dict[str, str]
+    # the check's own etcd-pattern fsync probe (path, syncs, p50, p99, max), when one ran
+    fsync: dict | None = None
 
     def latest(self, name: str) -> Series:
         return self.after.get(name, [])
@@ -177,7 +188,7 @@ def evaluate(readings: Readings) -> list[Verdict]:
 
 def _crossed(key: str, value: float) -> str:
     t = THRESHOLDS[key]
-    return t.crossed if value > t.value else OK
+    return t.crossed if t.is_crossed(value) else OK
 
 
 def _pct(x: float) -> str:
@@ -190,7 +201,7 @@ def _worst_per(series: dict[str, float], key: str, unit: Callable[[float], str],
         raise Skip("no data in both readings")
     worst = max(series, key=lambda k: series[k])
     over = [f"{subject} {k}: {unit(v)}" for k, v in sorted(series.items(), key=lambda kv: -kv[1])
-            if v > THRESHOLDS[key].value]
+            if THRESHOLDS[key].is_crossed(v)]
     return (_crossed(key, series[worst]), f"worst {subject} {worst}: {unit(series[worst])}",
             f"> {unit(THRESHOLDS[key].value)}", over)
 
@@ -235,6 +246,8 @@ def _softirq_share(r: Readings):
         if labels.get("mode") == "softirq":
             per_cpu[labels["cpu"]] = rate
     share = {cpu: per_cpu.get(cpu, 0.0) / t for cpu, t in total.items() if t > 0}
+    if total and not share:
+        raise Skip("no CPU time counted between the two readings")
     return _worst_per(share, "softirq_share", _pct, "cpu")
 
 
@@ -302,14 +315,16 @@ def _conntrack_drops(r: Readings):
     insert_failed = _rate_sum(r, "netstack_conntrack_insert_failed_total") or 0.0
     early = _rate_sum(r, "netstack_conntrack_early_drop_total") or 0.0
     full = max(0.0, drop - insert_failed) + early
-    return _crossed("conntrack_dropping", full), f"{full:.2f}/s", "> 0/s (drop − insert_failed + early_drop)", []
+    return (_crossed("conntrack_dropping", full), f"{full:.2f}/s",
+            "> 0/s (drop − insert_failed + early_drop)", [])
 
 
 # --- IPVS (kube-proxy) --------------------------------------------------------------------------
 
 
 def _ipvs_mode(r: Readings) -> bool:
-    return (r.value("netstack_ipvs_services") or 0) > 0 or (r.value("netstack_ipvs_kube_ipvs0_present") or 0) > 0
+    return ((r.value("netstack_ipvs_services") or 0) > 0
+            or (r.value("netstack_ipvs_kube_ipvs0_present") or 0) > 0)
 
 
 @check("ipvs.mode", "kube-proxy mode", "ipvs",
@@ -359,7 +374,7 @@ def _strict_arp(r: Readings):
         raise Skip("strict ARP state not reported")
     if not r.value("netstack_ipvs_kube_ipvs0_present"):
         return OK, "no kube-ipvs0 device (not IPVS mode)", "", []
-    return (OK if strict else WARN), ("on" if strict else "off"), "on when kube-ipvs0 exists", []
+    return _crossed("strict_arp_off", strict), ("on" if strict else "off"), "on when kube-ipvs0 exists", []
 
 
 # --- overlay ------------------------------------------------------------------------------------
@@ -370,11 +385,13 @@ def _strict_arp(r: Readings):
        "every large packet: small requests work, large responses hang.",
        "Lower the CNI's MTU (Calico veth_mtu, Flannel, Cilium) to underlay MTU minus the overhead.")
 def _overlay_mtu(r: Readings):
-    mismatched = [labels.get("device", "") for labels, v in r.latest("netstack_overlay_mtu_mismatch") if v]
+    threshold = THRESHOLDS["overlay_mtu_mismatch"]
+    mismatched = [labels.get("device", "") for labels, v in r.latest("netstack_overlay_mtu_mismatch")
+                  if threshold.is_crossed(v)]
     devices = len(r.latest("netstack_overlay_mtu_mismatch"))
     if not devices:
         return OK, "no overlay devices", "", []
-    status = THRESHOLDS["overlay_mtu_mismatch"].crossed if mismatched else OK
+    status = threshold.crossed if mismatched else OK
     return status, (f"mismatch on {', '.join(mismatched)}" if mismatched else f"{devices} devices fit"), \
         "no mismatch", mismatched
 
@@ -423,10 +440,13 @@ def _bgp(r: Readings):
         counts = r.latest("netstack_bgp_peers")
         if not counts:
             raise Skip("BIRD answers no BGP peers")
-        down = sum(v for labels, v in counts if labels.get("state") != "Established")
-        return (FAIL if down else OK), f"{down:.0f} not Established", "all Established", []
-    down = [labels.get("peer", "") for labels, v in peers if not v]
-    return (FAIL if down else OK), (f"{len(down)} of {len(peers)} down" if down else f"{len(peers)} Established"), \
+        n = sum(v for labels, v in counts if labels.get("state") != "Established")
+        return (THRESHOLDS["bgp_peer_down"].crossed if n else OK), f"{n:.0f} not Established", \
+            "all Established", []
+    down = [f"{labels.get('peer', '')} ({labels.get('family', '')})" for labels, v in peers
+            if THRESHOLDS["bgp_peer_down"].is_crossed(v)]
+    return (THRESHOLDS["bgp_peer_down"].crossed if down else OK), \
+        (f"{len(down)} of {len(peers)} not Established" if down else f"{len(peers)} Established"), \
         "all Established", down
 
 
@@ -442,7 +462,7 @@ def _virtualization(r: Readings):
     modules = r.latest("netstack_kernel_modules_loadable")
     text = f"{labels.get('type', '?')} ({labels.get('role', '?')})"
     if labels.get("role") == "container":
-        return WARN, text + ": shared kernel", "own kernel", []
+        return THRESHOLDS["shared_kernel"].crossed, text + ": shared kernel", "own kernel", []
     if modules and not modules[0][1]:
         return WARN, f"{text}, modules cannot be loaded: {modules[0][0].get('reason', '?')}", \
             "own kernel, modules loadable", []
@@ -487,7 +507,8 @@ def collector_verdicts(problems: dict[str, str], enabled: Iterable[str]) -> list
     silently missing. A failing collector (its source exists) is a warning; an absent one is not."""
     missing = [(name, problems[name]) for name in enabled if problems.get(name)]
     failing = [name for name, problem in missing if not problem.startswith("unavailable")]
-    return [Verdict("collectors", "Collectors reporting", WARN if failing else OK,
+    return [Verdict("collectors", "Collectors reporting",
+                    THRESHOLDS["collector_failing"].crossed if failing else OK,
                     value=(f"{len(missing)} of {len(list(enabled))} without data"
                            + (f", failing: {', '.join(failing)}" if failing else "")) if missing else "all",
                     threshold="none failing",

@@ -11,13 +11,15 @@ a warning too), 2 bad usage.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Iterable, Sequence, TextIO
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TextIO
 
 from collectors import available_collectors, field_guide
 
@@ -31,7 +33,7 @@ FIO_BLOCK = 2300  # bytes per write in fio's etcd check, and in etcd's WAL entri
 
 CHECK_FLAGS: tuple[Flag, ...] = (
     ("--check.duration", Option("duration", "Time between the two readings that rates come from",
-                                "10s", "duration", min=1, max=3600), None, None),
+                                "10s", "duration", min=0.1, max=3600), None, None),
     ("--check.fsync-dir", Option("fsync-dir", "Directory for the etcd-pattern fsync probe (default: "
                                  "the first --collector.fsync.directory)", None), None, "PATH"),
     ("--check.fsync-size", Option("fsync-size", "Bytes the fsync probe writes, in 2300-byte "
@@ -62,59 +64,116 @@ def families_of(snapshot: Snapshot) -> list:
     return [f for o in snapshot.outcomes for f in o.families]
 
 
-def fsync_probe(directory: str, size: int, deadline: float) -> tuple[dict[str, Any] | None, str]:
-    """One probe in etcd's WAL pattern: (its p50/p99/max, "") or (None, why not)."""
+# The check's probe file lives in a subdirectory of its own: the running exporter's fsync
+# collector probes the same directory (in the DaemonSet, `kubectl exec ... check` shares its
+# mount) with its own fixed-name file, and neither may truncate or remove the other's.
+CHECK_SUBDIR = ".netstack-check"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A probe that cannot run here is a skip (nothing to measure); a disk that refuses writes is a
+# failure the collectors row reports (as the NetstackFsyncProbeFailing alert would).
+UNAVAILABLE_REASONS = ("missing_directory", "permission_denied", "unsafe_directory", "unsafe_file")
+
+
+def _probe_error(directory: str, err: OSError) -> str:
+    from collectors import fsync
+
+    reason = fsync.error_reason(err)
+    state = "unavailable" if reason in UNAVAILABLE_REASONS else "failing"
+    return f"{state}: {directory}: {reason} ({err.strerror})"
+
+
+def fsync_probe(directory: str, size: int, deadline: float,
+                datasync: Callable[[int], None] = os.fdatasync,
+                stop: threading.Event | None = None) -> tuple[dict[str, Any] | None, str]:
+    """One probe in etcd's WAL pattern: (its p50/p99/max, "") or (None, why not). `datasync` is
+    os.fdatasync but for tests (a slow disk by injected delay)."""
     from collectors import fsync  # the probe's safe file handling lives with the fsync collector
 
     try:
-        fd = fsync.open_probe_directory(directory)
+        parent = fsync.open_probe_directory(directory)
     except OSError as e:
-        return None, f"{directory}: {fsync.error_reason(e)} ({e.strerror})"
+        return None, _probe_error(directory, e)
     try:
-        result = fsync.run_probe(fd, max(1, size // FIO_BLOCK), os.urandom(FIO_BLOCK),
-                                 should_stop=lambda: time.monotonic() > deadline)
-        fsync.remove_probe_file(fd, result.inode)  # a one-off probe leaves nothing behind
+        try:
+            os.mkdir(CHECK_SUBDIR, 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass  # left by a check that was killed: reused if it passes the same checks
+        own = os.open(CHECK_SUBDIR, _DIR_FLAGS, dir_fd=parent)
+    except OSError as e:
+        os.close(parent)
+        return None, _probe_error(directory, e)
+    try:
+        fsync.check_directory(os.fstat(own), os.geteuid())
+        fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(own)
+        os.close(parent)
+        return None, f"unavailable: {directory}: another check is probing it now"
+    except OSError as e:
+        os.close(own)
+        os.close(parent)
+        return None, _probe_error(directory, e)
+    try:
+        result = fsync.run_probe(
+            own, max(1, size // FIO_BLOCK), os.urandom(FIO_BLOCK), datasync=datasync,
+            should_stop=lambda: time.monotonic() > deadline or bool(stop and stop.is_set()))
+        fsync.remove_probe_file(own, result.inode)  # a one-off probe leaves nothing behind
     finally:
-        os.close(fd)
+        os.close(own)
+        try:
+            os.rmdir(CHECK_SUBDIR, dir_fd=parent)
+        except OSError:
+            pass  # not empty (not ours to empty) or already gone
+        os.close(parent)
     if result.error is not None:
-        return None, f"{directory}: {fsync.error_reason(result.error)} ({result.error.strerror})"
+        return None, _probe_error(directory, result.error)
     if not result.durations:
-        return None, f"{directory}: no fdatasync completed"
+        return None, f"unavailable: {directory}: no fdatasync completed"
     q = fsync.nearest_rank_quantiles(result.durations, (0.5, 0.99, 1.0))
     return {"path": directory, "syncs": len(result.durations), "stopped_early": result.stopped,
             "p50": q[0.5], "p99": q[0.99], "max": q[1.0]}, ""
 
 
 async def gather(scheduler: Scheduler, runners: list[CollectorRunner], duration: float,
-                 fsync_dir: str | None, fsync_size: int) -> field_guide.Readings:
+                 fsync_dir: str | None, fsync_size: int,
+                 between: Callable[[], None] | None = None,
+                 datasync: Callable[[int], None] = os.fdatasync) -> field_guide.Readings:
+    """Two readings `duration` apart (and the fsync probe meanwhile). `between` runs right after
+    the first reading: tests advance a fixture host tree there."""
     first = await scheduler.snapshot()
     started = time.monotonic()
     probe: dict[str, Any] = {}
+    stop = threading.Event()
     prober = None
     if fsync_dir:
         # A slow disk may not finish 22 MiB in time: the probe stops with what it measured.
         def run() -> None:
-            probe["result"], probe["error"] = fsync_probe(fsync_dir, fsync_size, started + duration + 2)
+            probe["result"], probe["error"] = fsync_probe(fsync_dir, fsync_size, started + duration + 2,
+                                                          datasync, stop)
         prober = threading.Thread(target=run, name="check-fsync", daemon=True)
         prober.start()
-    await asyncio.sleep(duration)
-    second = await scheduler.snapshot()
-    seconds = time.monotonic() - started
-    if prober is not None:
-        await asyncio.to_thread(prober.join, 5)
+    try:
+        if between is not None:
+            await asyncio.to_thread(between)
+        await asyncio.sleep(max(0.0, started + duration - time.monotonic()))
+        second = await scheduler.snapshot()
+        seconds = time.monotonic() - started
+        if prober is not None:
+            await asyncio.to_thread(prober.join, 5)
+    finally:
+        stop.set()  # interrupted (Ctrl-C): the probe stops at its next write and removes its file
     after = field_guide.flatten(families_of(second))
     problems = problems_of(runners, second)
     if not fsync_dir:
-        problems["fsync"] = "no --check.fsync-dir and no --collector.fsync.directory"
+        problems["fsync"] = "unavailable: no --check.fsync-dir and no --collector.fsync.directory"
     elif probe.get("result"):
         r = probe["result"]
         after["netstack_check_fsync_p99_seconds"] = [({"path": r["path"]}, r["p99"])]
         problems["fsync"] = ""
     else:
-        problems["fsync"] = probe.get("error") or "probe did not finish"
-    readings = field_guide.Readings(field_guide.flatten(families_of(first)), after, seconds, problems)
-    readings.fsync = probe.get("result")  # type: ignore[attr-defined]
-    return readings
+        problems["fsync"] = probe.get("error") or f"failing: {fsync_dir}: probe did not finish"
+    return field_guide.Readings(field_guide.flatten(families_of(first)), after, seconds, problems,
+                                fsync=probe.get("result"))
 
 
 def report(readings: field_guide.Readings, enabled: Sequence[str]) -> list[field_guide.Verdict]:
@@ -133,7 +192,7 @@ def as_json(verdicts: Sequence[field_guide.Verdict], readings: field_guide.Readi
         "schema": "netstack-exporter/check/v1", "version": __version__,
         "host": os.uname().nodename, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "interval_seconds": round(readings.seconds, 3), "exit_status": status, "summary": counts,
-        "fsync_probe": getattr(readings, "fsync", None),
+        "fsync_probe": readings.fsync,
         "checks": [v.as_dict() for v in verdicts],
     }, indent=2)
 
@@ -156,7 +215,11 @@ def as_table(verdicts: Sequence[field_guide.Verdict], colour: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout) -> int:
+def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout, *,
+         between: Callable[[], None] | None = None,
+         datasync: Callable[[int], None] = os.fdatasync) -> int:
+    """`between` and `datasync` are test seams (see gather and fsync_probe); production leaves
+    them alone."""
     classes = available_collectors()
     config = load_config(argv, environ, classes, CHECK_FLAGS, prog="netstack-exporter check")
     logs.setup("error" if config.log_level == "info" else config.log_level, config.log_format)
@@ -169,12 +232,14 @@ def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout) -> i
     fsync_dir = extra["--check.fsync-dir"]
     if fsync_dir is None and config.enabled.get("fsync"):
         fsync_dir = config.collector_options["fsync"]["directory"][0]
+    elif fsync_dir and "fsync" not in enabled:
+        enabled.append("fsync")  # asked for by --check.fsync-dir
     scheduler = Scheduler(runners, list, config.scrape_timeout)
 
     async def run() -> field_guide.Readings:
         try:
             return await gather(scheduler, runners, extra["--check.duration"], fsync_dir,
-                                extra["--check.fsync-size"])
+                                extra["--check.fsync-size"], between, datasync)
         finally:
             await asyncio.to_thread(scheduler.close, 0.5)
 
