@@ -1,11 +1,17 @@
 """IPVS: the virtual-service table kube-proxy programs in IPVS mode, its traffic, and the
 services that black-hole traffic (no backend, or only weight-0 backends).
 
-Sources, best first:
-  netlink  IPVS generic netlink: one service dump (with per-service traffic counters), then one
-           destination dump per service. Needs CAP_NET_ADMIN; reads the exporter's own netns.
-  procfs   /proc/net/ip_vs: the same table without traffic counters; no privilege needed.
-Global totals always come from /proc/net/ip_vs_stats (netlink has no global counters).
+Sources (--collector.ipvs.source):
+  auto     the default: one IPVS generic netlink service dump for the per-service traffic
+           counters (needs CAP_NET_ADMIN) and one read of /proc/net/ip_vs for the backends, two
+           requests whatever the table's size (source_info "netlink+procfs"); /proc/net/ip_vs
+           alone (no traffic counters) where netlink cannot be used.
+  netlink  everything over netlink: the service dump, then one destination dump per service.
+           At 5,000 services that is 5,001 round trips, ~16x the time of auto in the kernel lab
+           (docs/kernel-lab.md); kept for nodes whose /proc/net/ip_vs cannot be read.
+  procfs   /proc/net/ip_vs: the table without traffic counters; no privilege needed.
+Both read the exporter's own network namespace. Global totals always come from
+/proc/net/ip_vs_stats (netlink has no global counters).
 
 The netlink replies are decoded with a small struct-based walker over the kernel's attribute
 layout (include/uapi/linux/ip_vs.h) rather than pyroute2's nla classes, which build objects for
@@ -435,6 +441,30 @@ def parse_proc_modules(text: str) -> set[str]:
 
 # --- the collector ------------------------------------------------------------------------------
 
+NETLINK_AND_PROCFS = "netlink+procfs"  # the auto source with netlink: see the module docstring
+
+
+def _traffic_key(svc: Service) -> tuple:
+    # IPv4 and IPv6 firewall-mark services print alike in /proc/net/ip_vs ("FWM  %08X"); they
+    # are one label set when their scheduler matches too, so their counters are summed anyway.
+    return (svc.fwmark, svc.scheduler) if svc.fwmark else (svc.protocol, svc.address, svc.port)
+
+
+def add_traffic(services: list[Service], dumped: list[Service]) -> None:
+    """Put the traffic counters of a netlink service dump on the /proc/net/ip_vs services.
+
+    A firewall-mark pair's summed counters go to the first of the pair (the one the series
+    merge keeps). A service that appeared between the dump and the read gets none this time."""
+    traffic: dict[tuple, tuple[int, ...]] = {}
+    for svc in dumped:
+        if svc.stats is None:
+            continue
+        key = _traffic_key(svc)
+        seen = traffic.get(key)
+        traffic[key] = svc.stats if seen is None else tuple(map(sum, zip(seen, svc.stats)))
+    for svc in services:
+        svc.stats = traffic.pop(_traffic_key(svc), None)
+
 
 @dataclass
 class Table:
@@ -461,8 +491,10 @@ class IpvsCollector(Collector):
         Option("max-series", "Cap on per-service plus per-backend series; above it those are "
                "dropped (backends first) and netstack_ipvs_series_capped is 1.",
                DEFAULT_MAX_SERIES, "int", min=0, max=10_000_000),
-        Option("source", "Where to read the table: auto (netlink, else /proc/net/ip_vs), netlink "
-               "or procfs.", "auto", choices=("auto", "netlink", "procfs")),
+        Option("source", "Where to read the table: auto (traffic from one netlink service dump, "
+               "backends from /proc/net/ip_vs; /proc/net/ip_vs alone without CAP_NET_ADMIN), "
+               "netlink (one netlink request per service) or procfs.", "auto",
+               choices=("auto", "netlink", "procfs")),
         Option("modules", "Kernel modules reported by netstack_kernel_module_loaded.",
                DEFAULT_MODULES, "list", validate=_module_names),
     )
@@ -482,7 +514,7 @@ class IpvsCollector(Collector):
         if wanted in ("auto", "netlink"):
             why = self.open_netlink()
             if not why:
-                self.source = "netlink"
+                self.source = "netlink" if wanted == "netlink" else NETLINK_AND_PROCFS
                 return
             if wanted == "netlink":
                 raise SourceUnavailable(f"IPVS not available: {why}")
@@ -525,12 +557,16 @@ class IpvsCollector(Collector):
     def read_table(self) -> Table:
         want_dests = self.option("backends")
         table = None
-        if self.source == "netlink":
+        dumped = None  # auto: the netlink service dump whose traffic counters /proc lacks
+        if self.source in ("netlink", NETLINK_AND_PROCFS):
             # after a failure, connect again: the family id changes when ip_vs is reloaded
             why = self.open_netlink() if self.netlink is None else ""
             if not why:
                 try:
-                    table = Table("netlink", self.netlink.services(want_dests))
+                    if self.source == "netlink":
+                        table = Table("netlink", self.netlink.services(want_dests))
+                    else:
+                        dumped = self.netlink.dump_services()
                 except (NetlinkUnavailable, OSError) as e:
                     why = f"netlink: {e}"
                     self.close()
@@ -546,7 +582,11 @@ class IpvsCollector(Collector):
                     services = parse_ip_vs_lines(f, path, want_dests, self.known_lines)
             except FileNotFoundError:  # ip_vs unloaded since the probe
                 raise SourceUnavailable(f"IPVS not available: {path} does not exist") from None
-            table = Table("procfs", services)
+            if dumped is not None:
+                add_traffic(services, dumped)
+                table = Table(NETLINK_AND_PROCFS, services)
+            else:
+                table = Table("procfs", services)
         stats_path = self.paths.proc("net", "ip_vs_stats")
         try:
             table.totals = parse_ip_vs_stats(read_text(stats_path), stats_path)

@@ -519,16 +519,16 @@ def fake_kernel(monkeypatch):
     return install
 
 
-def netlink_collector(procfs: str = "full", **options):
+def netlink_collector(procfs: str = "full", source: str = "auto", **options):
     paths = Paths(procfs=str(FIX / procfs), sysfs=str(FIX / "sysfs"))
-    collector = ipvs.IpvsCollector(Context(paths=paths, options={"source": "auto", **options}))
+    collector = ipvs.IpvsCollector(Context(paths=paths, options={"source": source, **options}))
     collector.probe()
     return collector
 
 
 def test_netlink_source_end_to_end(fake_kernel):
     made = fake_kernel()
-    collector = netlink_collector(backends=True)
+    collector = netlink_collector(source="netlink", backends=True)
     assert collector.source == "netlink"
     m = scrape(collector)
     assert value(m, "netstack_ipvs_source_info", source="netlink") == 1
@@ -558,10 +558,10 @@ def test_netlink_source_end_to_end(fake_kernel):
 def test_netlink_series_cap_counts_traffic_series(fake_kernel):
     fake_kernel()
     # 6 services x (3 shape + 5 traffic) = 48 series
-    m = scrape(netlink_collector(**{"max-series": 47}))
+    m = scrape(netlink_collector(source="netlink", **{"max-series": 47}))
     assert value(m, "netstack_ipvs_series_capped") == 1
     assert not samples(m, "netstack_ipvs_service_connections_total")
-    m = scrape(netlink_collector(**{"max-series": 48}))
+    m = scrape(netlink_collector(source="netlink", **{"max-series": 48}))
     assert value(m, "netstack_ipvs_series_capped") == 0
     assert len(samples(m, "netstack_ipvs_service_connections_total")) == 6
 
@@ -628,7 +628,7 @@ def test_netlink_failure_after_probe_uses_procfs_then_reconnects(fake_kernel):
     assert value(m, "netstack_ipvs_source_info", source="procfs") == 1
     assert made[0].closed
     m = scrape(collector)  # a new socket resolves the family again
-    assert value(m, "netstack_ipvs_source_info", source="netlink") == 1
+    assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
     assert len(made) == 2
 
 
@@ -648,3 +648,33 @@ def test_stale_reply_of_an_interrupted_request_is_skipped():
     genl = ipvs.GenlSocket(sock)
     sock.pending.append(done(99))  # left over from a request that timed out
     assert genl.family_id("IPVS") == FAMILY
+
+
+def test_auto_source_is_one_service_dump_and_one_proc_read(fake_kernel):
+    """The default: traffic from one netlink service dump, backends from /proc/net/ip_vs (the
+    fixture is the fake kernel's TABLE as ip_vs_info_seq_show prints it, plus 10.96.7.7:80,
+    added between the dump and the read). Two requests per collection at any table size, and
+    the same series as the all-netlink source."""
+    made = fake_kernel()
+    auto = netlink_collector("netlink_table", backends=True)
+    assert auto.source == "netlink+procfs"
+    scrape(auto)
+    m = scrape(auto)
+    assert made[0].requests == [(0x10, 3), (FAMILY, 4), (FAMILY, 4), (FAMILY, 4)]  # no dest dumps
+    assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
+    assert value(m, "netstack_ipvs_services") == 7
+    late = {"protocol": "TCP", "address": "10.96.7.7", "port": "80", "scheduler": "rr"}
+    assert value(m, "netstack_ipvs_service_connections_active", **late) == 1
+    assert not samples(m, "netstack_ipvs_service_connections_total", **late)  # next time
+
+    netlink = netlink_collector("netlink_table", source="netlink", backends=True)
+    n = scrape(netlink)
+    families = {name for name, _ in n}
+    assert {"netstack_ipvs_service_connections_total",
+            "netstack_ipvs_backend_weight"} <= families
+    for name in families - {"netstack_ipvs_source_info", "netstack_ipvs_services",
+                            "netstack_ipvs_backends"}:
+        got = {k: v for k, v in samples(m, name).items() if ("address", "10.96.7.7") not in k[1]}
+        assert got == samples(n, name), name
+    auto.close()
+    netlink.close()

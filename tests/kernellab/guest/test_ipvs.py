@@ -219,7 +219,8 @@ def test_every_series_matches_ipvsadm(lab, source):
     table, m = stable_table_and_scrape(lab[source])
     services = ipvsadm.merged(table)
     dests = [d for svc in table.values() for d in svc.dests]
-    read_from = "procfs" if source == "procfs" else "netlink"  # auto: root in the guest
+    # auto, as root: traffic from one netlink service dump, backends from /proc/net/ip_vs
+    read_from = {"netlink": "netlink", "procfs": "procfs", "auto": "netlink+procfs"}[source]
     assert value(m, "netstack_ipvs_source_info", source=read_from) == 1
     assert value(m, "netstack_scrape_collector_success", collector="ipvs") == 1
 
@@ -243,11 +244,11 @@ def test_every_series_matches_ipvsadm(lab, source):
             d.active for d in svc.dests), svc.labels
         assert series(m, "netstack_ipvs_service_connections_inactive", svc.labels) == sum(
             d.inactive for d in svc.dests), svc.labels
-        if read_from == "netlink":
+        if source != "procfs":
             for name, want in zip(SERVICE_TRAFFIC, svc.stats):
                 assert series(m, f"netstack_ipvs_service_{name}_total", svc.labels) == want, (
                     name, svc.labels)
-    if read_from == "procfs":  # /proc/net/ip_vs has no per-service traffic
+    if source == "procfs":  # /proc/net/ip_vs has no per-service traffic
         assert not samples(m, "netstack_ipvs_service_connections_total")
 
     # per backend, only when asked for (--collector.ipvs.backends)
@@ -294,7 +295,7 @@ def test_the_table_has_traffic_where_it_was_sent(lab):
 
 
 def test_sources_agree(lab):
-    """netlink and /proc/net/ip_vs give the same table; auto takes netlink as root."""
+    """netlink and /proc/net/ip_vs give the same table, and auto (both) the same again."""
     scraped = {source: e.scrape() for source, e in lab.items()}
     shape = [*SERIES_NAMES, "netstack_ipvs_services", "netstack_ipvs_backends",
              "netstack_ipvs_services_without_backends", "netstack_ipvs_backends_weight_zero"]
@@ -343,7 +344,7 @@ def test_exporter_in_another_network_namespace(lab):
         with GuestExporter("--collector.disable-defaults", "--collector.ipvs",
                            "--collector.ipvs.backends", netns=ns) as inside:
             m = inside.scrape()
-        assert value(m, "netstack_ipvs_source_info", source="netlink") == 1
+        assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
         assert value(m, "netstack_ipvs_services") == 1
         assert value(m, "netstack_ipvs_backend_weight", address="198.18.5.1",
                      backend_address="198.18.5.2", backend_port="8080") == 7
@@ -359,7 +360,7 @@ def test_default_exporter_found_ip_vs_loaded_after_it_started(lab, default_expor
         lambda m: samples(m, "netstack_ipvs_services"), what="the ipvs collector available")
     assert value(m, "netstack_collector_available", collector="ipvs") == 1
     assert value(m, "netstack_ipvs_services") == 19
-    assert value(m, "netstack_ipvs_source_info", source="netlink") == 1
+    assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
 
 
 def test_ip_vs_unloaded_and_reloaded_under_a_running_exporter(lab):
@@ -388,7 +389,7 @@ def test_ip_vs_unloaded_and_reloaded_under_a_running_exporter(lab):
     m = exporter.scrape_until(lambda m: samples(m, "netstack_ipvs_services"),
                               what="ipvs available after loading ip_vs again")
     assert value(m, "netstack_ipvs_services") == 1
-    assert value(m, "netstack_ipvs_source_info", source="netlink") == 1
+    assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
     assert value(m, "netstack_kernel_module_loaded", module="ip_vs") == 1
     assert "Traceback" not in exporter.log()
     run(["ipvsadm", "-C"])
