@@ -400,7 +400,7 @@ class BgpCollector(Collector):
         Option("timeout", "Longest one conversation with one BIRD socket may take; a socket that "
                "is silent for longer fails the collection.", 2.0, "duration", min=0.01, max=60),
         Option("peer-series", "per-peer: series for each BGP peer (N-1 per node in a full mesh); "
-               "counts: only netstack_bgp_peers per type and state, for large meshes.",
+               "counts: only netstack_bgp_peers per type and state, for large meshes",
                "per-peer", choices=("per-peer", "counts")),
         Option("max-peers", "Above this many BGP peers only the per-state counts are exported and "
                "netstack_bgp_peer_series_capped is 1.", DEFAULT_MAX_PEERS, "int",
