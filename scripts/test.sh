@@ -12,6 +12,7 @@ APT_PACKAGES=(
   fio etcd-server etcd-client           # fsync probe comparison
   python3-bpfcc bpfcc-tools linux-headers-amd64   # eBPF collectors
   clang llvm bpftool libbpf-dev libbpf1   # CO-RE BPF objects (package build) and the libbpf backend
+  podman buildah runc debootstrap       # image test: podman (runc); debootstrap when no registry answers
   util-linux unzip ca-certificates      # setpriv (permission tests), unzip (helm from its wheel)
   qemu-system-x86 busybox-static kmod ipvsadm   # kernel lab: Debian's 6.1 kernel in qemu, real IPVS
   openssl apache2-utils                 # TLS test certificates; bcrypt hashes from htpasswd -B

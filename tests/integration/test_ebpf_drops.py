@@ -3,11 +3,10 @@ counted as NO_SOCKET, exactly, through the real exporter; close() detaches."""
 
 from __future__ import annotations
 
-
 import pytest
 
-from exporter.contract import Context, SourceUnavailable
 from collectors.ebpf_drops import EbpfDrops
+from exporter.contract import Context, SourceUnavailable
 from tests.helpers import Exporter, Netns, samples, value
 from tests.integration.test_ebpf_loader import backend_env, wait_success  # noqa: F401  (fixture)
 
@@ -25,7 +24,7 @@ def no_socket(metrics) -> float:
     return sum(samples(metrics, "netstack_skb_drops_total", reason="NO_SOCKET").values())
 
 
-def test_datagrams_to_closed_port_count_as_no_socket(backend_env):
+def test_datagrams_to_closed_port_count_as_no_socket(backend_env):  # noqa: F811
     import sys
 
     backend, env = backend_env
@@ -43,7 +42,7 @@ def test_datagrams_to_closed_port_count_as_no_socket(backend_env):
         assert value(metrics, "netstack_collector_available", collector="ebpf_drops") == 1
 
 
-def test_all_reasons_exports_the_kernels_whole_table(backend_env):
+def test_all_reasons_exports_the_kernels_whole_table(backend_env):  # noqa: F811
     backend, env = backend_env
     with Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
                   f"--collector.ebpf_drops.backend={backend}",
@@ -54,7 +53,7 @@ def test_all_reasons_exports_the_kernels_whole_table(backend_env):
         assert len(reasons) > 60
 
 
-def test_collector_direct_and_close_detaches(backend_env):
+def test_collector_direct_and_close_detaches(backend_env):  # noqa: F811
     import socket
 
     backend, _ = backend_env

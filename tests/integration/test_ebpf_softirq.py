@@ -1,10 +1,11 @@
-"""ebpf_softirq on the real kernel (root), on both backends: loopback traffic fills the NET_RX wait and service
-histograms, through the real exporter; the histograms are consistent and agree with
-/proc/softirqs."""
+"""ebpf_softirq on the real kernel (root), on both backends: loopback traffic fills the NET_RX
+wait and service histograms, through the real exporter; the histograms are consistent and agree
+with /proc/softirqs."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from collectors.ebpf_softirq import parse_cpu_list
 from tests.helpers import Exporter, Netns, samples, value
@@ -44,11 +45,11 @@ def check_histogram(metrics, name, **labels):
     assert counts == sorted(counts), by_le
     assert by_le[-1] == (float("inf"), count)
     # the per-bucket counts (differences) sum to the count
-    assert sum(b - a for a, b in zip([0] + counts, counts)) == count
+    assert sum(b - a for a, b in zip([0, *counts], counts)) == count
     return count
 
 
-def test_loopback_traffic_fills_net_rx_histograms(backend_env):
+def test_loopback_traffic_fills_net_rx_histograms(backend_env):  # noqa: F811
     backend, env = backend_env
     with Netns("ebs") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
                                       f"--collector.ebpf_softirq.backend={backend}",
@@ -81,7 +82,7 @@ def test_loopback_traffic_fills_net_rx_histograms(backend_env):
         assert 0 < wait_sum / wait < 0.1  # a mean wait between 0 and 100 ms on an idle box
 
 
-def test_per_cpu_and_all_vectors(backend_env):
+def test_per_cpu_and_all_vectors(backend_env):  # noqa: F811
     backend, env = backend_env
     with Netns("ebs") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
                                       f"--collector.ebpf_softirq.backend={backend}",
@@ -93,18 +94,18 @@ def test_per_cpu_and_all_vectors(backend_env):
         metrics = exporter.scrape()
         series = samples(metrics, "netstack_softirq_service_seconds_count")
         labels = [dict(k[1]) for k in series]
-        online = parse_cpu_list(open("/sys/devices/system/cpu/online").read())
-        assert {str(c) for c in online} <= {l["cpu"] for l in labels}
-        assert {"NET_RX", "NET_TX", "TIMER", "RCU", "SCHED"} <= {l["vector"] for l in labels}
+        online = parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text())
+        assert {str(c) for c in online} <= {lab["cpu"] for lab in labels}
+        assert {"NET_RX", "NET_TX", "TIMER", "RCU", "SCHED"} <= {lab["vector"] for lab in labels}
         rx = sum(v for k, v in series.items() if dict(k[1])["vector"] == "NET_RX")
         assert rx >= 500
         timer = sum(v for k, v in series.items() if dict(k[1])["vector"] == "TIMER")
         assert timer > 0  # the tick ran while we watched
-        for l in labels:
-            check_histogram(metrics, "netstack_softirq_service_seconds", **l)
+        for lab in labels:
+            check_histogram(metrics, "netstack_softirq_service_seconds", **lab)
 
 
-def test_bpf_slot_function_matches_the_bucket_boundaries(ebpf_env, tmp_path):
+def test_bpf_slot_function_matches_the_bucket_boundaries(ebpf_env, tmp_path):  # noqa: F811
     """Run softirq.c's own slot_of() in the kernel on chosen values (lseek offsets, a syscall
     argument we control) and compare with the Python twin the buckets are built on."""
     import os

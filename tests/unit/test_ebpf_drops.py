@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from exporter.contract import Context, SourceUnavailable
 from collectors.ebpf_drops import EbpfDrops, drops_family, reason_names
 from collectors.ebpf_loader import parse_format
+from exporter.contract import Context, SourceUnavailable
 from tests.helpers import FIXTURES
 
 FIX = FIXTURES / "ebpf_drops"
@@ -25,7 +25,7 @@ def test_reason_names_follow_the_running_kernel():
 
 
 def test_kernel_without_reason_is_unavailable():
-    with pytest.raises(SourceUnavailable, match="no reason argument .kernel older than 5.17"):
+    with pytest.raises(SourceUnavailable, match=r"no reason argument .kernel older than 5.17"):
         _names("5.10")
 
 
@@ -55,17 +55,17 @@ def test_probe_on_old_kernel_format(tmp_path, monkeypatch):
     shutil.copy(FIX / "kfree_skb_format_5.10", d / "format")
     monkeypatch.setattr("collectors.ebpf_loader.TRACEFS_CANDIDATES", (str(tmp_path),))
     collector = EbpfDrops(Context(options={"all-reasons": False}))
-    with pytest.raises(SourceUnavailable, match="older than 5.17"):
+    with pytest.raises(SourceUnavailable, match=r"older than 5.17"):
         collector.probe()
 
 
 def test_probe_without_tracepoint(tmp_path, monkeypatch):
     (tmp_path / "events").mkdir()
     monkeypatch.setattr("collectors.ebpf_loader.TRACEFS_CANDIDATES", (str(tmp_path),))
-    with pytest.raises(SourceUnavailable, match="tracepoint skb:kfree_skb does not exist"):
+    with pytest.raises(SourceUnavailable, match=r"tracepoint skb:kfree_skb does not exist"):
         EbpfDrops(Context(options={"all-reasons": False})).probe()
 
 
 def test_collect_before_start_is_a_clear_failure():
-    with pytest.raises(SourceUnavailable, match="not started"):
+    with pytest.raises(SourceUnavailable, match=r"not started"):
         list(EbpfDrops(Context(options={"all-reasons": False})).collect())

@@ -8,11 +8,22 @@ import threading
 
 import pytest
 
+from collectors.ebpf_loader import (
+    BackgroundLoad,
+    BccLoader,
+    Program,
+    StillLoading,
+    can_trace,
+    effective_capabilities,
+    find_kernel_headers,
+    find_tracefs,
+    log2_buckets,
+    parse_format,
+    print_symbolic,
+    slot_of,
+    slot_upper_bound_ns,
+)
 from exporter.contract import ParseError, SourceUnavailable
-from collectors.ebpf_loader import (BackgroundLoad, BccLoader, Program, StillLoading, can_trace,
-                                    effective_capabilities, find_kernel_headers, find_tracefs,
-                                    log2_buckets, parse_format, print_symbolic, slot_of,
-                                    slot_upper_bound_ns)
 from tests.helpers import FIXTURES
 
 DROPS = FIXTURES / "ebpf_drops"
@@ -66,18 +77,18 @@ def test_print_symbolic_table_ends_at_its_own_parenthesis():
 def test_print_symbolic_rejects_unresolved_enum_names():
     text = (SOFTIRQ / "softirq_raise_format_6.18").read_text().replace(
         '{ 3, "NET_RX" }', '{ NET_RX_SOFTIRQ, "NET_RX" }')
-    with pytest.raises(ParseError, match="not a number"):
+    with pytest.raises(ParseError, match=r"not a number"):
         print_symbolic(parse_format(text), "vec")
 
 
 def test_print_symbolic_missing_table():
     fmt = parse_format((DROPS / "kfree_skb_format_5.10").read_text())
-    with pytest.raises(ParseError, match="no __print_symbolic table for field 'reason'"):
+    with pytest.raises(ParseError, match=r"no __print_symbolic table for field 'reason'"):
         print_symbolic(fmt, "reason")
 
 
 def test_parse_format_rejects_other_files():
-    with pytest.raises(ParseError, match="not a tracepoint format file"):
+    with pytest.raises(ParseError, match=r"not a tracepoint format file"):
         parse_format("cpu  1 2 3\n", "/proc/stat")
     with pytest.raises(ParseError, match=r"x:3: unexpected field line"):
         parse_format("name: a\nformat:\n\tfield:;\toffset:x;\n", "x")
@@ -146,27 +157,27 @@ def test_kernel_headers_discovery(tmp_path):
     (tree / "include").mkdir(parents=True)
     assert find_kernel_headers("6.18.0", {"BCC_KERNEL_SOURCE": str(tree)},
                                str(tmp_path / "nomodules"), str(tmp_path / "nokh")) == str(tree)
-    with pytest.raises(SourceUnavailable, match="BCC_KERNEL_SOURCE=.* is not a kernel header tree"):
+    with pytest.raises(SourceUnavailable, match=r"BCC_KERNEL_SOURCE=.* is not a kernel header tree"):
         find_kernel_headers("6.18.0", {"BCC_KERNEL_SOURCE": str(tmp_path)},
                             str(tmp_path), str(tmp_path / "nokh"))
     build = tmp_path / "modules" / "6.18.0" / "build"
     (build / "include").mkdir(parents=True)
     assert find_kernel_headers("6.18.0", {}, str(tmp_path / "modules"),
                                str(tmp_path / "nokh")) == str(build)
-    with pytest.raises(SourceUnavailable, match="no kernel headers for 6.19.0: .*kernel-headers.sh"):
+    with pytest.raises(SourceUnavailable, match=r"no kernel headers for 6.19.0: .*kernel-headers.sh"):
         find_kernel_headers("6.19.0", {}, str(tmp_path / "modules"), str(tmp_path / "nokh"))
 
 
 def test_find_tracefs(tmp_path):
     (tmp_path / "b" / "events").mkdir(parents=True)
     assert find_tracefs([str(tmp_path / "a"), str(tmp_path / "b")]) == str(tmp_path / "b")
-    with pytest.raises(SourceUnavailable, match="tracefs is not mounted"):
+    with pytest.raises(SourceUnavailable, match=r"tracefs is not mounted"):
         find_tracefs([str(tmp_path / "a")])
 
 
 def test_bcc_not_importable(monkeypatch):
     monkeypatch.setitem(sys.modules, "bcc", None)  # makes `import bcc` raise ImportError
-    with pytest.raises(SourceUnavailable, match="bcc is not importable.*python3-bpfcc"):
+    with pytest.raises(SourceUnavailable, match=r"bcc is not importable.*python3-bpfcc"):
         BccLoader().check("drops")
 
 
@@ -219,7 +230,7 @@ def test_background_load_failure_is_a_one_line_reason():
     load = BackgroundLoad("t", setup)
     load.start()
     assert load.wait(5)
-    with pytest.raises(SourceUnavailable, match="compile/load failed"):
+    with pytest.raises(SourceUnavailable, match=r"compile/load failed"):
         load.program()
     with pytest.raises(SourceUnavailable):
         load.raise_if_failed()
@@ -227,7 +238,7 @@ def test_background_load_failure_is_a_one_line_reason():
     load = BackgroundLoad("t", lambda: 1 / 0)  # a bug: still only a reason, not a crash
     load.start()
     assert load.wait(5)
-    with pytest.raises(SourceUnavailable, match="BPF setup failed: division by zero"):
+    with pytest.raises(SourceUnavailable, match=r"BPF setup failed: division by zero"):
         load.program()
 
 
@@ -238,5 +249,5 @@ def test_close_while_loading_detaches_when_load_finishes():
     gate.set()
     closer.join(5)
     assert program.closed == 1
-    with pytest.raises(SourceUnavailable, match="closed"):  # never handed out after close
+    with pytest.raises(SourceUnavailable, match=r"closed"):  # never handed out after close
         load.program()

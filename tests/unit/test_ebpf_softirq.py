@@ -7,11 +7,20 @@ import shutil
 
 import pytest
 
-from exporter.contract import Context, ParseError, SourceUnavailable
 from collectors.ebpf_loader import parse_format, print_symbolic
-from collectors.ebpf_softirq import (FIRST_SLOT, KIND_SERVICE, KIND_WAIT, LAST_SLOT, NR_SLOTS,
-                                     EbpfSoftirq, decode, histograms, parse_cpu_list,
-                                     vector_selection)
+from collectors.ebpf_softirq import (
+    FIRST_SLOT,
+    KIND_SERVICE,
+    KIND_WAIT,
+    LAST_SLOT,
+    NR_SLOTS,
+    EbpfSoftirq,
+    decode,
+    histograms,
+    parse_cpu_list,
+    vector_selection,
+)
+from exporter.contract import Context, ParseError, SourceUnavailable
 from tests.helpers import FIXTURES
 
 FIX = FIXTURES / "ebpf_softirq"
@@ -61,10 +70,10 @@ def test_histograms_from_maps():
     assert wait.name == "netstack_softirq_wait_seconds" and wait.type == "histogram"
     w = _by_labels(wait)
     rx = (("vector", "NET_RX"),)
-    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "2.55e-07"),) + rx)] == 3
-    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "5.11e-07"),) + rx)] == 5
-    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "4.294967295"),) + rx)] == 5
-    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "+Inf"),) + rx)] == 6
+    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "2.55e-07"), *rx))] == 3
+    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "5.11e-07"), *rx))] == 5
+    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "4.294967295"), *rx))] == 5
+    assert w[("netstack_softirq_wait_seconds_bucket", (("le", "+Inf"), *rx))] == 6
     assert w[("netstack_softirq_wait_seconds_count", rx)] == 6
     assert w[("netstack_softirq_wait_seconds_sum", rx)] == pytest.approx(10.0000006)
     # NET_TX has no samples yet but its series exist (no series appearing mid-way)
@@ -74,8 +83,8 @@ def test_histograms_from_maps():
     assert len(buckets) == LAST_SLOT - FIRST_SLOT + 2
     s = _by_labels(service)
     assert s[("netstack_softirq_service_seconds_count", rx)] == 4
-    assert s[("netstack_softirq_service_seconds_bucket", (("le", "8.191e-06"),) + rx)] == 4
-    assert s[("netstack_softirq_service_seconds_bucket", (("le", "4.095e-06"),) + rx)] == 0
+    assert s[("netstack_softirq_service_seconds_bucket", (("le", "8.191e-06"), *rx))] == 4
+    assert s[("netstack_softirq_service_seconds_bucket", (("le", "4.095e-06"), *rx))] == 0
 
 
 def test_histograms_per_cpu():
