@@ -7,8 +7,8 @@ Sources (--collector.ipvs.source):
            requests whatever the table's size (source_info "netlink+procfs"); /proc/net/ip_vs
            alone (no traffic counters) where netlink cannot be used.
   netlink  everything over netlink: the service dump, then one destination dump per service.
-           At 5,000 services that is 5,001 round trips, ~16x the time of auto in the kernel lab
-           (docs/kernel-lab.md); kept for nodes whose /proc/net/ip_vs cannot be read.
+           At 5,000 services that is 5,001 round trips, many times the time of auto (measured in
+           the kernel lab, docs/kernel-lab.md); kept for nodes whose /proc/net/ip_vs cannot be read.
   procfs   /proc/net/ip_vs: the table without traffic counters; no privilege needed.
 Both read the exporter's own network namespace. Global totals always come from
 /proc/net/ip_vs_stats (netlink has no global counters).
