@@ -4,8 +4,8 @@ both ways, read by the exporter running inside the namespace.
 
 kube-proxy makes kube-ipvs0 a dummy device. This test machine's kernel is built without
 CONFIG_DUMMY, so here the device is a bridge of that name: the collector, like kube-proxy's own
-check, goes by the name and the sysctls, not the kind. (Checked once by hand in the kernel lab,
-Debian's 6.1 kernel with the dummy module: a dummy kube-ipvs0 reads the same.)
+check, goes by the name and the sysctls, not the kind. The kernel lab (Debian's 6.1 kernel, which
+has the dummy module) runs it on a real dummy device: tests/kernellab/guest/test_l2_and_virtualization.py.
 """
 
 from __future__ import annotations
