@@ -361,7 +361,9 @@ def _without_backends(r: Readings):
     n = r.value("netstack_ipvs_services_without_backends")
     if n is None:
         raise Skip("no IPVS table")
-    return _crossed("ipvs_without_backends", n), f"{n:.0f} services", "> 0", []
+    total = r.value("netstack_ipvs_services")
+    of = f" of {total:.0f}" if total is not None else ""
+    return _crossed("ipvs_without_backends", n), f"{n:.0f}{of} virtual services", "> 0", []
 
 
 @check("ipvs.strict_arp", "Strict ARP for MetalLB layer 2 with IPVS", "strict_arp",

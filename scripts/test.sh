@@ -18,6 +18,7 @@ APT_PACKAGES=(
   openssl apache2-utils                 # TLS test certificates; bcrypt hashes from htpasswd -B
   systemd                               # systemd-analyze verify of packaging/netstack-exporter.service
   bird2                                 # BIRD 2 for the bgp tests (BIRD 1.6 is extracted below)
+  chromium                              # headless browser for the landing page test
 )
 
 log() { echo "test.sh: $*" >&2; }

@@ -139,7 +139,7 @@ def test_ipvs_black_hole(tree):
     # kube-proxy in IPVS mode (ip_vs in /proc/modules); the Service's endpoints disappear
     status, report = run_check(tree, between=lambda: tree.ipvs_drop_backends("TCP  0A600001:01BB"))
     hole = verdict(report, "ipvs.without_backends")
-    assert hole["status"] == "warn" and hole["value"] == "1 services"
+    assert hole["status"] == "warn" and hole["value"] == "1 of 8 virtual services"
     assert verdict(report, "ipvs.mode")["value"] == "IPVS, 8 virtual services"
     assert verdict(report, "ipvs.modules")["status"] == "ok"
     assert status == 0
