@@ -48,7 +48,7 @@ BGP_STATES = ("Idle", "Connect", "Active", "Passive", "OpenSent", "OpenConfirm",
               "Close", "Down")
 PEER_TYPES = {"Mesh": "mesh", "Node": "node", "Global": "global", "Local_Workload": "local_workload"}
 OTHER = "other"
-MAX_REPLY_BYTES = 32 << 20  # `show protocols all` is ~2.5 KB per BIRD 2 peer
+MAX_REPLY_BYTES = 32 << 20  # `show protocols all`: ~1.7 KB per Established BIRD 2 peer
 DEFAULT_MAX_PEERS = 1000
 
 _CALICO_NAME = re.compile(r"(Mesh|Node|Global|Local_Workload)_([0-9A-Fa-f_]+?)(?:_port_(\d+))?")
@@ -352,7 +352,7 @@ class Peer:
     exported: int | None
 
 
-def peers_from(protocols: list[Protocol], socket_family_: str, now: float,
+def peers_from(protocols: list[Protocol], default_family: str, now: float,
                tz: dt.tzinfo | None, with_routes: bool) -> list[Peer]:
     """The BGP protocols of one daemon as peers. The family is the peer address's (so a dual-stack
     BIRD 2 on one socket labels each peer right), else the socket's."""
@@ -365,7 +365,7 @@ def peers_from(protocols: list[Protocol], socket_family_: str, now: float,
             kind, peer = named
         else:
             kind, peer = OTHER, p.details.get("Neighbor address") or p.name
-        family = peer_family(peer) or socket_family_
+        family = peer_family(peer) or default_family
         state, info = bgp_state(p)
         imported = exported = None
         if with_routes:
