@@ -151,6 +151,11 @@ class _Libbpf:
         self.messages: list[str] = []
         self.lock = threading.Lock()  # one load (and its messages) at a time
         self._callback = _PRINT_FN(self._print)  # kept referenced: libbpf holds the pointer
+        self.capture()
+
+    def capture(self) -> None:
+        """Route libbpf's messages here. Again before every load: Debian's bcc links the same
+        libbpf.so.1 and installs its own callback whenever it loads a program."""
         self.lib.libbpf_set_print(self._callback)
 
     def _print(self, level: int, fmt: bytes, args: int) -> int:
@@ -354,6 +359,7 @@ class LibbpfLoader(Loader):
                          kernel_log_buf=ctypes.cast(verifier_log, ctypes.c_void_p),
                          kernel_log_size=VERIFIER_LOG_SIZE, kernel_log_level=0)
         with lib.lock:
+            lib.capture()
             lib.messages = []
             ctypes.set_errno(0)
             obj = lib.lib.bpf_object__open_file(path.encode(), ctypes.byref(opts))

@@ -264,3 +264,26 @@ def test_settings_are_checked_against_the_object(core_env):
         LibbpfLoader().load("drops", {"MAX_REASONS": 1024}, {})
     with pytest.raises(SourceUnavailable, match=r"drops\.bpf\.o: cannot size map nope"):
         LibbpfLoader().load("drops", {}, {"nope": 4})
+
+
+def test_libbpf_messages_still_ours_after_bcc_loaded(ebpf_env, core_env, tmp_path):  # noqa: F811
+    """Debian's bcc links the same libbpf.so.1 and installs its own print callback when it loads
+    a program: a libbpf load afterwards must still see libbpf's messages (the program's name)."""
+    from collectors.ebpf_loader import BccLoader
+
+    LibbpfLoader().load("drops", {}, {}).close()  # our callback installed first
+    BccLoader().load_source("int noop(void *ctx) { return 0; }", {}).close()
+    compile_object(tmp_path, "drops", """
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16);
+         __type(key, __u32); __type(value, __u64); } drops SEC(".maps");
+SEC("raw_tp/kfree_skb")
+int tracepoint__skb__kfree_skb(__u64 *ctx)
+{
+    __u32 key = 0;
+    __u64 *count = bpf_map_lookup_elem(&drops, &key);
+    *count += 1;
+    return 0;
+}
+""")
+    with pytest.raises(SourceUnavailable, match=r"program tracepoint__skb__kfree_skb \(EACCES"):
+        LibbpfLoader(str(tmp_path)).load("drops", {}, {})
