@@ -162,6 +162,8 @@ async def gather(scheduler: Scheduler, runners: list[CollectorRunner], duration:
             await asyncio.to_thread(prober.join, 5)
     finally:
         stop.set()  # interrupted (Ctrl-C): the probe stops at its next write and removes its file
+        if prober is not None and prober.is_alive():
+            prober.join(2)  # before the process exits and takes the daemon thread with it
     after = field_guide.flatten(families_of(second))
     problems = problems_of(runners, second)
     if not fsync_dir:
@@ -243,13 +245,20 @@ def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout, *,
         finally:
             await asyncio.to_thread(scheduler.close, 0.5)
 
-    readings = asyncio.run(run())
+    try:
+        readings = asyncio.run(run())
+    except KeyboardInterrupt:  # Ctrl-C during the wait: the probe has removed its file
+        print("netstack-exporter check: interrupted", file=sys.stderr)
+        return 130
     verdicts = report(readings, enabled)
     status = exit_status(verdicts, extra["--strict"])
-    if extra["--output"] == "json":
-        out.write(as_json(verdicts, readings, status) + "\n")
-    else:
-        out.write(as_table(verdicts, colour=out.isatty() and "NO_COLOR" not in environ))
+    text = as_json(verdicts, readings, status) + "\n" if extra["--output"] == "json" else \
+        as_table(verdicts, colour=out.isatty() and "NO_COLOR" not in environ)
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:  # `check | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
 
 

@@ -223,3 +223,20 @@ def test_bgp_peer_going_down_between_the_readings(mesh):
     assert peers["value"] == "1 of 1 not Established" and peers["details"] == [f"{mesh.B4} (ipv4)"]
     assert status == 0
     assert run_check(None, *bgp_only, "--strict")[0] == 1  # still down
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing_behind(tmp_path):
+    import signal
+
+    # a child of a non-interactive shell may inherit SIGINT ignored: give it the default back
+    proc = subprocess.Popen([*CHECK, "--check.duration=30s", f"--check.fsync-dir={tmp_path}"],
+                            env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 20
+    while not os.listdir(tmp_path) and time.monotonic() < deadline:  # the probe has started
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and out == ""
+    assert err == "netstack-exporter check: interrupted\n"
+    assert os.listdir(tmp_path) == []
