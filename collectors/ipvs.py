@@ -279,33 +279,42 @@ def genl_messages(chunks: Iterable[bytes], family_id: int) -> Iterator[tuple[byt
         yield buf, start + 20, end  # 16 nlmsghdr + 4 genlmsghdr
 
 
+def _service_at(buf: bytes, off: int, end: int) -> tuple[Service, dict] | None:
+    """The service in one IPVS_CMD_GET_SERVICE message, and its attribute spans."""
+    span = _attrs(buf, off, end).get(IPVS_CMD_ATTR_SERVICE)
+    if span is None:
+        return None
+    u16, u32 = _U16.unpack, _U32.unpack
+    a = _attrs(buf, *span)
+    family = u16(buf[slice(*a[SVC_AF])])[0] if SVC_AF in a else socket.AF_INET
+    sched_start, sched_end = a.get(SVC_SCHED_NAME, (0, 0))
+    scheduler = bytes(buf[sched_start:sched_end]).split(b"\0", 1)[0].decode("ascii", "replace")
+    if SVC_FWMARK in a:
+        svc = Service("", "", 0, u32(buf[slice(*a[SVC_FWMARK])])[0], scheduler)
+    else:
+        proto = u16(buf[slice(*a[SVC_PROTOCOL])])[0]
+        svc = Service(PROTOCOL_NAMES.get(proto, f"IP_{proto}"),
+                      _nl_address(buf, *a[SVC_ADDR], family),
+                      _BE16.unpack(buf[slice(*a[SVC_PORT])])[0], 0, scheduler)
+    if SVC_FLAGS in a:  # struct ip_vs_flags: flags, mask
+        flags = _U32.unpack_from(buf[slice(*a[SVC_FLAGS])])[0]
+        svc.persistent = bool(flags & IP_VS_SVC_F_PERSISTENT)
+        svc.one_packet = bool(flags & IP_VS_SVC_F_ONEPACKET)
+    stats = a.get(SVC_STATS64) or a.get(SVC_STATS)
+    if stats:
+        svc.stats = _stats(buf, stats)
+    return svc, a
+
+
 def decode_services(chunks: Iterable[bytes], family_id: int) -> list[Service]:
     """Services of an IPVS_CMD_GET_SERVICE dump (ip_vs_genl_fill_service)."""
     services = []
-    u16, u32 = _U16.unpack, _U32.unpack
     try:
         for buf, off, end in genl_messages(chunks, family_id):
-            span = _attrs(buf, off, end).get(IPVS_CMD_ATTR_SERVICE)
-            if span is None:
+            found = _service_at(buf, off, end)
+            if found is None:
                 continue
-            a = _attrs(buf, *span)
-            family = u16(buf[slice(*a[SVC_AF])])[0] if SVC_AF in a else socket.AF_INET
-            sched_start, sched_end = a.get(SVC_SCHED_NAME, (0, 0))
-            scheduler = bytes(buf[sched_start:sched_end]).split(b"\0", 1)[0].decode("ascii", "replace")
-            if SVC_FWMARK in a:
-                svc = Service("", "", 0, u32(buf[slice(*a[SVC_FWMARK])])[0], scheduler)
-            else:
-                proto = u16(buf[slice(*a[SVC_PROTOCOL])])[0]
-                svc = Service(PROTOCOL_NAMES.get(proto, f"IP_{proto}"),
-                              _nl_address(buf, *a[SVC_ADDR], family),
-                              _BE16.unpack(buf[slice(*a[SVC_PORT])])[0], 0, scheduler)
-            if SVC_FLAGS in a:  # struct ip_vs_flags: flags, mask
-                flags = _U32.unpack_from(buf[slice(*a[SVC_FLAGS])])[0]
-                svc.persistent = bool(flags & IP_VS_SVC_F_PERSISTENT)
-                svc.one_packet = bool(flags & IP_VS_SVC_F_ONEPACKET)
-            stats = a.get(SVC_STATS64) or a.get(SVC_STATS)
-            if stats:
-                svc.stats = _stats(buf, stats)
+            svc, a = found
             svc.key = b"".join(bytes(buf[a[k][0] - 4:a[k][1]]) + b"\0" * (-(a[k][1] - a[k][0]) % 4)
                                for k in SVC_KEY_ATTRS if k in a)
             services.append(svc)
@@ -314,6 +323,82 @@ def decode_services(chunks: Iterable[bytes], family_id: int) -> list[Service]:
             raise
         raise _malformed("service", e) from None
     return services
+
+
+def _traffic_key(svc: Service) -> tuple:
+    # IPv4 and IPv6 firewall-mark services print alike in /proc/net/ip_vs ("FWM  %08X"); they
+    # are one label set when their scheduler matches too, so their counters are summed anyway.
+    return (svc.fwmark, svc.scheduler) if svc.fwmark else (svc.protocol, svc.address, svc.port)
+
+
+class TrafficDecoder:
+    """The five traffic counters per service of an IPVS_CMD_GET_SERVICE dump, cheap at
+    kube-proxy scale (the auto source decodes this dump on every collection).
+
+    ip_vs_genl_fill_service() writes the identity attributes first, then the STATS and STATS64
+    nests, so messages of one length keep their counters at the same offsets. A full decode of
+    the first message of each length learns where (and the attribute headers found there); a
+    later message of that length whose headers match costs one unpack, and its identity bytes
+    are decoded once while they stay the same. Anything else is decoded fully."""
+
+    def __init__(self):
+        # message length -> (identity length, struct over headers and counters, expected headers)
+        self.layouts: dict[int, tuple[int, struct.Struct, tuple[int, ...]]] = {}
+        self.keys: dict[bytes, tuple] = {}  # identity bytes -> _traffic_key
+
+    def decode(self, chunks: Iterable[bytes], family_id: int) -> dict[tuple, tuple[int, ...]]:
+        """{_traffic_key: (connections, in packets, out packets, in bytes, out bytes)}."""
+        traffic: dict[tuple, tuple[int, ...]] = {}
+        previous, self.keys = self.keys, {}
+        layouts = self.layouts
+        try:
+            for buf, off, end in genl_messages(chunks, family_id):
+                layout = layouts.get(end - off)
+                key = None
+                if layout is not None:
+                    size, shape, headers = layout
+                    values = shape.unpack_from(buf, off + size)
+                    if values[0::2] == headers:
+                        identity = buf[off:off + size]
+                        key = previous.get(identity) or self.keys.get(identity)
+                        if key is not None:
+                            self.keys[identity] = key
+                            stats = values[1::2]
+                if key is None:
+                    found = self._learn(buf, off, end)
+                    if found is None:
+                        continue
+                    key, stats = found
+                seen = traffic.get(key)
+                traffic[key] = stats if seen is None else tuple(map(sum, zip(seen, stats)))
+        except _DECODE_ERRORS as e:
+            if isinstance(e, ParseError):
+                raise
+            raise _malformed("service", e) from None
+        return traffic
+
+    def _learn(self, buf: bytes, off: int, end: int) -> tuple[tuple, tuple[int, ...]] | None:
+        found = _service_at(buf, off, end)
+        if found is None or found[0].stats is None:
+            return None
+        svc, a = found
+        key = _traffic_key(svc)
+        if SVC_STATS64 in a and SVC_STATS in a:
+            nest = a[SVC_STATS][0] - 4  # identity attributes end where the STATS nest starts
+            counters = _attrs(buf, *a[SVC_STATS64])
+            if all(counters.get(k, (0, 0))[1] - counters.get(k, (0, 0))[0] == 8
+                   for k in STATS_COUNTERS):
+                offsets = [counters[k][0] - 4 - nest for k in STATS_COUNTERS]  # attribute headers
+                if offsets == sorted(offsets) and offsets[0] >= 0:
+                    fmt, at = "=", 0
+                    for o in offsets:
+                        fmt += f"{o - at}xIQ"
+                        at = o + 12
+                    shape = struct.Struct(fmt)
+                    headers = shape.unpack_from(buf, nest)[0::2]
+                    self.layouts[end - off] = (nest - off, shape, headers)
+                    self.keys[bytes(buf[off:nest])] = key
+        return key, svc.stats
 
 
 def decode_dests(chunks: Iterable[bytes], family_id: int, svc: Service, want_dests: bool) -> None:
@@ -416,6 +501,12 @@ class IpvsNetlink:
             return self.genl.dump(self.family, IPVS_CMD_GET_SERVICE, IPVS_GENL_VERSION, b"",
                                   lambda chunks: decode_services(chunks, self.family))
 
+    def dump_traffic(self, decoder: TrafficDecoder) -> dict[tuple, tuple[int, ...]]:
+        """Per-service traffic counters (one request), keyed like /proc/net/ip_vs services."""
+        with _needs_privilege():
+            return self.genl.dump(self.family, IPVS_CMD_GET_SERVICE, IPVS_GENL_VERSION, b"",
+                                  lambda chunks: decoder.decode(chunks, self.family))
+
     def services(self, want_dests: bool) -> list[Service]:
         """The services and, one dump per service, their destinations."""
         services = self.dump_services()
@@ -444,24 +535,11 @@ def parse_proc_modules(text: str) -> set[str]:
 NETLINK_AND_PROCFS = "netlink+procfs"  # the auto source with netlink: see the module docstring
 
 
-def _traffic_key(svc: Service) -> tuple:
-    # IPv4 and IPv6 firewall-mark services print alike in /proc/net/ip_vs ("FWM  %08X"); they
-    # are one label set when their scheduler matches too, so their counters are summed anyway.
-    return (svc.fwmark, svc.scheduler) if svc.fwmark else (svc.protocol, svc.address, svc.port)
-
-
-def add_traffic(services: list[Service], dumped: list[Service]) -> None:
-    """Put the traffic counters of a netlink service dump on the /proc/net/ip_vs services.
+def add_traffic(services: list[Service], traffic: dict[tuple, tuple[int, ...]]) -> None:
+    """Put the counters of TrafficDecoder.decode() on the /proc/net/ip_vs services.
 
     A firewall-mark pair's summed counters go to the first of the pair (the one the series
     merge keeps). A service that appeared between the dump and the read gets none this time."""
-    traffic: dict[tuple, tuple[int, ...]] = {}
-    for svc in dumped:
-        if svc.stats is None:
-            continue
-        key = _traffic_key(svc)
-        seen = traffic.get(key)
-        traffic[key] = svc.stats if seen is None else tuple(map(sum, zip(seen, svc.stats)))
     for svc in services:
         svc.stats = traffic.pop(_traffic_key(svc), None)
 
@@ -505,6 +583,7 @@ class IpvsCollector(Collector):
         self.source = ""
         self.known_lines: dict[str, tuple] = {}  # /proc/net/ip_vs service line -> (identity, labels)
         self.netlink_error = ""  # last netlink failure after the probe, logged once
+        self.traffic_decoder = TrafficDecoder()  # learns the dump's layout once
 
     def probe(self) -> None:
         wanted = self.option("source")
@@ -566,7 +645,7 @@ class IpvsCollector(Collector):
                     if self.source == "netlink":
                         table = Table("netlink", self.netlink.services(want_dests))
                     else:
-                        dumped = self.netlink.dump_services()
+                        dumped = self.netlink.dump_traffic(self.traffic_decoder)
                 except (NetlinkUnavailable, OSError) as e:
                     why = f"netlink: {e}"
                     self.close()

@@ -678,3 +678,28 @@ def test_auto_source_is_one_service_dump_and_one_proc_read(fake_kernel):
         assert got == samples(n, name), name
     auto.close()
     netlink.close()
+
+
+def test_traffic_decoder_learns_the_layout_and_matches_the_full_decode(monkeypatch):
+    msgs = [encode(1, "IPVS_CMD_ATTR_SERVICE", svc, 9) for svc, _ in TABLE]
+    want = {ipvs._traffic_key(s): s.stats
+            for s in ipvs.decode_services(chunked([*msgs, done(9)]), FAMILY)}
+    decoder = ipvs.TrafficDecoder()
+    assert decoder.decode(chunked([*msgs, done(9)]), FAMILY) == want
+    assert decoder.layouts  # learnt from the first dump
+    full = []
+    original = ipvs._service_at
+    monkeypatch.setattr(ipvs, "_service_at", lambda *a: full.append(a) or original(*a))
+    assert decoder.decode(chunked([*msgs, done(9)]), FAMILY) == want
+    assert full == []  # the second dump: no full decode at all
+    # new counter values are read at the learnt offsets
+    changed = [*TABLE[0][0][:-1], ("IPVS_SVC_ATTR_STATS64", stats_attrs((9, 8, 7, 6, 5)))]
+    again = decoder.decode([encode(1, "IPVS_CMD_ATTR_SERVICE", changed, 9) + done(9)], FAMILY)
+    assert again == {("TCP", "10.96.0.1", 443): (9, 8, 7, 6, 5)}
+    assert full == []
+    # a service not seen before is decoded fully, once
+    other = service_attrs("10.96.0.2", 443, stats=(1, 2, 3, 4, 5))
+    for _ in range(2):
+        assert decoder.decode([encode(1, "IPVS_CMD_ATTR_SERVICE", other, 9) + done(9)],
+                              FAMILY) == {("TCP", "10.96.0.2", 443): (1, 2, 3, 4, 5)}
+    assert len(full) == 1
