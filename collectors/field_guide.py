@@ -79,7 +79,7 @@ FAMILIES = frozenset({
     "netstack_cpu_seconds", "netstack_softnet_dropped", "netstack_softnet_times_squeezed",
     "netstack_conntrack_entries", "netstack_conntrack_entries_limit", "netstack_conntrack_drop",
     "netstack_conntrack_insert_failed", "netstack_conntrack_early_drop", "netstack_ipvs_services",
-    "netstack_ipvs_services_without_backends", "netstack_kernel_module_loaded",
+    "netstack_ipvs_services_without_backends", "netstack_kernel_module_loaded", "netstack_ipvs_sysctl",
     "netstack_ipvs_strict_arp", "netstack_ipvs_kube_ipvs0_present", "netstack_overlay_mtu_mismatch",
     "netstack_overlay_receive_dropped", "netstack_overlay_transmit_dropped",
     "netstack_fsync_probe_quantile_seconds", "netstack_bgp_peer_up", "netstack_bgp_peers",
@@ -352,6 +352,30 @@ def _ipvs_modules(r: Readings):
         return OK, "not loaded: " + ", ".join(missing) + " (not needed: no IPVS in use)", \
             "all loaded in IPVS mode", []
     return FAIL, "not loaded: " + ", ".join(missing), "all loaded in IPVS mode", []
+
+
+# What kube-proxy's IPVS mode sets and needs (it writes them at start; a node tuned back by hand or
+# by another agent breaks it): conntrack for the IPVS traffic it masquerades, and dropping the
+# connections of a removed backend at once instead of letting clients hang on it.
+IPVS_SYSCTLS = {"net.ipv4.vs.conntrack": 1, "net.ipv4.vs.expire_nodest_conn": 1}
+
+
+@check("ipvs.sysctls", "IPVS sysctls kube-proxy relies on", "ipvs",
+       "Without net.ipv4.vs.conntrack=1 the traffic kube-proxy masquerades through IPVS is not "
+       "tracked and replies are lost; without expire_nodest_conn=1 clients of a removed backend "
+       "hang until their timeout.",
+       "sysctl -w net.ipv4.vs.conntrack=1 net.ipv4.vs.expire_nodest_conn=1 (kube-proxy sets them at "
+       "start: find what reset them).", when_unavailable=True)
+def _ipvs_sysctls(r: Readings):
+    wanted = ", ".join(f"{name}={value}" for name, value in IPVS_SYSCTLS.items())
+    if not _ipvs_mode(r):
+        return OK, "not needed: no IPVS in use", "", []
+    values = {labels.get("sysctl", ""): v for labels, v in r.latest("netstack_ipvs_sysctl")}
+    if not any(name in values for name in IPVS_SYSCTLS):
+        raise Skip("IPVS sysctls not reported")
+    wrong = [f"{name}={values[name]:.0f}" for name, want in IPVS_SYSCTLS.items()
+             if name in values and values[name] != want]
+    return (WARN if wrong else OK), (", ".join(wrong) if wrong else "as kube-proxy sets them"), wanted, wrong
 
 
 @check("ipvs.without_backends", "IPVS services without backends (black holes)", "ipvs",

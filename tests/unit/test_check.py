@@ -147,6 +147,15 @@ def test_ipvs_black_hole(tree):
     assert status == 1
 
 
+def test_ipvs_sysctl_reset_behind_kube_proxys_back(tree):
+    (tree.proc / "sys" / "net" / "ipv4" / "vs" / "conntrack").write_text("0\n")
+    status, report = run_check(tree)
+    sysctls = verdict(report, "ipvs.sysctls")
+    assert (sysctls["status"], sysctls["value"]) == ("warn", "net.ipv4.vs.conntrack=0")
+    assert sysctls["threshold"] == "net.ipv4.vs.conntrack=1, net.ipv4.vs.expire_nodest_conn=1"
+    assert status == 0
+
+
 def test_iptables_mode_needs_no_ipvs_modules(tree):
     # no ip_vs loaded and no table: not IPVS mode, nothing to do
     (tree.proc / "net" / "ip_vs").unlink()
@@ -158,6 +167,7 @@ def test_iptables_mode_needs_no_ipvs_modules(tree):
     mode = verdict(report, "ipvs.mode")
     assert (mode["status"], mode["value"]) == ("ok", "iptables or nftables mode (no IPVS table)")
     assert verdict(report, "ipvs.modules")["status"] == "ok"
+    assert verdict(report, "ipvs.sysctls")["value"] == "not needed: no IPVS in use"
     hole = verdict(report, "ipvs.without_backends")
     assert hole["status"] == "skip" and "IPVS not available" in hole["value"]
     assert status == 0
@@ -267,3 +277,22 @@ def test_exit_status():
     assert check.exit_status([ok, warn], strict=True) == 1
     assert check.exit_status([ok, fail], strict=False) == 1
     assert check.exit_status([ok], strict=True) == 0
+
+
+def test_softirq_wait_p99_from_the_ebpf_histogram():
+    # Two readings of the eBPF collector's cumulative buckets, as the exporter exposes them; the
+    # p99 is interpolated in its bucket as Prometheus' histogram_quantile does.
+    def buckets(*counts: int) -> list:
+        bounds = ("0.0001", "0.001", "0.004", "+Inf")
+        return [({"vector": vector, "le": le}, n * (1 if vector == "NET_RX" else 7))
+                for vector in ("NET_RX", "NET_TX") for le, n in zip(bounds, counts)]
+
+    readings = field_guide.Readings({"netstack_softirq_wait_seconds_bucket": buckets(0, 0, 0, 0)},
+                                    {"netstack_softirq_wait_seconds_bucket": buckets(900, 950, 1000, 1000)},
+                                    10.0, {"ebpf_softirq": ""})
+    (wait,) = [v for v in field_guide.evaluate(readings) if v.check == "ebpf.softirq_wait"]
+    # rank 990 of 1000 lies in (1 ms, 4 ms]: 1 ms + 3 ms x (990 - 950) / 50
+    assert (wait.status, wait.value, wait.threshold) == ("warn", "3400 µs", "> 1000 µs")
+    quiet = field_guide.Readings(readings.before, readings.before, 10.0, {"ebpf_softirq": ""})
+    (wait,) = [v for v in field_guide.evaluate(quiet) if v.check == "ebpf.softirq_wait"]
+    assert (wait.status, wait.value) == ("skip", "no NET_RX softirqs between the two readings")
