@@ -97,3 +97,13 @@ def test_the_real_check_with_the_exec_environment(tmp_path):
     for check_id in ("cpu.steal_node", "softnet.squeezes", "conntrack.fill", "fsync.p99"):
         verdict = next(v for v in report["checks"] if v["check"] == check_id)
         assert verdict["status"] != "skip", verdict
+
+
+def test_the_image_has_the_command_on_its_path():
+    # `kubectl exec ... -- netstack-exporter check` looks the command up in the image's PATH
+    dockerfile = (ROOT / "packaging" / "Dockerfile").read_text()
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    entrypoint = json.loads(final_stage.split("ENTRYPOINT ", 1)[1].splitlines()[0])[0]
+    env_path = next(line for line in final_stage.splitlines() if line.startswith("ENV PATH="))
+    assert os.path.dirname(entrypoint) in env_path.removeprefix("ENV PATH=").split(":")
+    assert os.path.basename(entrypoint) == "netstack-exporter"
