@@ -73,15 +73,17 @@ def test_steal_on_one_vcpu(tree):
 
 def test_steal_spread_over_the_node(tree):
     # 24 % on every vCPU: no single CPU over 25 %, the node over 10 %
-    _, report = run_check(tree, between=lambda: tree.tick(steal={0: 0.24, 1: 0.24, 3: 0.24}))
+    status, report = run_check(tree, "--strict", between=lambda: tree.tick(steal={0: 0.24, 1: 0.24, 3: 0.24}))
     assert verdict(report, "cpu.steal_per_cpu")["status"] == "ok"
     assert verdict(report, "cpu.steal_node")["status"] == "warn"
+    assert status == 1
 
 
 def test_softirq_share(tree):
-    _, report = run_check(tree, between=lambda: tree.tick(softirq={1: 0.7}, user=0.1))
+    status, report = run_check(tree, between=lambda: tree.tick(softirq={1: 0.7}, user=0.1))
     share = verdict(report, "softirq.share")
     assert share["status"] == "warn" and share["value"] == "worst cpu 1: 70.0%"
+    assert status == 0
 
 
 def test_squeezes_and_backlog_drops(tree):
@@ -105,10 +107,12 @@ def test_one_squeeze_a_second_is_not_yet_a_squeeze_problem(tree):
 
 
 def test_conntrack_near_full(tree):
-    _, report = run_check(tree, between=lambda: tree.conntrack(entries=247000))
+    status, report = run_check(tree, between=lambda: tree.conntrack(entries=247000))
     fill = verdict(report, "conntrack.fill")
     assert fill["status"] == "warn" and fill["value"] == "94.2% (247000 of 262144)"
     assert verdict(report, "conntrack.drops")["status"] == "ok"
+    assert status == 0
+    assert run_check(tree, "--strict")[0] == 1  # still 94 %
 
 
 def test_insert_failures_are_the_race_not_a_full_table(tree):
@@ -217,9 +221,10 @@ def test_a_disk_that_refuses_writes_is_a_failing_probe(tree, tmp_path):
 
 def test_shared_kernel_container(tree):
     tree.openvz_container()
-    _, report = run_check(tree)
+    status, report = run_check(tree)
     v = verdict(report, "virtualization.kernel")
     assert v["status"] == "warn" and v["value"] == "openvz (container): shared kernel"
+    assert status == 0 and run_check(tree, "--strict")[0] == 1
 
 
 def test_failing_collector_is_reported_not_hidden(tree):
