@@ -41,8 +41,10 @@ class BuildPyWithBpf(build_py):
             build_bpf.build(out)
         except build_bpf.BuildError as e:
             if not editable:
-                raise SystemExit(f"setup.py: cannot build the BPF objects: {e} "
-                                 "(NETSTACK_SKIP_BPF=1 builds a package without them)") from None
+                raise SystemExit(
+                    f"setup.py: cannot build the BPF objects: {e} "
+                    "(NETSTACK_SKIP_BPF=1 builds a package without them)"
+                ) from None
             print(f"setup.py: warning: BPF objects not built: {e}", file=sys.stderr)
 
 

@@ -49,8 +49,9 @@ def medians(fns: dict[str, object], rounds: int) -> dict[str, tuple[float, float
             fn()
             walls[name].append(time.perf_counter() - start)
             cpus[name].append(_cpu() - cpu)
-    return {name: (statistics.median(walls[name]) * 1000, statistics.median(cpus[name]) * 1000)
-            for name in fns}
+    return {
+        name: (statistics.median(walls[name]) * 1000, statistics.median(cpus[name]) * 1000) for name in fns
+    }
 
 
 def _cpu() -> float:
@@ -62,23 +63,38 @@ def run(version: int, peers: int, rounds: int, workdir) -> list[tuple[str, float
     with Netns("nse-bgp-bench") as ns:
         d = workdir / f"bird{version}"
         d.mkdir()
-        conf = (config(version, "198.18.0.1", mesh(peers))
-                .replace("connect retry time 1;", "connect retry time 600;")
-                .replace("error wait time 1,5;", "error wait time 600,900;"))
+        conf = (
+            config(version, "198.18.0.1", mesh(peers))
+            .replace("connect retry time 1;", "connect retry time 600;")
+            .replace("error wait time 1,5;", "error wait time 600,900;")
+        )
         bird = Bird(ns, version, conf, d).start(timeout=60)
         try:
             time.sleep(5)  # every protocol in its steady (failed, waiting) state
             rows = []
             for mode, command in (("per-peer", "show protocols all"), ("counts", "show protocols")):
-                c = BgpCollector(Context(options={"socket": [bird.socket_path], "peer-series": mode,
-                                                  "max-peers": 1_000_000, "timeout": 30.0}))
+                c = BgpCollector(
+                    Context(
+                        options={
+                            "socket": [bird.socket_path],
+                            "peer-series": mode,
+                            "max-peers": 1_000_000,
+                            "timeout": 30.0,
+                        }
+                    )
+                )
                 c.probe()
                 got = sum(len(f.samples) for f in c.collect())
                 birdc = [birdc_binary(version), "-s", bird.socket_path, *command.split()]
                 size = len(subprocess.run(birdc, capture_output=True, check=True).stdout)
                 ours, theirs = f"netstack bgp collect ({mode})", f"birdc {command}"
-                result = medians({ours: c.collect, theirs: lambda cmd=birdc: subprocess.run(
-                    cmd, capture_output=True, check=True)}, rounds)
+                result = medians(
+                    {
+                        ours: c.collect,
+                        theirs: lambda cmd=birdc: subprocess.run(cmd, capture_output=True, check=True),
+                    },
+                    rounds,
+                )
                 rows += [(ours, *result[ours], got), (theirs, *result[theirs], size)]
             return rows
         finally:
@@ -88,14 +104,14 @@ def run(version: int, peers: int, rounds: int, workdir) -> list[tuple[str, float
 def main() -> None:
     import tempfile
     from pathlib import Path
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=15)
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nse-bgp-bench-") as tmp:
         for version in (1, 2):
-            print(f"BIRD {'1.6' if version == 1 else '2'}, {opts.peers} BGP peers, "
-                  f"median of {opts.rounds}:")
+            print(f"BIRD {'1.6' if version == 1 else '2'}, {opts.peers} BGP peers, median of {opts.rounds}:")
             print(f"  {'what':36} {'wall ms':>8} {'CPU ms':>8}  series / reply bytes")
             for what, wall, cpu, n in run(version, opts.peers, opts.rounds, Path(tmp)):
                 print(f"  {what:36} {wall:8.1f} {cpu:8.1f}  {n}")

@@ -37,7 +37,11 @@ def receive_dump_only() -> int:
     import struct
 
     from collectors.conntrack import (
-        CT_GET, NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE,
+        CT_GET,
+        NETLINK_NETFILTER,
+        NLM_F_DUMP,
+        NLM_F_REQUEST,
+        NLMSG_DONE,
     )
 
     received = 0
@@ -55,8 +59,8 @@ def receive_dump_only() -> int:
 def measure(args) -> None:
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
 
-    from exporter.contract import Context, Paths
     from collectors.conntrack import COLLECTOR, dump_states, read_netlink
+    from exporter.contract import Context, Paths
     from tests.integration.test_conntrack_tools import fill
 
     started = time.monotonic()
@@ -67,8 +71,10 @@ def measure(args) -> None:
     netlink = median_ms(lambda: list(c.families(read_netlink())), args.runs)
     procfs = median_ms(lambda: list(c.families(c.read_procfs())), args.runs)
     print(f"collection via netlink: median {netlink:.3f} ms over {args.runs} runs")
-    print(f"collection via procfs:  median {procfs:.3f} ms over {args.runs} runs "
-          f"(netlink/procfs = {netlink / procfs:.2f})")
+    print(
+        f"collection via procfs:  median {procfs:.3f} ms over {args.runs} runs "
+        f"(netlink/procfs = {netlink / procfs:.2f})"
+    )
 
     def fresh_socket():
         with NFCTSocket() as s:
@@ -78,16 +84,19 @@ def measure(args) -> None:
     fresh = median_ms(fresh_socket, args.runs)
     reused = median_ms(lambda: (kept.stat(), kept.count()), args.runs)
     kept.close()
-    print(f"ctnetlink stats, fresh socket per collection: {fresh:.3f} ms; "
-          f"kept open: {reused:.3f} ms")
+    print(f"ctnetlink stats, fresh socket per collection: {fresh:.3f} ms; kept open: {reused:.3f} ms")
 
     totals: list[int] = []
     dump = median_ms(lambda: totals.append(sum(dump_states().values())), args.dump_runs)
-    print(f"by-state dump of {min(totals)}..{max(totals)} entries: "
-          f"median {dump:.0f} ms over {args.dump_runs} runs (raw socket, minimal parser)")
+    print(
+        f"by-state dump of {min(totals)}..{max(totals)} entries: "
+        f"median {dump:.0f} ms over {args.dump_runs} runs (raw socket, minimal parser)"
+    )
     raw = median_ms(receive_dump_only, args.dump_runs)
-    print(f"  of which the kernel's dump and recv() alone: median {raw:.0f} ms "
-          f"({raw / dump:.0%}); the rest is parsing in Python")
+    print(
+        f"  of which the kernel's dump and recv() alone: median {raw:.0f} ms "
+        f"({raw / dump:.0%}); the rest is parsing in Python"
+    )
 
     def pyroute2_dump():
         with NFCTSocket() as s:
@@ -95,8 +104,10 @@ def measure(args) -> None:
 
     started = time.perf_counter()
     n = pyroute2_dump()
-    print(f"same dump decoded by pyroute2 NFCTSocket.dump(): {n} entries in "
-          f"{(time.perf_counter() - started) * 1e3:.0f} ms (1 run)")
+    print(
+        f"same dump decoded by pyroute2 NFCTSocket.dump(): {n} entries in "
+        f"{(time.perf_counter() - started) * 1e3:.0f} ms (1 run)"
+    )
 
 
 def main() -> None:
@@ -114,9 +125,23 @@ def main() -> None:
     name = f"nsebench-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__, "--inside",
-                        f"--entries={args.entries}", f"--runs={args.runs}",
-                        f"--dump-runs={args.dump_runs}"], check=True, cwd=ROOT, timeout=600)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                name,
+                sys.executable,
+                __file__,
+                "--inside",
+                f"--entries={args.entries}",
+                f"--runs={args.runs}",
+                f"--dump-runs={args.dump_runs}",
+            ],
+            check=True,
+            cwd=ROOT,
+            timeout=600,
+        )
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
 

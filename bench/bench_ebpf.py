@@ -63,15 +63,17 @@ def prerequisites():
     if os.geteuid() != 0:
         sys.exit("bench_ebpf: needs root")
     with ExitStack() as stack:
-        if not any(os.path.isdir(f"{p}/events") for p in ("/sys/kernel/debug/tracing",
-                                                           "/sys/kernel/tracing")):
+        if not any(
+            os.path.isdir(f"{p}/events") for p in ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
+        ):
             subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True)
             stack.callback(subprocess.run, ["umount", "/sys/kernel/tracing"], check=False)
         if not os.environ.get("BCC_KERNEL_SOURCE"):
             tmp = tempfile.mkdtemp(prefix="bench-ebpf-headers-")
             stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-            result = subprocess.run(["sh", str(ROOT / "scripts" / "kernel-headers.sh"), tmp],
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                ["sh", str(ROOT / "scripts" / "kernel-headers.sh"), tmp], capture_output=True, text=True
+            )
             if result.returncode == 0:
                 os.environ["BCC_KERNEL_SOURCE"] = result.stdout.strip()
                 stack.callback(os.environ.pop, "BCC_KERNEL_SOURCE", None)
@@ -118,8 +120,10 @@ def bench_load(backends: list[str], trials: int) -> None:
             for _ in range(trials):
                 with loaded([name], backend) as [c]:
                     seconds.append(c.load.seconds)
-            print(f"{name:<16}{backend:<9}{statistics.median(seconds) * 1e3:>10.1f}"
-                  f"{min(seconds) * 1e3:>8.1f}{max(seconds) * 1e3:>8.1f}")
+            print(
+                f"{name:<16}{backend:<9}{statistics.median(seconds) * 1e3:>10.1f}"
+                f"{min(seconds) * 1e3:>8.1f}{max(seconds) * 1e3:>8.1f}"
+            )
 
 
 def wait_loaded(target: Target, collectors: list[str], timeout: float = 60) -> None:
@@ -129,8 +133,7 @@ def wait_loaded(target: Target, collectors: list[str], timeout: float = 60) -> N
         conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
         body = scrape(conn, target.path, headers={}).decode()
         conn.close()
-        if all(f'netstack_scrape_collector_success{{collector="{c}"}} 1' in body
-               for c in collectors):
+        if all(f'netstack_scrape_collector_success{{collector="{c}"}} 1' in body for c in collectors):
             return
         time.sleep(0.2)
     raise RuntimeError(f"{target.name}: eBPF collectors not loaded after {timeout} s")
@@ -142,19 +145,25 @@ def bench_rss(backends: list[str], scrapes: int) -> None:
     with ExitStack() as stack:
         targets = [stack.enter_context(started("cpu+softirq", netstack(*base)))]
         for backend in backends:
-            args = [*base, *(f"--collector.{c}" for c in ebpf),
-                    *(f"--collector.{c}.backend={backend}" for c in ebpf)]
+            args = [
+                *base,
+                *(f"--collector.{c}" for c in ebpf),
+                *(f"--collector.{c}.backend={backend}" for c in ebpf),
+            ]
             target = stack.enter_context(started(f"+ebpf_* ({backend})", netstack(*args)))
             wait_loaded(target, ebpf)
             targets.append(target)
         results = measure(targets, scrapes)
         peaks = {t.name: peak_rss(t.proc.pid) for t in targets}
-    print_table(f"exporter with and without both eBPF collectors, {scrapes} sequential scrapes "
-                "(interleaved)", results)
+    print_table(
+        f"exporter with and without both eBPF collectors, {scrapes} sequential scrapes (interleaved)", results
+    )
     base_rss = results[0].rss
     for r in results[1:]:
-        print(f"RSS increase {r.name}: {(r.rss - base_rss) / 2**20:+.1f} MB "
-              f"(peak VmHWM {peaks[r.name]:.1f} MB vs {peaks[results[0].name]:.1f} MB)")
+        print(
+            f"RSS increase {r.name}: {(r.rss - base_rss) / 2**20:+.1f} MB "
+            f"(peak VmHWM {peaks[r.name]:.1f} MB vs {peaks[results[0].name]:.1f} MB)"
+        )
 
 
 def peak_rss(pid: int) -> float:
@@ -176,8 +185,13 @@ def netns():
 
 
 def flood(ns: str, packets: int, mode: str) -> tuple[float, float]:
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FLOOD, str(packets), mode],
-                         check=True, capture_output=True, text=True, timeout=120).stdout.split()
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", FLOOD, str(packets), mode],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.split()
     elapsed, cpu = float(out[0]), float(out[1])
     return packets / elapsed, cpu / packets
 
@@ -236,8 +250,10 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     args = parser.parse_args()
     with prerequisites():
-        print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, "
-              f"BCC_KERNEL_SOURCE={os.environ.get('BCC_KERNEL_SOURCE', '(none)')}")
+        print(
+            f"kernel {os.uname().release}, {os.cpu_count()} CPUs, "
+            f"BCC_KERNEL_SOURCE={os.environ.get('BCC_KERNEL_SOURCE', '(none)')}"
+        )
         backends = usable_backends(args.backends.split(","))
         if not backends:
             sys.exit("bench_ebpf: no backend can run here")

@@ -1,6 +1,6 @@
 """Encoding cost: our encoders against prometheus_client's on the same families.
 
-    .venv/bin/python -m bench.bench_encode [--series 15000]
+.venv/bin/python -m bench.bench_encode [--series 15000]
 """
 
 import argparse
@@ -57,8 +57,10 @@ def main() -> None:
     results = {name: median_ms(fn, args.repeat) for name, fn in rows}
     for name, ms in results.items():
         print(f"{name:<34}{ms:>9.2f} ms")
-    print(f"ratio ours/prometheus_client: text {results['text, ours'] / results['text, prometheus_client']:.2f}, "
-          f"OpenMetrics {results['OpenMetrics, ours'] / results['OpenMetrics, prometheus_client']:.2f}")
+    print(
+        f"ratio ours/prometheus_client: text {results['text, ours'] / results['text, prometheus_client']:.2f}, "
+        f"OpenMetrics {results['OpenMetrics, ours'] / results['OpenMetrics, prometheus_client']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import free_port, stop_process  # noqa: E402
-from collectors.fsync import PROBE_FILE, Histogram, find_mount, parse_mountinfo, run_probe  # noqa: E402
+from collectors.fsync import PROBE_FILE, Histogram, find_mount, parse_mountinfo, run_probe
+from tests.helpers import free_port, stop_process
 
 WRITES, BLOCK = 456, 2300
 FIO_SIZE = 22 * 1024 * 1024
@@ -64,10 +64,23 @@ def fio_round(directory: str) -> list[tuple[float, int]]:
     """fio's fdatasync latencies as (seconds, count) from its json+ bins (fio's bins are within
     about 1.6% of the true value: 64 bins per power of two)."""
     out = subprocess.run(
-        ["fio", "--rw=write", "--ioengine=sync", "--fdatasync=1", f"--size={FIO_SIZE}", "--bs=2300",
-         f"--directory={directory}", "--name=etcd", "--output-format=json+"],
-        check=True, capture_output=True, text=True, timeout=600).stdout
-    bins = json.loads(out[out.index("{"):])["jobs"][0]["sync"]["lat_ns"]["bins"]
+        [
+            "fio",
+            "--rw=write",
+            "--ioengine=sync",
+            "--fdatasync=1",
+            f"--size={FIO_SIZE}",
+            "--bs=2300",
+            f"--directory={directory}",
+            "--name=etcd",
+            "--output-format=json+",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    bins = json.loads(out[out.index("{") :])["jobs"][0]["sync"]["lat_ns"]["bins"]
     for f in Path(directory).glob("etcd.*"):
         f.unlink()
     return [(int(ns) / 1e9, n) for ns, n in bins.items()]
@@ -96,7 +109,9 @@ def sectors_written(stat: Path | None) -> int:
 
 
 def proc_io() -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())}
+    return {
+        k: int(v) for k, v in (line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    }
 
 
 def probe_cost(directory: str, n: int = 20) -> dict[str, float]:
@@ -114,16 +129,22 @@ def probe_cost(directory: str, n: int = 20) -> dict[str, float]:
         wall.append(t1 - t0)
         wbytes.append(io1["write_bytes"] - io0["write_bytes"])
         disk.append((d1 - d0) * 512)
-    return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall),
-            "proc_write_bytes": statistics.median(wbytes), "disk_write_bytes": statistics.median(disk),
-            "disk_measured": stat is not None}
+    return {
+        "cpu_s": statistics.median(cpu),
+        "wall_s": statistics.median(wall),
+        "proc_write_bytes": statistics.median(wbytes),
+        "disk_write_bytes": statistics.median(disk),
+        "disk_measured": stat is not None,
+    }
 
 
 # --- etcd ------------------------------------------------------------------------------------
 
 
 def post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
@@ -149,12 +170,20 @@ def etcd_compare(directory: str, puts: int, time_limit: float) -> None:
     client, peer = free_port(), free_port()
     url = f"http://127.0.0.1:{client}"
     log = open(os.path.join(directory, "etcd-bench.log"), "w")
-    proc = subprocess.Popen([etcd, "--name=bench", f"--data-dir={data}",
-                             f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
-                             f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                             f"--initial-cluster=bench=http://127.0.0.1:{peer}"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            etcd,
+            "--name=bench",
+            f"--data-dir={data}",
+            f"--listen-client-urls={url}",
+            f"--advertise-client-urls={url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=bench=http://127.0.0.1:{peer}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -194,8 +223,10 @@ def etcd_compare(directory: str, puts: int, time_limit: float) -> None:
     print(f"{'le (s)':>8} {'etcd share':>11} {'probe share':>12}")
     for le in ("0.001", "0.002", "0.004", "0.008", "0.016", "0.032"):
         print(f"{le:>8} {etcd_counts[le] / syncs:11.4f} {ours[le] / hist.count:12.4f}")
-    print(f"probe sub-ms detail: share <= 0.25 ms {ours['0.00025'] / hist.count:.4f}, "
-          f"<= 0.5 ms {ours['0.0005'] / hist.count:.4f}")
+    print(
+        f"probe sub-ms detail: share <= 0.25 ms {ours['0.00025'] / hist.count:.4f}, "
+        f"<= 0.5 ms {ours['0.0005'] / hist.count:.4f}"
+    )
 
 
 def main() -> None:
@@ -212,7 +243,9 @@ def main() -> None:
     os.makedirs(args.dir, exist_ok=True)
     try:
         probes = math.ceil(FIO_SIZE / BLOCK / WRITES)
-        print(f"dir={args.dir} rounds={args.rounds} fio=22m/2300B; probe={probes}x{WRITES}x{BLOCK}B per round")
+        print(
+            f"dir={args.dir} rounds={args.rounds} fio=22m/2300B; probe={probes}x{WRITES}x{BLOCK}B per round"
+        )
         sides = ("fio", "probe", "overwrite")
         print(f"{'round':>6} " + " ".join(f"{w + ' p50':>14} {'p99':>8}" for w in sides) + "   (ms)")
         pooled: dict[str, list[tuple[float, int]]] = {w: [] for w in sides}
@@ -220,25 +253,40 @@ def main() -> None:
             order = sides if i % 2 == 0 else tuple(reversed(sides))
             res = {}
             for what in order:
-                res[what] = fio_round(args.dir) if what == "fio" else \
-                    probe_round(args.dir, probes, reset_extents=(what == "probe"))
+                res[what] = (
+                    fio_round(args.dir)
+                    if what == "fio"
+                    else probe_round(args.dir, probes, reset_extents=(what == "probe"))
+                )
                 pooled[what] += res[what]
-            print(f"{i + 1:>6} " + " ".join(
-                f"{ms(q[0.5]):>14} {ms(q[0.99])}" for q in (weighted_quantiles(res[w]) for w in sides)))
+            print(
+                f"{i + 1:>6} "
+                + " ".join(
+                    f"{ms(q[0.5]):>14} {ms(q[0.99])}" for q in (weighted_quantiles(res[w]) for w in sides)
+                )
+            )
         q = {w: weighted_quantiles(pooled[w]) for w in sides}
         print(f"{'pooled':>6} " + " ".join(f"{ms(q[w][0.5]):>14} {ms(q[w][0.99])}" for w in sides))
         for w in sides:
             n = sum(c for _, c in pooled[w])
             slow = sum(c for v, c in pooled[w] if v > 0.001)
-            ratio = "" if w == "fio" else \
-                f"  ratio to fio: p50 {q[w][0.5] / q['fio'][0.5]:.2f}, p99 {q[w][0.99] / q['fio'][0.99]:.2f}"
+            ratio = (
+                ""
+                if w == "fio"
+                else f"  ratio to fio: p50 {q[w][0.5] / q['fio'][0.5]:.2f}, p99 {q[w][0.99] / q['fio'][0.99]:.2f}"
+            )
             print(f"{w:>9}: {n} fdatasyncs, {100 * slow / n:.2f}% over 1 ms{ratio}")
 
         cost = probe_cost(args.dir)
-        print(f"\none default probe ({WRITES} x {BLOCK} B), median of 20: wall {cost['wall_s'] * 1000:.1f} ms, "
-              f"CPU {cost['cpu_s'] * 1000:.1f} ms, process write_bytes {cost['proc_write_bytes'] / 1024:.0f} KiB, "
-              + (f"disk sectors written {cost['disk_write_bytes'] / 1024:.0f} KiB (whole device, incl. journal)"
-                 if cost["disk_measured"] else "disk stat not available"))
+        print(
+            f"\none default probe ({WRITES} x {BLOCK} B), median of 20: wall {cost['wall_s'] * 1000:.1f} ms, "
+            f"CPU {cost['cpu_s'] * 1000:.1f} ms, process write_bytes {cost['proc_write_bytes'] / 1024:.0f} KiB, "
+            + (
+                f"disk sectors written {cost['disk_write_bytes'] / 1024:.0f} KiB (whole device, incl. journal)"
+                if cost["disk_measured"]
+                else "disk stat not available"
+            )
+        )
         if args.etcd:
             etcd_compare(args.dir, args.etcd_puts, args.etcd_seconds)
     finally:

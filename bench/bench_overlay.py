@@ -82,9 +82,9 @@ def in_process(runs: int) -> None:
     sock = overlay_rtnl.RtnlSocket()
     collector = overlay.OverlayCollector(Context(options={"topology-refresh-interval": 3600.0}))
     try:
+
         def refresh():
-            overlay.build_topology(sock.dump_links(), lambda n: True, sock.route_oif,
-                                   sock.address_owner)
+            overlay.build_topology(sock.dump_links(), lambda n: True, sock.route_oif, sock.address_owner)
 
         def pyroute2_dump():
             with IPRoute() as ipr:
@@ -95,10 +95,12 @@ def in_process(runs: int) -> None:
         refresh_ms = median_ms(refresh, runs)
         pyroute2_ms = median_ms(pyroute2_dump, max(5, runs // 5))
         collect_ms = median_ms(lambda: list(collector.collect()), runs)
-        print(f"in-process, {links} interfaces: topology refresh {refresh_ms:.2f} ms "
-              f"(pyroute2 full dump {pyroute2_ms:.2f} ms, x{pyroute2_ms / refresh_ms:.1f}); "
-              f"collect() without changes {collect_ms:.2f} ms; dumps during the run: "
-              f"{collector.refreshes}")
+        print(
+            f"in-process, {links} interfaces: topology refresh {refresh_ms:.2f} ms "
+            f"(pyroute2 full dump {pyroute2_ms:.2f} ms, x{pyroute2_ms / refresh_ms:.1f}); "
+            f"collect() without changes {collect_ms:.2f} ms; dumps during the run: "
+            f"{collector.refreshes}"
+        )
     finally:
         collector.close()
         sock.close()
@@ -114,14 +116,24 @@ def main() -> None:
         sys.exit("needs root (network namespaces)")
     for pairs in (int(p) for p in args.pairs.split(",")):
         with namespace_with(pairs) as ns:
-            with started("netstack overlay", netstack("--collector.disable-defaults",
-                                                      "--collector.overlay"), netns=ns) as ours, \
-                    started("node_exporter netdev+netclass",
-                            node_exporter("--collector.disable-defaults", "--collector.netdev",
-                                          "--collector.netclass"), netns=ns) as theirs:
+            with (
+                started(
+                    "netstack overlay",
+                    netstack("--collector.disable-defaults", "--collector.overlay"),
+                    netns=ns,
+                ) as ours,
+                started(
+                    "node_exporter netdev+netclass",
+                    node_exporter(
+                        "--collector.disable-defaults", "--collector.netdev", "--collector.netclass"
+                    ),
+                    netns=ns,
+                ) as theirs,
+            ):
                 results = measure([ours, theirs], args.scrapes)
-            print_table(f"{pairs} veth pairs ({2 * pairs} veth + 2 vxlan + lo), "
-                        f"{args.scrapes} scrapes each", results)
+            print_table(
+                f"{pairs} veth pairs ({2 * pairs} veth + 2 vxlan + lo), {args.scrapes} scrapes each", results
+            )
             in_process(args.runs)
 
 

@@ -16,12 +16,18 @@ import tempfile
 
 from bench.common import PROMETHEUS_HEADERS, netstack, node_exporter, scrape, started
 
-
 # node_exporter's collectors that read what ours read (its full default set costs ~20x more per
 # scrape and would make the soak take hours).
-NODE_EXPORTER_PEERS = ("--collector.disable-defaults", "--collector.cpu", "--collector.stat",
-                       "--collector.softnet", "--collector.conntrack", "--collector.netdev",
-                       "--collector.netstat", "--collector.ipvs")
+NODE_EXPORTER_PEERS = (
+    "--collector.disable-defaults",
+    "--collector.cpu",
+    "--collector.stat",
+    "--collector.softnet",
+    "--collector.conntrack",
+    "--collector.netdev",
+    "--collector.netstat",
+    "--collector.ipvs",
+)
 
 
 def growth_per_10k(samples: list[tuple[int, int]], warmup: int) -> float:
@@ -40,16 +46,25 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=40_000)
     parser.add_argument("--warmup", type=int, default=10_000)
     parser.add_argument("--every", type=int, default=2_000)
-    parser.add_argument("--collector", action="append", default=[],
-                        help="only these netstack collectors (default: the default set)")
+    parser.add_argument(
+        "--collector",
+        action="append",
+        default=[],
+        help="only these netstack collectors (default: the default set)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nse-soak-") as probe_dir:
         ours_args = [f"--collector.fsync.directory={probe_dir}"]
         if args.collector:
-            ours_args = ["--collector.disable-defaults", *(f"--collector.{c}" for c in args.collector),
-                         *(ours_args if "fsync" in args.collector else [])]
-        with started("netstack-exporter", netstack(*ours_args)) as ours, \
-             started("node_exporter", node_exporter(*NODE_EXPORTER_PEERS)) as theirs:
+            ours_args = [
+                "--collector.disable-defaults",
+                *(f"--collector.{c}" for c in args.collector),
+                *(ours_args if "fsync" in args.collector else []),
+            ]
+        with (
+            started("netstack-exporter", netstack(*ours_args)) as ours,
+            started("node_exporter", node_exporter(*NODE_EXPORTER_PEERS)) as theirs,
+        ):
             targets = [ours, theirs]
             conns = {t.name: http.client.HTTPConnection("127.0.0.1", t.port, timeout=60) for t in targets}
             samples: dict[str, list[tuple[int, int]]] = {t.name: [] for t in targets}
@@ -58,8 +73,10 @@ def main() -> None:
                 if n % args.every == 0:
                     for t in targets:
                         samples[t.name].append((n, t.rss_bytes()))
-                    print(f"{n:>8}" + "".join(f"{samples[t.name][-1][1] / 2**20:>24.2f}" for t in targets),
-                          flush=True)
+                    print(
+                        f"{n:>8}" + "".join(f"{samples[t.name][-1][1] / 2**20:>24.2f}" for t in targets),
+                        flush=True,
+                    )
                 for t in targets:
                     scrape(conns[t.name], t.path, PROMETHEUS_HEADERS)
     print(f"\nRSS growth per 10,000 scrapes after {args.warmup} (least squares):")

@@ -35,24 +35,69 @@ PASSWORD = "bench-password"
 
 def make_material(directory: Path) -> Path:
     """CA, server certificate and a web config in the exporter-toolkit format; the config's path."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.crt"), "-days", "1",
-            "-subj", "/CN=bench-ca")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", str(directory / "server.key"), "-out", str(directory / "server.csr"),
-            "-subj", "/CN=localhost")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(directory / "ca.key"),
+        "-out",
+        str(directory / "ca.crt"),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=bench-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(directory / "server.key"),
+        "-out",
+        str(directory / "server.csr"),
+        "-subj",
+        "/CN=localhost",
+    )
     (directory / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", str(directory / "server.csr"), "-CA", str(directory / "ca.crt"),
-            "-CAkey", str(directory / "ca.key"), "-CAcreateserial", "-out", str(directory / "server.crt"),
-            "-days", "1", "-extfile", str(directory / "ext"))
-    hashed = subprocess.run(["htpasswd", "-nbBC", "10", "", PASSWORD], check=True, capture_output=True,
-                            text=True).stdout.strip().lstrip(":")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(directory / "server.csr"),
+        "-CA",
+        str(directory / "ca.crt"),
+        "-CAkey",
+        str(directory / "ca.key"),
+        "-CAcreateserial",
+        "-out",
+        str(directory / "server.crt"),
+        "-days",
+        "1",
+        "-extfile",
+        str(directory / "ext"),
+    )
+    hashed = (
+        subprocess.run(["htpasswd", "-nbBC", "10", "", PASSWORD], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .lstrip(":")
+    )
     config = directory / "web.yml"
-    config.write_text(f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-                      f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    config.write_text(
+        f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
     return config
 
 
@@ -82,8 +127,13 @@ def get(conn: http.client.HTTPConnection, headers: dict) -> bytes:
 def started(name: str, argv: list[str], endpoint_kw: dict):
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = Endpoint(Target(name, proc, port), **endpoint_kw)
     try:
         deadline = time.monotonic() + 30
@@ -116,8 +166,10 @@ def run(endpoints: list[Endpoint], scrapes: int, keepalive: bool) -> dict[str, t
                 conns[name] = e.connect()
             get(conns[name], e.headers)
             latencies[name].append(time.perf_counter() - start)
-    return {e.target.name: (latencies[e.target.name], (e.target.cpu_seconds() - cpu0[e.target.name]) / scrapes)
-            for e in endpoints}
+    return {
+        e.target.name: (latencies[e.target.name], (e.target.cpu_seconds() - cpu0[e.target.name]) / scrapes)
+        for e in endpoints
+    }
 
 
 def main() -> None:
@@ -136,7 +188,9 @@ def main() -> None:
             stack.enter_context(started("netstack plain", ours, plain)),
             stack.enter_context(started("netstack TLS+auth", [*ours, f"--web.config.file={config}"], secure)),
             stack.enter_context(started("node_exporter plain", theirs, plain)),
-            stack.enter_context(started("node_exporter TLS+auth", [*theirs, f"--web.config.file={config}"], secure)),
+            stack.enter_context(
+                started("node_exporter TLS+auth", [*theirs, f"--web.config.file={config}"], secure)
+            ),
         ]
         for keepalive in (True, False):
             results = run(endpoints, args.scrapes, keepalive)
@@ -145,14 +199,18 @@ def main() -> None:
             print(f"{'target':<26}{'median ms':>10}{'p90 ms':>9}{'CPU ms/scrape':>15}")
             for name, (lat, cpu) in results.items():
                 ordered = sorted(lat)
-                print(f"{name:<26}{statistics.median(lat) * 1e3:>10.2f}{ordered[int(0.9 * len(ordered))] * 1e3:>9.2f}"
-                      f"{cpu * 1e3:>15.2f}")
+                print(
+                    f"{name:<26}{statistics.median(lat) * 1e3:>10.2f}{ordered[int(0.9 * len(ordered))] * 1e3:>9.2f}"
+                    f"{cpu * 1e3:>15.2f}"
+                )
             for who in ("netstack", "node_exporter"):
                 (pl, pc), (tl, tc) = results[f"{who} plain"], results[f"{who} TLS+auth"]
-                print(f"{who}: TLS+auth / plain: median latency {statistics.median(tl) / statistics.median(pl):.2f}, "
-                      f"CPU/scrape {tc / pc if pc else float('nan'):.2f}; "
-                      f"added {(statistics.median(tl) - statistics.median(pl)) * 1e3:.2f} ms, "
-                      f"{(tc - pc) * 1e3:.2f} ms CPU")
+                print(
+                    f"{who}: TLS+auth / plain: median latency {statistics.median(tl) / statistics.median(pl):.2f}, "
+                    f"CPU/scrape {tc / pc if pc else float('nan'):.2f}; "
+                    f"added {(statistics.median(tl) - statistics.median(pl)) * 1e3:.2f} ms, "
+                    f"{(tc - pc) * 1e3:.2f} ms CPU"
+                )
 
 
 if __name__ == "__main__":

@@ -133,13 +133,19 @@ def measure(targets: list[Target], scrapes: int, warmup: int = 5) -> list[Result
 
 def print_table(title: str, results: list[Result]) -> None:
     print(f"\n{title}")
-    print(f"{'exporter':<28}{'median ms':>10}{'p90 ms':>9}{'CPU ms/scrape':>15}{'RSS MB':>8}{'series':>8}{'bytes':>10}")
+    print(
+        f"{'exporter':<28}{'median ms':>10}{'p90 ms':>9}{'CPU ms/scrape':>15}{'RSS MB':>8}{'series':>8}{'bytes':>10}"
+    )
     for r in results:
-        print(f"{r.name:<28}{statistics.median(r.latencies) * 1e3:>10.2f}{r.p(0.9) * 1e3:>9.2f}"
-              f"{r.cpu_per_scrape * 1e3:>15.2f}{r.rss / 2**20:>8.1f}{r.series:>8}{r.body_bytes:>10}")
+        print(
+            f"{r.name:<28}{statistics.median(r.latencies) * 1e3:>10.2f}{r.p(0.9) * 1e3:>9.2f}"
+            f"{r.cpu_per_scrape * 1e3:>15.2f}{r.rss / 2**20:>8.1f}{r.series:>8}{r.body_bytes:>10}"
+        )
     if len(results) == 2:
         a, b = results
-        print(f"ratio {a.name} / {b.name}: median latency "
-              f"{statistics.median(a.latencies) / statistics.median(b.latencies):.2f}, "
-              f"CPU/scrape {a.cpu_per_scrape / b.cpu_per_scrape if b.cpu_per_scrape else float('nan'):.2f}, "
-              f"RSS {a.rss / b.rss:.2f}")
+        print(
+            f"ratio {a.name} / {b.name}: median latency "
+            f"{statistics.median(a.latencies) / statistics.median(b.latencies):.2f}, "
+            f"CPU/scrape {a.cpu_per_scrape / b.cpu_per_scrape if b.cpu_per_scrape else float('nan'):.2f}, "
+            f"RSS {a.rss / b.rss:.2f}"
+        )

@@ -39,13 +39,24 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 
 DEFAULT_SOCKETS = (
-    "/var/run/calico/bird.ctl", "/var/run/calico/bird6.ctl",
-    "/var/run/bird/bird.ctl", "/var/run/bird/bird6.ctl",
+    "/var/run/calico/bird.ctl",
+    "/var/run/calico/bird6.ctl",
+    "/var/run/bird/bird.ctl",
+    "/var/run/bird/bird6.ctl",
 )
 FAMILIES = ("ipv4", "ipv6")
 # BGP states as BIRD names them (RFC 4271 plus BIRD's Passive and Close; Down = disabled).
-BGP_STATES = ("Idle", "Connect", "Active", "Passive", "OpenSent", "OpenConfirm", "Established",
-              "Close", "Down")
+BGP_STATES = (
+    "Idle",
+    "Connect",
+    "Active",
+    "Passive",
+    "OpenSent",
+    "OpenConfirm",
+    "Established",
+    "Close",
+    "Down",
+)
 PEER_TYPES = {"Mesh": "mesh", "Node": "node", "Global": "global", "Local_Workload": "local_workload"}
 OTHER = "other"
 MAX_REPLY_BYTES = 32 << 20  # `show protocols all`: ~1.7 KB per Established BIRD 2 peer
@@ -268,8 +279,9 @@ def _check_time_zone(name: str) -> None:
         try:
             zoneinfo.ZoneInfo(name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {name!r} (an IANA name such as UTC or "
-                             f"Europe/Berlin)") from None
+            raise ValueError(
+                f"unknown time zone {name!r} (an IANA name such as UTC or Europe/Berlin)"
+            ) from None
 
 
 # --- the socket conversation ------------------------------------------------------------------
@@ -279,8 +291,9 @@ class BirdSocketError(Exception):
     """The socket accepted but did not behave like BIRD (silent, closed early, too much)."""
 
 
-def bird_command(path: str, command: str, timeout: float,
-                 max_bytes: int = MAX_REPLY_BYTES) -> tuple[str, str]:
+def bird_command(
+    path: str, command: str, timeout: float, max_bytes: int = MAX_REPLY_BYTES
+) -> tuple[str, str]:
     """(BIRD version, reply text) of one command; the whole conversation within `timeout`.
     Connection errors (no socket, refused) propagate as OSError: BIRD is not running."""
     deadline = time.monotonic() + timeout
@@ -294,8 +307,7 @@ def bird_command(path: str, command: str, timeout: float,
 
 
 class _ReplyReader:
-    def __init__(self, sock: socket.socket, path: str, deadline: float, timeout: float,
-                 max_bytes: int):
+    def __init__(self, sock: socket.socket, path: str, deadline: float, timeout: float, max_bytes: int):
         self.sock, self.path, self.deadline, self.timeout = sock, path, deadline, timeout
         self.max_bytes = max_bytes
         self.buf = bytearray()
@@ -319,17 +331,22 @@ class _ReplyReader:
                     return text
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
-                raise BirdSocketError(f"{self.path}: no complete answer within {self.timeout:g}s "
-                                      f"({self.total} bytes of {what} received)")
+                raise BirdSocketError(
+                    f"{self.path}: no complete answer within {self.timeout:g}s "
+                    f"({self.total} bytes of {what} received)"
+                )
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(1 << 16)
             except TimeoutError:
-                raise BirdSocketError(f"{self.path}: no complete answer within {self.timeout:g}s "
-                                      f"({self.total} bytes of {what} received)") from None
+                raise BirdSocketError(
+                    f"{self.path}: no complete answer within {self.timeout:g}s "
+                    f"({self.total} bytes of {what} received)"
+                ) from None
             if not data:
-                raise BirdSocketError(f"{self.path}: connection closed after {self.total} bytes, "
-                                      f"before the end of {what}")
+                raise BirdSocketError(
+                    f"{self.path}: connection closed after {self.total} bytes, before the end of {what}"
+                )
             self.total += len(data)
             if self.total > self.max_bytes:
                 raise BirdSocketError(f"{self.path}: {what} is larger than {self.max_bytes} bytes")
@@ -352,8 +369,9 @@ class Peer:
     exported: int | None
 
 
-def peers_from(protocols: list[Protocol], default_family: str, now: float,
-               tz: dt.tzinfo | None, with_routes: bool) -> list[Peer]:
+def peers_from(
+    protocols: list[Protocol], default_family: str, now: float, tz: dt.tzinfo | None, with_routes: bool
+) -> list[Peer]:
     """The BGP protocols of one daemon as peers. The family is the peer address's (so a dual-stack
     BIRD 2 on one socket labels each peer right), else the socket's."""
     peers = []
@@ -370,8 +388,9 @@ def peers_from(protocols: list[Protocol], default_family: str, now: float,
         imported = exported = None
         if with_routes:
             imported, exported = route_counts(p, family)
-        peers.append(Peer(peer, kind, family, p.name, state, info,
-                          parse_since(p.since, now, tz), imported, exported))
+        peers.append(
+            Peer(peer, kind, family, p.name, state, info, parse_since(p.since, now, tz), imported, exported)
+        )
     return peers
 
 
@@ -394,19 +413,47 @@ class BgpCollector(Collector):
     default_enabled = True
     help = "Calico's BGP sessions (BIRD 1.6 and 2) from BIRD's control socket: state per peer."
     options = (
-        Option("socket", "BIRD control socket (repeatable): ipv4=PATH, ipv6=PATH, or a PATH whose "
-               "file name gives the family (bird6* = ipv6, else ipv4). Per family the first that "
-               "exists is used.", list(DEFAULT_SOCKETS), "list", validate=_check_sockets),
-        Option("timeout", "Longest one conversation with one BIRD socket may take; a socket that "
-               "is silent for longer fails the collection.", 2.0, "duration", min=0.01, max=60),
-        Option("peer-series", "per-peer: series for each BGP peer (N-1 per node in a full mesh); "
-               "counts: only netstack_bgp_peers per type and state, for large meshes",
-               "per-peer", choices=("per-peer", "counts")),
-        Option("max-peers", "Above this many BGP peers only the per-state counts are exported and "
-               "netstack_bgp_peer_series_capped is 1.", DEFAULT_MAX_PEERS, "int",
-               min=0, max=1_000_000),
-        Option("time-zone", "Time zone BIRD prints its times in (IANA name, e.g. UTC); empty: the "
-               "exporter's own local time zone.", "", validate=_check_time_zone),
+        Option(
+            "socket",
+            "BIRD control socket (repeatable): ipv4=PATH, ipv6=PATH, or a PATH whose "
+            "file name gives the family (bird6* = ipv6, else ipv4). Per family the first that "
+            "exists is used.",
+            list(DEFAULT_SOCKETS),
+            "list",
+            validate=_check_sockets,
+        ),
+        Option(
+            "timeout",
+            "Longest one conversation with one BIRD socket may take; a socket that "
+            "is silent for longer fails the collection.",
+            2.0,
+            "duration",
+            min=0.01,
+            max=60,
+        ),
+        Option(
+            "peer-series",
+            "per-peer: series for each BGP peer (N-1 per node in a full mesh); "
+            "counts: only netstack_bgp_peers per type and state, for large meshes",
+            "per-peer",
+            choices=("per-peer", "counts"),
+        ),
+        Option(
+            "max-peers",
+            "Above this many BGP peers only the per-state counts are exported and "
+            "netstack_bgp_peer_series_capped is 1.",
+            DEFAULT_MAX_PEERS,
+            "int",
+            min=0,
+            max=1_000_000,
+        ),
+        Option(
+            "time-zone",
+            "Time zone BIRD prints its times in (IANA name, e.g. UTC); empty: the "
+            "exporter's own local time zone.",
+            "",
+            validate=_check_time_zone,
+        ),
     )
 
     def __init__(self, ctx):
@@ -428,11 +475,13 @@ class BgpCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         command = "show protocols all" if self._per_peer else "show protocols"
-        bird_up = _gauge("netstack_bird_up", "1 when BIRD answers on its control socket for this "
-                         "address family, 0 when its socket is gone or refuses connections.",
-                         ["family"])
-        bird_info = _gauge("netstack_bird_info", "BIRD's version, from its greeting.",
-                           ["family", "version"])
+        bird_up = _gauge(
+            "netstack_bird_up",
+            "1 when BIRD answers on its control socket for this "
+            "address family, 0 when its socket is gone or refuses connections.",
+            ["family"],
+        )
+        bird_info = _gauge("netstack_bird_info", "BIRD's version, from its greeting.", ["family", "version"])
         peers: list[Peer] = []
         for family, paths in self._sockets.items():
             path = _existing_socket(paths)
@@ -447,21 +496,26 @@ class BgpCollector(Collector):
                 bird_up.add_metric([family], 0)  # stopped, or a stale socket after a crash
                 continue
             except PermissionError:
-                raise BirdSocketError(f"{path}: permission denied (connecting needs write access "
-                                      f"to the socket)") from None
+                raise BirdSocketError(
+                    f"{path}: permission denied (connecting needs write access to the socket)"
+                ) from None
             except OSError as e:
                 if e.errno in (errno.ECONNRESET, errno.EPIPE):
                     raise BirdSocketError(f"{path}: connection reset by BIRD") from None
                 raise
             bird_up.add_metric([family], 1)
             bird_info.add_metric([family, version], 1)
-            peers += peers_from(parse_protocols(reply, path), family, time.time(), self._tz,
-                                with_routes=self._per_peer)
+            peers += peers_from(
+                parse_protocols(reply, path), family, time.time(), self._tz, with_routes=self._per_peer
+            )
         return [bird_up, bird_info, *self._peer_families(peers)]
 
     def _peer_families(self, peers: list[Peer]) -> list[Metric]:
-        counts = _gauge("netstack_bgp_peers", "BGP peers by address family, type (mesh, node, "
-                        "global, local_workload, other) and BGP state.", ["family", "type", "state"])
+        counts = _gauge(
+            "netstack_bgp_peers",
+            "BGP peers by address family, type (mesh, node, global, local_workload, other) and BGP state.",
+            ["family", "type", "state"],
+        )
         tally: dict[tuple[str, str], dict[str, int]] = {}
         for p in peers:
             states = tally.setdefault((p.family, p.type), dict.fromkeys(BGP_STATES, 0))
@@ -473,19 +527,27 @@ class BgpCollector(Collector):
         if not self._per_peer:
             return out
         capped = len(peers) > self.option("max-peers")
-        flag = _gauge("netstack_bgp_peer_series_capped", "1 when there are more BGP peers than "
-                      "--collector.bgp.max-peers and only netstack_bgp_peers is exported.")
+        flag = _gauge(
+            "netstack_bgp_peer_series_capped",
+            "1 when there are more BGP peers than "
+            "--collector.bgp.max-peers and only netstack_bgp_peers is exported.",
+        )
         flag.add_metric([], int(capped))
         out.append(flag)
         if capped:
             return out
         labels = ["peer", "type", "family"]
-        up = _gauge("netstack_bgp_peer_up", "1 when the BGP session with this peer is "
-                    "Established.", labels)
-        info = _gauge("netstack_bgp_peer_info", "BGP state and BIRD's info text (last error) "
-                      "of the session with this peer; always 1.", [*labels, "protocol", "state", "info"])
-        since = _gauge("netstack_bgp_peer_last_change_timestamp_seconds", "When the session's "
-                       "state last changed (BIRD's 'since', read in --collector.bgp.time-zone).", labels)
+        up = _gauge("netstack_bgp_peer_up", "1 when the BGP session with this peer is Established.", labels)
+        info = _gauge(
+            "netstack_bgp_peer_info",
+            "BGP state and BIRD's info text (last error) of the session with this peer; always 1.",
+            [*labels, "protocol", "state", "info"],
+        )
+        since = _gauge(
+            "netstack_bgp_peer_last_change_timestamp_seconds",
+            "When the session's state last changed (BIRD's 'since', read in --collector.bgp.time-zone).",
+            labels,
+        )
         imported = _gauge("netstack_bgp_peer_imported_routes", "Routes imported from this peer.", labels)
         exported = _gauge("netstack_bgp_peer_exported_routes", "Routes exported to this peer.", labels)
         taken: set[tuple[str, str, str]] = set()

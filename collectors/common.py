@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from exporter.contract import ParseError, SourceUnavailable
-
 
 # The most a collector reads from one pseudo file. procfs files of a healthy host are far smaller
 # (/proc/stat of 1,024 CPUs is ~150 KiB); a larger one is a broken or hostile source, and reading

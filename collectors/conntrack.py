@@ -56,10 +56,9 @@ STATS_HELP = {
     "found": "Lookups that found an existing entry (NAT tuple checks).",
     "invalid": "Packets conntrack could not track (malformed, out of window, unknown state).",
     "insert": "Entries inserted into the table.",
-    "insert_failed": "Entries that lost an insert race to an identical tuple; the packet was "
-                     "dropped.",
+    "insert_failed": "Entries that lost an insert race to an identical tuple; the packet was dropped.",
     "drop": "Packets dropped because a new entry could not be created (table full, nothing to "
-            "evict) or failed to insert.",
+    "evict) or failed to insert.",
     "early_drop": "Unassured entries evicted to make room in a full table.",
     "error": "ICMP errors that did not match a tracked connection.",
     "search_restart": "Table lookups restarted because a resize or insert moved the chain.",
@@ -88,18 +87,36 @@ CT_GET_STATS_CPU = (1 << 8) | 4  # IPCTNL_MSG_CT_GET_STATS_CPU
 CT_GET_STATS = (1 << 8) | 5  # IPCTNL_MSG_CT_GET_STATS
 NFGENMSG_UNSPEC = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)  # family, version, res_id
 # enum ctattr_stats_cpu (CTA_STATS_*) -> key
-NETLINK_ATTRS = {2: "found", 4: "invalid", 8: "insert", 9: "insert_failed", 10: "drop",
-                 11: "early_drop", 12: "error", 13: "search_restart", 14: "clash_resolve",
-                 15: "chain_toolong"}
+NETLINK_ATTRS = {
+    2: "found",
+    4: "invalid",
+    8: "insert",
+    9: "insert_failed",
+    10: "drop",
+    11: "early_drop",
+    12: "error",
+    13: "search_restart",
+    14: "clash_resolve",
+    15: "chain_toolong",
+}
 CTA_STATS_GLOBAL_ENTRIES, CTA_STATS_GLOBAL_MAX_ENTRIES = 1, 2
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 
 # enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h), names as conntrack -L.
-TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
-              "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2")
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6",
-             132: "sctp", 136: "udplite"}
+TCP_STATES = (
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+)
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6", 132: "sctp", 136: "udplite"}
 
 
 @dataclass
@@ -115,8 +132,10 @@ class Snapshot:
 # --- pure parsing -----------------------------------------------------------------------------
 
 
-def parse_procfs_stats(text: str, path: str = "nf_conntrack",
-                       ) -> tuple[int | None, dict[int, dict[str, int]]]:
+def parse_procfs_stats(
+    text: str,
+    path: str = "nf_conntrack",
+) -> tuple[int | None, dict[int, dict[str, int]]]:
     """/proc/net/stat/nf_conntrack -> (entries, {row: {key: value}}).
 
     Rows are the possible CPUs in order; `entries` repeats the namespace's count on every row."""
@@ -149,8 +168,11 @@ def stats_from_netlink(chunks: Iterable[bytes]) -> dict[int, dict[str, int]]:
         if end - start < 20:
             raise NetlinkFormatError(f"ctnetlink: per-CPU statistics message of {end - start} bytes")
         cpu = _BE16.unpack_from(buf, start + 18)[0]
-        stats[cpu] = {NETLINK_ATTRS[kind]: _be32(buf, s, e)
-                      for kind, s, e in attributes(buf, start + 20, end) if kind in NETLINK_ATTRS}
+        stats[cpu] = {
+            NETLINK_ATTRS[kind]: _be32(buf, s, e)
+            for kind, s, e in attributes(buf, start + 20, end)
+            if kind in NETLINK_ATTRS
+        }
     return stats
 
 
@@ -159,8 +181,11 @@ def count_from_netlink(chunks: Iterable[bytes]) -> tuple[int | None, int | None]
     kernels omit the max."""
     values: dict[int, int] = {}
     for buf, _kind, start, end in data_messages(chunks, CT_GET_STATS):
-        values.update((kind, _be32(buf, s, e)) for kind, s, e in attributes(buf, start + 20, end)
-                      if kind in (CTA_STATS_GLOBAL_ENTRIES, CTA_STATS_GLOBAL_MAX_ENTRIES))
+        values.update(
+            (kind, _be32(buf, s, e))
+            for kind, s, e in attributes(buf, start + 20, end)
+            if kind in (CTA_STATS_GLOBAL_ENTRIES, CTA_STATS_GLOBAL_MAX_ENTRIES)
+        )
     return values.get(CTA_STATS_GLOBAL_ENTRIES), values.get(CTA_STATS_GLOBAL_MAX_ENTRIES)
 
 
@@ -239,8 +264,14 @@ def dump_states(timeout: float = 10.0, max_entries: int | None = None) -> Counte
     nl = NetlinkSocket(NETLINK_NETFILTER, timeout=timeout, rcvbuf=1 << 20)
     try:
         # nfgenmsg family AF_UNSPEC: IPv4 and IPv6 entries alike.
-        return nl.dump(CT_GET, NFGENMSG_UNSPEC, count, what="ctnetlink table dump",
-                       max_messages=max_entries, max_bytes=1 << 40)
+        return nl.dump(
+            CT_GET,
+            NFGENMSG_UNSPEC,
+            count,
+            what="ctnetlink table dump",
+            max_messages=max_entries,
+            max_bytes=1 << 40,
+        )
     finally:
         nl.close()
 
@@ -252,8 +283,14 @@ class NetlinkRefused(Exception):
     """ctnetlink cannot serve in this process for good (no privilege, not supported)."""
 
 
-PERMANENT_ERRNOS = {errno.EPERM, errno.EACCES, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT,
-                    errno.ENOENT, errno.EOPNOTSUPP}
+PERMANENT_ERRNOS = {
+    errno.EPERM,
+    errno.EACCES,
+    errno.EPROTONOSUPPORT,
+    errno.EAFNOSUPPORT,
+    errno.ENOENT,
+    errno.EOPNOTSUPP,
+}
 
 
 def read_netlink() -> Snapshot:
@@ -264,8 +301,9 @@ def read_netlink() -> Snapshot:
         # opening one is cheap.
         nl = NetlinkSocket(NETLINK_NETFILTER)
         try:
-            stats = nl.dump(CT_GET_STATS_CPU, NFGENMSG_UNSPEC, stats_from_netlink,
-                            what="ctnetlink statistics dump")
+            stats = nl.dump(
+                CT_GET_STATS_CPU, NFGENMSG_UNSPEC, stats_from_netlink, what="ctnetlink statistics dump"
+            )
             entries, limit = nl.request(CT_GET_STATS, NFGENMSG_UNSPEC, count_from_netlink)
         finally:
             nl.close()
@@ -288,24 +326,35 @@ class ConntrackCollector(Collector):
     help = "Conntrack table fill level and failure counters (ctnetlink, or procfs)."
     options = (
         Option("per-cpu", "Export the failure counters per CPU (adds a cpu label).", False, "bool"),
-        Option("by-state", "Also count entries by protocol and TCP state from a full table dump "
-               "(costly on big tables, see the docs).", False, "bool"),
-        Option("source", "Where to read: auto (ctnetlink, else procfs), netlink or procfs "
-               "(/proc/net/stat/nf_conntrack and the nf_conntrack_* sysctls under --path.procfs).",
-               "auto", choices=("auto", "netlink", "procfs")),
+        Option(
+            "by-state",
+            "Also count entries by protocol and TCP state from a full table dump "
+            "(costly on big tables, see the docs).",
+            False,
+            "bool",
+        ),
+        Option(
+            "source",
+            "Where to read: auto (ctnetlink, else procfs), netlink or procfs "
+            "(/proc/net/stat/nf_conntrack and the nf_conntrack_* sysctls under --path.procfs).",
+            "auto",
+            choices=("auto", "netlink", "procfs"),
+        ),
     )
 
     @classmethod
     def check_options(cls, values) -> None:
         if values["by-state"] and values["source"] == "procfs":
-            raise ValueError("--collector.conntrack.by-state needs ctnetlink: it cannot be "
-                             "combined with --collector.conntrack.source=procfs")
+            raise ValueError(
+                "--collector.conntrack.by-state needs ctnetlink: it cannot be "
+                "combined with --collector.conntrack.source=procfs"
+            )
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self._lock = threading.Lock()
         self._wrap = WrappingCounters(32)
-        self._netlink = True          # False once ctnetlink refused us for good
+        self._netlink = True  # False once ctnetlink refused us for good
         self._warned: set[str] = set()
 
     # paths
@@ -354,9 +403,12 @@ class ConntrackCollector(Collector):
             snap.entries, snap.stats = parse_procfs_stats(read_text(path), path)
         except FileNotFoundError:
             # Kernels built without CONFIG_NF_CONNTRACK_PROCFS: count and max only.
-            self._warn_once("nostat", "conntrack counters unavailable, exporting count and max",
-                            path=path,
-                            reason="no ctnetlink and kernel without CONFIG_NF_CONNTRACK_PROCFS")
+            self._warn_once(
+                "nostat",
+                "conntrack counters unavailable, exporting count and max",
+                path=path,
+                reason="no ctnetlink and kernel without CONFIG_NF_CONNTRACK_PROCFS",
+            )
             snap.entries = read_int(self._sysctl("nf_conntrack_count"))
         snap.limit = read_int(self._sysctl("nf_conntrack_max"))
         return snap
@@ -392,30 +444,38 @@ class ConntrackCollector(Collector):
         return families
 
     def families(self, snap: Snapshot) -> Iterator:
-        source = GaugeMetricFamily("netstack_conntrack_source_info",
-                                   "Which source served this collection (netlink or procfs).",
-                                   labels=["source"])
+        source = GaugeMetricFamily(
+            "netstack_conntrack_source_info",
+            "Which source served this collection (netlink or procfs).",
+            labels=["source"],
+        )
         source.add_metric([snap.source], 1)
         yield source
         if snap.entries is not None:
-            yield GaugeMetricFamily("netstack_conntrack_entries",
-                                    "Entries in this network namespace's conntrack table.",
-                                    value=snap.entries)
+            yield GaugeMetricFamily(
+                "netstack_conntrack_entries",
+                "Entries in this network namespace's conntrack table.",
+                value=snap.entries,
+            )
         if snap.limit is not None:
-            yield GaugeMetricFamily("netstack_conntrack_entries_limit",
-                                    "nf_conntrack_max: the most entries a namespace may hold "
-                                    "(one value for the whole host).", value=snap.limit)
+            yield GaugeMetricFamily(
+                "netstack_conntrack_entries_limit",
+                "nf_conntrack_max: the most entries a namespace may hold (one value for the whole host).",
+                value=snap.limit,
+            )
         try:
             buckets = read_int(self._sysctl("nf_conntrack_buckets"))
-            yield GaugeMetricFamily("netstack_conntrack_buckets",
-                                    "Size of the conntrack hash table (host-wide).", value=buckets)
+            yield GaugeMetricFamily(
+                "netstack_conntrack_buckets", "Size of the conntrack hash table (host-wide).", value=buckets
+            )
         except OSError:
             pass
         per_cpu = self.option("per-cpu")
         keys = [k for k in STATS_HELP if any(k in row for row in snap.stats.values())]
         for key in keys:
-            family = CounterMetricFamily(f"netstack_conntrack_{key}", STATS_HELP[key],
-                                         labels=["cpu"] if per_cpu else [])
+            family = CounterMetricFamily(
+                f"netstack_conntrack_{key}", STATS_HELP[key], labels=["cpu"] if per_cpu else []
+            )
             total = 0
             for cpu, row in sorted(snap.stats.items()):
                 if key in row:
@@ -435,10 +495,12 @@ class ConntrackCollector(Collector):
             # Counters above still serve; only the breakdown is missing.
             self._warn_once("by-state", "conntrack by-state unavailable", reason=str(e))
             return None
-        family = GaugeMetricFamily("netstack_conntrack_entries_by_state",
-                                   "Entries by protocol and TCP state (state=\"none\" for "
-                                   "protocols without one), from a ctnetlink table dump.",
-                                   labels=["protocol", "state"])
+        family = GaugeMetricFamily(
+            "netstack_conntrack_entries_by_state",
+            'Entries by protocol and TCP state (state="none" for '
+            "protocols without one), from a ctnetlink table dump.",
+            labels=["protocol", "state"],
+        )
         for (protocol, state), n in sorted(counts.items()):
             family.add_metric([protocol, state], n)
         return family

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.contract import Collector, ParseError
 from exporter.exposition import CompactFamily, LabelSets
+
 from .common import MonotonicCounters, parse_counter, read_text, require_file
 
 # Column order of the per-CPU lines of /proc/stat (guest and guest_nice are already counted in
@@ -45,7 +46,7 @@ def parse_proc_stat(text: str, source: str = "/proc/stat") -> list[tuple[str, di
             raise ParseError(f"{source}:{lineno}: cpu{cpu} appears twice")
         seen.add(cpu)
         try:
-            values = [parse_counter(v) for v in fields[1:1 + len(MODES)]]
+            values = [parse_counter(v) for v in fields[1 : 1 + len(MODES)]]
         except ValueError:
             raise ParseError(f"{source}:{lineno}: a value of cpu{cpu} is not a counter") from None
         cpus.append((cpu, dict(zip(MODES, values))))
@@ -90,24 +91,32 @@ class CpuCollector(Collector):
         now = time.monotonic()
         # A CPU cannot spend more than the elapsed time in one mode; the slack covers tick
         # rounding and a late previous reading.
-        max_ticks = None if self._read_at is None else (now - self._read_at) * self._user_hz * 1.5 + 2 * self._user_hz
+        max_ticks = (
+            None if self._read_at is None else (now - self._read_at) * self._user_hz * 1.5 + 2 * self._user_hz
+        )
         self._read_at = now
         seconds = CompactFamily(
             "netstack_cpu_seconds",
             "Seconds each CPU spent in each mode (USER_HZ ticks / USER_HZ). "
-            "rate() of mode=\"steal\" is the fraction of time the hypervisor took.", "counter")
+            'rate() of mode="steal" is the fraction of time the hypervisor took.',
+            "counter",
+        )
         for cpu, modes in cpus:
             for mode, ticks in modes.items():
-                seconds.add(self._labels(cpu, mode), self._monotonic((cpu, mode), ticks, max_ticks) / self._user_hz)
+                seconds.add(
+                    self._labels(cpu, mode), self._monotonic((cpu, mode), ticks, max_ticks) / self._user_hz
+                )
         regressions = CounterMetricFamily(
             "netstack_cpu_backwards_jumps_total",
             "Times a /proc/stat CPU counter went backwards (a hypervisor or kernel bug) and the "
-            "previous value was exported instead.")
+            "previous value was exported instead.",
+        )
         regressions.add_metric([], self._monotonic.clamped)
         rejected = CounterMetricFamily(
             "netstack_cpu_implausible_readings",
             "/proc/stat CPU counter readings that rose faster than time passes and were not "
-            "exported unless the next reading confirmed them.")
+            "exported unless the next reading confirmed them.",
+        )
         rejected.add_metric([], self._monotonic.rejected)
         return [seconds, regressions, rejected]
 

@@ -39,12 +39,13 @@ def reason_label(value: int, names: dict[int, str]) -> str:
     return names.get(value, f"UNKNOWN_{value}")
 
 
-def drops_family(counts: dict[int, int], names: dict[int, str],
-                 all_reasons: bool) -> CounterMetricFamily:
+def drops_family(counts: dict[int, int], names: dict[int, str], all_reasons: bool) -> CounterMetricFamily:
     family = CounterMetricFamily(
         "netstack_skb_drops",
         "Packets freed as dropped, by kernel drop reason (eBPF, skb:kfree_skb; names from the "
-        "running kernel's tracepoint format).", labels=["reason"])
+        "running kernel's tracepoint format).",
+        labels=["reason"],
+    )
     values = dict.fromkeys(names, 0) if all_reasons else {}
     values.update(counts)
     for value, count in sorted(values.items()):
@@ -54,13 +55,19 @@ def drops_family(counts: dict[int, int], names: dict[int, str],
 
 class EbpfDrops(TracepointCollector):
     name = "ebpf_drops"
-    help = ("packet drops by kernel drop reason from the skb:kfree_skb tracepoint, via eBPF "
-            "(libbpf or bcc; needs CAP_BPF + CAP_PERFMON and kernel >= 5.17)")
+    help = (
+        "packet drops by kernel drop reason from the skb:kfree_skb tracepoint, via eBPF "
+        "(libbpf or bcc; needs CAP_BPF + CAP_PERFMON and kernel >= 5.17)"
+    )
     options = (
         BACKEND_OPTION,
-        Option("all-reasons", "export every reason the kernel knows, zero until it occurs "
-               "(stable series for alerts; ~70-130 series) instead of only those seen",
-               False, "bool"),
+        Option(
+            "all-reasons",
+            "export every reason the kernel knows, zero until it occurs "
+            "(stable series for alerts; ~70-130 series) instead of only those seen",
+            False,
+            "bool",
+        ),
     )
 
     program_name = "drops"

@@ -36,8 +36,8 @@ BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY = 5, 6
 PER_CPU_TYPES = (BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, 10, 21)  # + LRU, cgroup
 BTF_KIND_DATASEC = 15
 VERIFIER_LOG_SIZE = 1 << 20  # the failed program's verifier log (log level 1) fits easily
-VERIFIER_TAIL_LINES = 8       # logged at debug when the verifier rejects a program
-MAX_MESSAGES = 50             # libbpf messages kept for a failure's reason
+VERIFIER_TAIL_LINES = 8  # logged at debug when the verifier rejects a program
+MAX_MESSAGES = 50  # libbpf messages kept for a failure's reason
 
 
 OBJECTS_DIR = BPF_DIR  # where the package build put the objects
@@ -83,22 +83,28 @@ def _strerror(code: int) -> str:
 
 
 class _BtfType(ctypes.Structure):
-    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32),
-                ("size", ctypes.c_uint32)]
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
 
 
 class _VarSecinfo(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32),
-                ("size", ctypes.c_uint32)]
+    _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
 
 
 class _OpenOpts(ctypes.Structure):
     """struct bpf_object_open_opts as of libbpf 1.0/1.1 (sz tells libbpf which fields exist)."""
-    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p),
-                ("relaxed_maps", ctypes.c_bool), ("pin_root_path", ctypes.c_char_p),
-                ("_attach_prog_fd", ctypes.c_uint32), ("kconfig", ctypes.c_char_p),
-                ("btf_custom_path", ctypes.c_char_p), ("kernel_log_buf", ctypes.c_void_p),
-                ("kernel_log_size", ctypes.c_size_t), ("kernel_log_level", ctypes.c_uint32)]
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("object_name", ctypes.c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", ctypes.c_char_p),
+        ("_attach_prog_fd", ctypes.c_uint32),
+        ("kconfig", ctypes.c_char_p),
+        ("btf_custom_path", ctypes.c_char_p),
+        ("kernel_log_buf", ctypes.c_void_p),
+        ("kernel_log_size", ctypes.c_size_t),
+        ("kernel_log_level", ctypes.c_uint32),
+    ]
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -118,17 +124,24 @@ _SIGNATURES = {
     "bpf_map__value_size": (ctypes.c_uint32, [ctypes.c_void_p]),
     "bpf_map__max_entries": (ctypes.c_uint32, [ctypes.c_void_p]),
     "bpf_map__set_max_entries": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
-    "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p,
-                                                 ctypes.POINTER(ctypes.c_size_t)]),
+    "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_program__attach_raw_tracepoint": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
     "bpf_link__destroy": (ctypes.c_int, [ctypes.c_void_p]),
-    "bpf_map_lookup_batch": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                            ctypes.c_void_p, ctypes.c_void_p,
-                                            ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]),
+    "bpf_map_lookup_batch": (
+        ctypes.c_int,
+        [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_uint32),
+            ctypes.c_void_p,
+        ],
+    ),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
-    "btf__find_by_name_kind": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p,
-                                              ctypes.c_uint32]),
+    "btf__find_by_name_kind": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(_BtfType), [ctypes.c_void_p, ctypes.c_uint32]),
     "btf__name_by_offset": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_uint32]),
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
@@ -145,8 +158,7 @@ class _Libbpf:
             fn = getattr(self.lib, name)
             fn.restype, fn.argtypes = restype, argtypes
         self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-                                         ctypes.c_void_p]
+        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
         self._print_buf = ctypes.create_string_buffer(8192)
         self.messages: list[str] = []
         self.lock = threading.Lock()  # one load (and its messages) at a time
@@ -166,8 +178,13 @@ class _Libbpf:
             self.messages.append(text)
             del self.messages[:-MAX_MESSAGES]
             if log.isEnabledFor(logging.DEBUG):
-                log_event(log, logging.DEBUG, "libbpf", severity=("warn", "info", "debug")[
-                    min(level, 2)], message=text)
+                log_event(
+                    log,
+                    logging.DEBUG,
+                    "libbpf",
+                    severity=("warn", "info", "debug")[min(level, 2)],
+                    message=text,
+                )
         return 0
 
 
@@ -184,8 +201,10 @@ def libbpf() -> _Libbpf:
             try:
                 _LIBBPF = _Libbpf()
             except (OSError, AttributeError) as e:
-                _LIBBPF_ERROR = (f"{LIBBPF} cannot be loaded ({' '.join(str(e).split())[:120]}): "
-                                 "install Debian libbpf1 (libbpf >= 1.0)")
+                _LIBBPF_ERROR = (
+                    f"{LIBBPF} cannot be loaded ({' '.join(str(e).split())[:120]}): "
+                    "install Debian libbpf1 (libbpf >= 1.0)"
+                )
         if _LIBBPF is None:
             raise SourceUnavailable(_LIBBPF_ERROR)
         return _LIBBPF
@@ -231,12 +250,16 @@ class LibbpfProgram(Program):
         link = lib.bpf_program__attach_raw_tracepoint(prog, event.encode())
         if not link:
             code = ctypes.get_errno()
-            hint = {errno.ENOENT: ": the kernel has no such tracepoint",
-                    errno.EINVAL: ": the program reads arguments the tracepoint does not have "
-                                  "(an older kernel's tracepoint)",
-                    errno.EPERM: f": {_eperm_cause()}"}.get(code, "")
-            raise SourceUnavailable(f"cannot attach {function} to raw tracepoint {event} "
-                                    f"({system}:{event}): {_strerror(code)}{hint}")
+            hint = {
+                errno.ENOENT: ": the kernel has no such tracepoint",
+                errno.EINVAL: ": the program reads arguments the tracepoint does not have "
+                "(an older kernel's tracepoint)",
+                errno.EPERM: f": {_eperm_cause()}",
+            }.get(code, "")
+            raise SourceUnavailable(
+                f"cannot attach {function} to raw tracepoint {event} "
+                f"({system}:{event}): {_strerror(code)}{hint}"
+            )
         self._links.append(link)
 
     def _map(self, name: str) -> _MapInfo:
@@ -246,8 +269,13 @@ class LibbpfProgram(Program):
             m = lib.bpf_object__find_map_by_name(self._obj, name.encode())
             if not m:
                 raise KeyError(f"{self._name}.bpf.o has no map {name}")
-            info = _MapInfo(lib.bpf_map__fd(m), lib.bpf_map__type(m), lib.bpf_map__key_size(m),
-                            lib.bpf_map__value_size(m), lib.bpf_map__max_entries(m))
+            info = _MapInfo(
+                lib.bpf_map__fd(m),
+                lib.bpf_map__type(m),
+                lib.bpf_map__key_size(m),
+                lib.bpf_map__value_size(m),
+                lib.bpf_map__max_entries(m),
+            )
             if info.key_size not in _INT_FORMATS:
                 raise TypeError(f"map {name}: only integer keys are read (key size {info.key_size})")
             self._maps[name] = info
@@ -263,15 +291,15 @@ class LibbpfProgram(Program):
             raise TypeError(f"map {name}: only integer values are read")
         keys, values, n = self._lookup_all(info, slots * stride)
         key_fmt, value_fmt = _INT_FORMATS[info.key_size], _INT_FORMATS[info.value_size]
-        key_list = memoryview(keys).cast("B")[:n * info.key_size].cast(key_fmt)
+        key_list = memoryview(keys).cast("B")[: n * info.key_size].cast(key_fmt)
         out: dict = {}
         if not info.per_cpu:
-            value_list = memoryview(values).cast("B")[:n * stride].cast(value_fmt)
+            value_list = memoryview(values).cast("B")[: n * stride].cast(value_fmt)
             return dict(zip(key_list, value_list))
-        flat = memoryview(values).cast("B")[:n * slots * stride].cast("Q")
+        flat = memoryview(values).cast("B")[: n * slots * stride].cast("Q")
         words = stride // 8
         for i, key in enumerate(key_list):
-            row = flat[i * slots * words:(i + 1) * slots * words:words]
+            row = flat[i * slots * words : (i + 1) * slots * words : words]
             if not any(row):
                 continue  # zero on every CPU (an array has every key from the start)
             out[key] = dict(zip(self._cpus, row)) if per_cpu else sum(row)
@@ -289,9 +317,14 @@ class LibbpfProgram(Program):
             while done < cap:
                 count = ctypes.c_uint32(cap - done)
                 ret = lib.bpf_map_lookup_batch(
-                    info.fd, token_in, token_out,
-                    ctypes.byref(keys, done * info.key_size), ctypes.byref(values, done * value_bytes),
-                    ctypes.byref(count), None)
+                    info.fd,
+                    token_in,
+                    token_out,
+                    ctypes.byref(keys, done * info.key_size),
+                    ctypes.byref(values, done * value_bytes),
+                    ctypes.byref(count),
+                    None,
+                )
                 if ret < 0 and -ret not in (errno.ENOENT,):
                     if done == 0 and -ret in (errno.EINVAL, errno.ENOTSUP, 524):  # ENOTSUPP
                         info.batch = False
@@ -309,8 +342,7 @@ class LibbpfProgram(Program):
         key = ctypes.create_string_buffer(info.key_size)
         while done < cap and lib.bpf_map_get_next_key(info.fd, prev, key) == 0:
             ctypes.memmove(ctypes.addressof(keys) + done * info.key_size, key, info.key_size)
-            if lib.bpf_map_lookup_elem(info.fd, key,
-                                       ctypes.byref(values, done * value_bytes)) == 0:
+            if lib.bpf_map_lookup_elem(info.fd, key, ctypes.byref(values, done * value_bytes)) == 0:
                 done += 1
             prev = ctypes.create_string_buffer(key.raw, info.key_size)
         return keys, values, done
@@ -342,7 +374,8 @@ class LibbpfLoader(Loader):
         if not os.path.exists(path):
             raise SourceUnavailable(
                 f"no BPF object {path}: this installation was built without clang; build it with "
-                "`python3 scripts/build_bpf.py` (clang, bpftool, libbpf-dev) or use the bcc backend")
+                "`python3 scripts/build_bpf.py` (clang, bpftool, libbpf-dev) or use the bcc backend"
+            )
 
     def check(self, program: str) -> None:
         self.check_available(program)
@@ -355,23 +388,28 @@ class LibbpfLoader(Loader):
         lib = libbpf()
         path = object_path(program, self.objects_dir)
         verifier_log = ctypes.create_string_buffer(VERIFIER_LOG_SIZE)
-        opts = _OpenOpts(sz=ctypes.sizeof(_OpenOpts),
-                         kernel_log_buf=ctypes.cast(verifier_log, ctypes.c_void_p),
-                         kernel_log_size=VERIFIER_LOG_SIZE, kernel_log_level=0)
+        opts = _OpenOpts(
+            sz=ctypes.sizeof(_OpenOpts),
+            kernel_log_buf=ctypes.cast(verifier_log, ctypes.c_void_p),
+            kernel_log_size=VERIFIER_LOG_SIZE,
+            kernel_log_level=0,
+        )
         with lib.lock:
             lib.capture()
             lib.messages = []
             ctypes.set_errno(0)
             obj = lib.lib.bpf_object__open_file(path.encode(), ctypes.byref(opts))
             if not obj:
-                raise SourceUnavailable(f"cannot open {path}: {_strerror(ctypes.get_errno())}"
-                                        + _last_message(lib.messages))
+                raise SourceUnavailable(
+                    f"cannot open {path}: {_strerror(ctypes.get_errno())}" + _last_message(lib.messages)
+                )
             try:
                 self._configure(lib, obj, program, defines, map_sizes)
                 ret = lib.lib.bpf_object__load(obj)
                 if ret < 0:
-                    raise SourceUnavailable(self._load_failure(-ret, program, lib.messages,
-                                                               verifier_log.value))
+                    raise SourceUnavailable(
+                        self._load_failure(-ret, program, lib.messages, verifier_log.value)
+                    )
             except BaseException:
                 lib.lib.bpf_object__close(obj)
                 raise
@@ -379,8 +417,9 @@ class LibbpfLoader(Loader):
         return LibbpfProgram(lib, obj, program, cpus)
 
     @staticmethod
-    def _configure(lib: _Libbpf, obj: int, program: str, defines: dict[str, int],
-                   map_sizes: dict[str, int]) -> None:
+    def _configure(
+        lib: _Libbpf, obj: int, program: str, defines: dict[str, int], map_sizes: dict[str, int]
+    ) -> None:
         """Settings into .rodata (by variable name, from the object's BTF), then map sizes."""
         for name, entries in map_sizes.items():
             m = lib.lib.bpf_object__find_map_by_name(obj, name.encode())
@@ -396,13 +435,16 @@ class LibbpfLoader(Loader):
         if not data or sec_id < 0:
             raise SourceUnavailable(f"{program}.bpf.o has no .rodata settings")
         sec = lib.lib.btf__type_by_id(btf, sec_id)
-        secinfo = ctypes.cast(ctypes.addressof(sec.contents) + ctypes.sizeof(_BtfType),
-                              ctypes.POINTER(_VarSecinfo))
+        secinfo = ctypes.cast(
+            ctypes.addressof(sec.contents) + ctypes.sizeof(_BtfType), ctypes.POINTER(_VarSecinfo)
+        )
         offsets = {}
         for i in range(sec.contents.info & 0xFFFF):
             var = lib.lib.btf__type_by_id(btf, secinfo[i].type).contents
             offsets[lib.lib.btf__name_by_offset(btf, var.name_off).decode()] = (
-                secinfo[i].offset, secinfo[i].size)
+                secinfo[i].offset,
+                secinfo[i].size,
+            )
         for name, value in defines.items():
             if name not in offsets:
                 raise SourceUnavailable(f"{program}.bpf.o has no setting {name}")
@@ -417,11 +459,12 @@ class LibbpfLoader(Loader):
         if log_bytes.strip():  # the verifier refused a program
             tail = verifier_tail(log_bytes.decode(errors="replace"))
             for line in tail:
-                log_event(log, logging.DEBUG, "verifier", object=program, program=failed,
-                          line=line)
-            return (f"the kernel's verifier rejected {program}.bpf.o program {failed or '?'} "
-                    f"({_strerror(code)}): {verifier_verdict(tail)[:160]} "
-                    "(its last lines at debug log level)")
+                log_event(log, logging.DEBUG, "verifier", object=program, program=failed, line=line)
+            return (
+                f"the kernel's verifier rejected {program}.bpf.o program {failed or '?'} "
+                f"({_strerror(code)}): {verifier_verdict(tail)[:160]} "
+                "(its last lines at debug log level)"
+            )
         if code == errno.EPERM:
             return f"loading {program}.bpf.o: bpf() denied (EPERM): {_eperm_cause()}"
         return f"loading {program}.bpf.o failed: {_strerror(code)}{_last_message(messages)}"
@@ -440,7 +483,7 @@ def _failed_program(messages: list[str]) -> str:
     """libbpf names the program it could not load: "prog 'NAME': BPF program load failed"."""
     for text in reversed(messages):
         if text.startswith("libbpf: prog '") and "'" in text[14:]:
-            return text[14:text.index("'", 14)]
+            return text[14 : text.index("'", 14)]
     return ""
 
 

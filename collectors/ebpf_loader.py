@@ -56,11 +56,15 @@ def find_tracefs(candidates: Iterable[str] | None = None) -> str:
             return path
         if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
             # tracefs is mode 0700: without root it looks empty rather than absent.
-            raise SourceUnavailable(f"permission denied on {path}: tracing needs root "
-                                    "(or CAP_BPF + CAP_PERFMON and access to tracefs)")
+            raise SourceUnavailable(
+                f"permission denied on {path}: tracing needs root "
+                "(or CAP_BPF + CAP_PERFMON and access to tracefs)"
+            )
     raise SourceUnavailable(
-        "tracefs is not mounted (looked in " + ", ".join(candidates)
-        + "; mount -t tracefs nodev /sys/kernel/tracing)")
+        "tracefs is not mounted (looked in "
+        + ", ".join(candidates)
+        + "; mount -t tracefs nodev /sys/kernel/tracing)"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,9 @@ def parse_format(text: str, source: str = "format") -> TracepointFormat:
             decl = m and _DECL.match(m.group("decl").strip())
             if not m or not decl:
                 raise ParseError(f"{source}:{lineno}: unexpected field line {line.strip()[:60]!r}")
-            fields[decl.group("name")] = Field(decl.group("type"), decl.group("name"),
-                                               int(m.group("off")), int(m.group("size")))
+            fields[decl.group("name")] = Field(
+                decl.group("type"), decl.group("name"), int(m.group("off")), int(m.group("size"))
+            )
     if name is None or print_fmt is None:
         raise ParseError(f"{source}: not a tracepoint format file (no name: or print fmt: line)")
     return TracepointFormat(name, fields, print_fmt)
@@ -133,8 +138,9 @@ def print_symbolic(fmt: TracepointFormat, field: str, source: str = "format") ->
         try:
             table[int(value, 0)] = symbol
         except ValueError:
-            raise ParseError(f"{source}: {field} value {value!r} is not a number "
-                             "(enum not resolved by the kernel)") from None
+            raise ParseError(
+                f"{source}: {field} value {value!r} is not a number (enum not resolved by the kernel)"
+            ) from None
     if not table:
         raise ParseError(f"{source}: empty __print_symbolic table for field {field!r}")
     return table
@@ -164,8 +170,7 @@ def slot_upper_bound_ns(slot: int) -> int:
     return (1 << slot) - 1
 
 
-def log2_buckets(slots: dict[int, int], first_slot: int, last_slot: int
-                 ) -> list[tuple[str, int]]:
+def log2_buckets(slots: dict[int, int], first_slot: int, last_slot: int) -> list[tuple[str, int]]:
     """Cumulative Prometheus buckets [(le_seconds, count), ..., ("+Inf", total)] from log2 slots.
 
     One bucket per slot first_slot..last_slot with le = (2^s - 1) ns, which is exact: every value
@@ -197,8 +202,12 @@ def can_trace(cap_eff: int) -> bool:
     return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
 
 
-def find_kernel_headers(release: str, environ: dict, modules_root: str = "/lib/modules",
-                        kheaders: str = "/sys/kernel/kheaders.tar.xz") -> str:
+def find_kernel_headers(
+    release: str,
+    environ: dict,
+    modules_root: str = "/lib/modules",
+    kheaders: str = "/sys/kernel/kheaders.tar.xz",
+) -> str:
     """The header tree bcc will use, or SourceUnavailable saying how to get one.
 
     Same order as bcc: BCC_KERNEL_SOURCE, then /lib/modules/<release>/{build,source}, then the
@@ -208,8 +217,9 @@ def find_kernel_headers(release: str, environ: dict, modules_root: str = "/lib/m
     if env:
         if os.path.isdir(os.path.join(env, "include")):
             return env
-        raise SourceUnavailable(f"BCC_KERNEL_SOURCE={env} is not a kernel header tree "
-                                "(no include/ directory)")
+        raise SourceUnavailable(
+            f"BCC_KERNEL_SOURCE={env} is not a kernel header tree (no include/ directory)"
+        )
     for link in ("build", "source"):
         path = os.path.join(modules_root, release, link)
         if os.path.isdir(os.path.join(path, "include")):
@@ -218,7 +228,8 @@ def find_kernel_headers(release: str, environ: dict, modules_root: str = "/lib/m
         return kheaders
     raise SourceUnavailable(
         f"no kernel headers for {release}: install linux-headers-{release}, or set "
-        "BCC_KERNEL_SOURCE to a tree made by scripts/kernel-headers.sh")
+        "BCC_KERNEL_SOURCE to a tree made by scripts/kernel-headers.sh"
+    )
 
 
 def check_privileges() -> None:
@@ -227,8 +238,9 @@ def check_privileges() -> None:
     except (OSError, ParseError) as e:
         raise SourceUnavailable(f"cannot read own capabilities: {e}") from None
     if not can_trace(caps):
-        raise SourceUnavailable("needs root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), "
-                                "to load tracing BPF programs")
+        raise SourceUnavailable(
+            "needs root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), to load tracing BPF programs"
+        )
 
 
 def seccomp_mode(status_text: str) -> int:
@@ -248,10 +260,14 @@ def eperm_cause(status_text: str) -> str:
     if not can_trace(caps):
         return "missing CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)"
     if seccomp_mode(status_text) == 2:
-        return ("CAP_BPF and CAP_PERFMON are held but a seccomp filter denies bpf() (a container "
-                "runtime's default profile does): run with a profile that allows bpf()")
-    return ("CAP_BPF and CAP_PERFMON are held and no seccomp filter is active: a security module "
-            "(SELinux, AppArmor, lockdown) denies bpf()")
+        return (
+            "CAP_BPF and CAP_PERFMON are held but a seccomp filter denies bpf() (a container "
+            "runtime's default profile does): run with a profile that allows bpf()"
+        )
+    return (
+        "CAP_BPF and CAP_PERFMON are held and no seccomp filter is active: a security module "
+        "(SELinux, AppArmor, lockdown) denies bpf()"
+    )
 
 
 # bpf(2) syscall numbers (no libc wrapper); the probe is skipped on other architectures.
@@ -268,8 +284,9 @@ def bpf_denied_reason() -> str | None:
         return None
     attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 8, 1)  # type, key, value size, entries
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(BPF_MAP_CREATE), attr,
-                      ctypes.c_uint(ctypes.sizeof(attr)))
+    fd = libc.syscall(
+        ctypes.c_long(nr), ctypes.c_long(BPF_MAP_CREATE), attr, ctypes.c_uint(ctypes.sizeof(attr))
+    )
     if fd >= 0:
         os.close(fd)
         return None
@@ -353,8 +370,7 @@ class BccProgram(Program):
         if f"{system}:{event}".encode() in self._bpf.tracepoint_fds:
             return
         try:
-            self._bpf.attach_tracepoint(tp=f"{system}:{event}".encode(),
-                                        fn_name=function.encode())
+            self._bpf.attach_tracepoint(tp=f"{system}:{event}".encode(), fn_name=function.encode())
         except Exception as e:  # bcc raises bare Exception
             raise SourceUnavailable(f"cannot attach {system}:{event}: {_one_line(e)}") from None
 
@@ -401,7 +417,8 @@ class BccLoader(Loader):
         except ImportError as e:
             raise SourceUnavailable(
                 f"bcc is not importable ({_one_line(e)}): install Debian python3-bpfcc and link "
-                "/usr/lib/python3/dist-packages/bcc into this Python's site-packages") from None
+                "/usr/lib/python3/dist-packages/bcc into this Python's site-packages"
+            ) from None
         except Exception as e:  # libbcc.so missing or broken raises OSError and friends
             raise SourceUnavailable(f"bcc failed to import: {_one_line(e)}") from None
         find_kernel_headers(os.uname().release, dict(os.environ))
@@ -482,8 +499,7 @@ class BackgroundLoad:
         self._error: str | None = None
         self._closed = False
         self.seconds: float | None = None  # how long load (bcc: compile) + attach took
-        self._thread = threading.Thread(target=self._run, name=f"{collector}-bpf-load",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{collector}-bpf-load", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -505,8 +521,14 @@ class BackgroundLoad:
             self._program, self._error = program, error
         # A failure is logged by the exporter as "collector unavailable" with this reason.
         if not error:
-            log_event(log, logging.INFO, "bpf program attached", collector=self._collector,
-                      backend=self._backend, seconds=round(self.seconds, 3))
+            log_event(
+                log,
+                logging.INFO,
+                "bpf program attached",
+                collector=self._collector,
+                backend=self._backend,
+                seconds=round(self.seconds, 3),
+            )
 
     def wait(self, timeout: float) -> bool:
         """For tests and benchmarks: block until setup finished; True if it did."""
@@ -540,9 +562,13 @@ class BackgroundLoad:
 
 
 BACKEND_OPTION = Option(
-    "backend", "BPF backend: libbpf loads the precompiled CO-RE object (no compiler or headers), "
+    "backend",
+    "BPF backend: libbpf loads the precompiled CO-RE object (no compiler or headers), "
     "bcc compiles at start-up (needs kernel headers); auto takes libbpf when its library and "
-    "objects are there, else bcc", "auto", choices=BACKENDS)
+    "objects are there, else bcc",
+    "auto",
+    choices=BACKENDS,
+)
 
 
 class TracepointCollector(Collector):
@@ -591,8 +617,7 @@ class TracepointCollector(Collector):
         return program
 
     def start(self) -> None:
-        self.load = BackgroundLoad(self.name, self._setup,
-                                   self.loader.name if self.loader else "")
+        self.load = BackgroundLoad(self.name, self._setup, self.loader.name if self.loader else "")
         self.load.start()
 
     def program(self) -> Program:

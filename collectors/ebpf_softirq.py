@@ -32,8 +32,8 @@ EVENTS = ("softirq_raise", "softirq_entry", "softirq_exit")
 DEFAULT_VECTORS = ("NET_RX", "NET_TX")
 KIND_WAIT, KIND_SERVICE = 0, 1  # as in bpf/softirq.c
 NR_KINDS = 2
-NR_SLOTS = 65                    # NR_SLOTS in bpf/softirq{,.bpf}.c: slots 0..64 of a u64
-MAX_VECS = 32                    # MAX_VECS in bpf/softirq{,.bpf}.c
+NR_SLOTS = 65  # NR_SLOTS in bpf/softirq{,.bpf}.c: slots 0..64 of a u64
+MAX_VECS = 32  # MAX_VECS in bpf/softirq{,.bpf}.c
 
 # Published buckets: slot 8 (le = 255 ns) .. slot 32 (le = 4.29 s), 25 buckets + +Inf.
 # Shorter values fold into the first bucket, longer ones only into +Inf (and _sum).
@@ -51,8 +51,9 @@ def vector_selection(names: dict[int, str], all_vectors: bool) -> dict[int, str]
     return chosen
 
 
-def decode(hist: dict[int, Any], sums: dict[int, Any], nr_vecs: int
-           ) -> tuple[dict[tuple, dict[int, int]], dict[tuple, int]]:
+def decode(
+    hist: dict[int, Any], sums: dict[int, Any], nr_vecs: int
+) -> tuple[dict[tuple, dict[int, int]], dict[tuple, int]]:
     """Per-CPU array contents -> ({(kind, vec, cpu): {slot: count}}, {(kind, vec, cpu): ns}).
 
     Array indexes are laid out as in bpf/softirq.c. A value is an int (summed over CPUs; cpu is
@@ -63,18 +64,21 @@ def decode(hist: dict[int, Any], sums: dict[int, Any], nr_vecs: int
     for idx, value in hist.items():
         kind, rest = divmod(idx, nr_vecs * NR_SLOTS)
         vec, slot = divmod(rest, NR_SLOTS)
-        for cpu, count in (value.items() if isinstance(value, dict) else [(None, value)]):
+        for cpu, count in value.items() if isinstance(value, dict) else [(None, value)]:
             slots.setdefault((kind, vec, cpu), {})[slot] = count
     for idx, value in sums.items():
         kind, vec = divmod(idx, nr_vecs)
-        for cpu, ns in (value.items() if isinstance(value, dict) else [(None, value)]):
+        for cpu, ns in value.items() if isinstance(value, dict) else [(None, value)]:
             totals[(kind, vec, cpu)] = ns
     return slots, totals
 
 
-def histograms(slots: dict[tuple, dict[int, int]], sums: dict[tuple, int],
-               vectors: dict[int, str], cpus: list[int] | None
-               ) -> tuple[HistogramMetricFamily, HistogramMetricFamily]:
+def histograms(
+    slots: dict[tuple, dict[int, int]],
+    sums: dict[tuple, int],
+    vectors: dict[int, str],
+    cpus: list[int] | None,
+) -> tuple[HistogramMetricFamily, HistogramMetricFamily]:
     """Decoded map contents -> the two histogram families.
 
     cpus=None: one series per vector (keys have cpu None); else one per vector and CPU.
@@ -85,22 +89,27 @@ def histograms(slots: dict[tuple, dict[int, int]], sums: dict[tuple, int],
         KIND_WAIT: HistogramMetricFamily(
             "netstack_softirq_wait_seconds",
             "Time from a softirq being raised to its handler starting (eBPF, irq:softirq_raise "
-            "-> irq:softirq_entry).", labels=labels),
+            "-> irq:softirq_entry).",
+            labels=labels,
+        ),
         KIND_SERVICE: HistogramMetricFamily(
             "netstack_softirq_service_seconds",
             "Time a softirq handler ran (eBPF, irq:softirq_entry -> irq:softirq_exit).",
-            labels=labels),
+            labels=labels,
+        ),
     }
     # CPUs with samples but not online at probe time (hotplug) still get their series.
     all_cpus = None if cpus is None else sorted(set(cpus) | {k[2] for k in slots})
     for kind, family in families.items():
         for vec, name in sorted(vectors.items()):
-            for cpu in (all_cpus if all_cpus is not None else [None]):
+            for cpu in all_cpus if all_cpus is not None else [None]:
                 key = (kind, vec, cpu)
                 label_values = [name] if cpu is None else [name, str(cpu)]
-                family.add_metric(label_values,
-                                  log2_buckets(slots.get(key, {}), FIRST_SLOT, LAST_SLOT),
-                                  sums.get(key, 0) / 1e9)
+                family.add_metric(
+                    label_values,
+                    log2_buckets(slots.get(key, {}), FIRST_SLOT, LAST_SLOT),
+                    sums.get(key, 0) / 1e9,
+                )
     return families[KIND_WAIT], families[KIND_SERVICE]
 
 
@@ -121,12 +130,13 @@ def parse_cpu_list(text: str) -> list[int]:
 class EbpfSoftirq(TracepointCollector):
     name = "ebpf_softirq"
     program_name = "softirq"
-    help = ("NET_RX/NET_TX softirq wait (raise -> run) and service time histograms from "
-            "tracepoints, via eBPF (libbpf or bcc; needs CAP_BPF + CAP_PERFMON)")
+    help = (
+        "NET_RX/NET_TX softirq wait (raise -> run) and service time histograms from "
+        "tracepoints, via eBPF (libbpf or bcc; needs CAP_BPF + CAP_PERFMON)"
+    )
     options = (
         BACKEND_OPTION,
-        Option("all-vectors", "trace every softirq vector, not only NET_RX and NET_TX",
-               False, "bool"),
+        Option("all-vectors", "trace every softirq vector, not only NET_RX and NET_TX", False, "bool"),
         Option("per-cpu", "add a cpu label (series x number of CPUs)", False, "bool"),
     )
 
@@ -170,8 +180,9 @@ class EbpfSoftirq(TracepointCollector):
     def collect(self) -> Iterable[Metric]:
         program = self.program()
         per_cpu = self.cpus is not None
-        slots, sums = decode(program.read_map("hist", per_cpu), program.read_map("sums", per_cpu),
-                             self.nr_vecs)
+        slots, sums = decode(
+            program.read_map("hist", per_cpu), program.read_map("sums", per_cpu), self.nr_vecs
+        )
         yield from histograms(slots, sums, self.vectors, self.cpus)
 
 

@@ -22,18 +22,18 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+from exporter.contract import Collector, Option, ParseError
 from exporter.logs import log_event
+
 from .common import PeriodicLoop, read_text
 
 log = logging.getLogger("netstack.fsync")
-
 
 
 # Fixed name: a probe file left behind by a crash is found and reused, never multiplied.
@@ -48,8 +48,17 @@ BUCKETS = (0.0001, 0.00025, 0.0005) + ETCD_WAL_BUCKETS
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 # The documented reason label values of netstack_fsync_probe_errors_total.
-REASONS = ("no_space", "read_only", "permission_denied", "io_error", "missing_directory",
-           "unsafe_directory", "unsafe_file", "timeout", "other")
+REASONS = (
+    "no_space",
+    "read_only",
+    "permission_denied",
+    "io_error",
+    "missing_directory",
+    "unsafe_directory",
+    "unsafe_file",
+    "timeout",
+    "other",
+)
 _ERRNO_REASONS = {
     errno.ENOSPC: "no_space",
     errno.EDQUOT: "no_space",
@@ -85,11 +94,14 @@ def check_directory(st: os.stat_result, euid: int) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath("unsafe_directory", "not a directory")
     if st.st_uid not in (euid, 0):
-        raise UnsafePath("unsafe_directory", f"owned by uid {st.st_uid}, neither this process's "
-                                             f"(uid {euid}) nor root's")
+        raise UnsafePath(
+            "unsafe_directory", f"owned by uid {st.st_uid}, neither this process's (uid {euid}) nor root's"
+        )
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise UnsafePath("unsafe_directory", f"mode {stat.S_IMODE(st.st_mode):04o}: writable by "
-                                             "group or others without the sticky bit")
+        raise UnsafePath(
+            "unsafe_directory",
+            f"mode {stat.S_IMODE(st.st_mode):04o}: writable by group or others without the sticky bit",
+        )
 
 
 def check_probe_file(st: os.stat_result, euid: int) -> None:
@@ -100,11 +112,13 @@ def check_probe_file(st: os.stat_result, euid: int) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePath("unsafe_file", f"{PROBE_FILE} is not a regular file (mode {st.st_mode:o})")
     if st.st_uid != euid:
-        raise UnsafePath("unsafe_file", f"{PROBE_FILE} belongs to uid {st.st_uid}, not to this "
-                                        f"process (uid {euid})")
+        raise UnsafePath(
+            "unsafe_file", f"{PROBE_FILE} belongs to uid {st.st_uid}, not to this process (uid {euid})"
+        )
     if st.st_nlink != 1:
-        raise UnsafePath("unsafe_file", f"{PROBE_FILE} has {st.st_nlink} links (a hard link to "
-                                        "a file elsewhere)")
+        raise UnsafePath(
+            "unsafe_file", f"{PROBE_FILE} has {st.st_nlink} links (a hard link to a file elsewhere)"
+        )
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -185,7 +199,7 @@ def _unescape(field_: str) -> str:
         return field_
     out, i = [], 0
     while i < len(field_):
-        digits = field_[i + 1:i + 4]
+        digits = field_[i + 1 : i + 4]
         if field_[i] == "\\" and len(digits) == 3 and digits.isdigit():
             out.append(chr(int(digits, 8)))
             i += 4
@@ -210,8 +224,9 @@ def parse_mountinfo(text: str, source_name: str = "mountinfo") -> list[Mount]:
         try:
             sep = fields.index("-", 6)
             major, minor = (int(x) for x in fields[2].split(":"))
-            mounts.append(Mount(major, minor, _unescape(fields[4]), fields[sep + 1],
-                                _unescape(fields[sep + 2])))
+            mounts.append(
+                Mount(major, minor, _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2]))
+            )
         except (ValueError, IndexError):
             raise ParseError(f"{source_name}:{lineno}: not a mountinfo line: {line[:80]!r}") from None
     return mounts
@@ -223,9 +238,9 @@ def find_mount(mounts: Sequence[Mount], path: str) -> Mount | None:
     best: Mount | None = None
     for m in mounts:
         mp = m.mount_point
-        if path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/"):
-            if best is None or len(mp) >= len(best.mount_point):
-                best = m
+        holds = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
+        if holds and (best is None or len(mp) >= len(best.mount_point)):
+            best = m
     return best
 
 
@@ -298,10 +313,14 @@ class ProbeResult:
     inode: int | None = None  # of the probe file written
 
 
-def run_probe(directory: str | int, writes: int, block: bytes,
-              datasync: Callable[[int], None] = os.fdatasync,
-              should_stop: Callable[[], bool] = lambda: False,
-              reset_extents: bool = True) -> ProbeResult:
+def run_probe(
+    directory: str | int,
+    writes: int,
+    block: bytes,
+    datasync: Callable[[int], None] = os.fdatasync,
+    should_stop: Callable[[], bool] = lambda: False,
+    reset_extents: bool = True,
+) -> ProbeResult:
     """One probe: `writes` sequential writes of `block` into the probe file of `directory` (a
     path, or the fd of a directory opened by open_probe_directory), each followed by a timed
     fdatasync. Expected failures land in result.error, never raised."""
@@ -398,17 +417,39 @@ class FsyncCollector(Collector):
     default_enabled = True
     help = "Periodic fdatasync latency probe per directory (etcd WAL pattern, etcd's buckets)."
     options = (
-        Option("directory", "Directory to probe (repeatable); created if absent, but never "
-               "re-created after it has existed (it may be a disk's mount point).",
-               [DEFAULT_DIRECTORY], "list", validate=_absolute_paths),
-        Option("interval", "Pause between the end of one probe round and the next.", 60.0,
-               "duration", min=0.01, max=86400),
-        Option("writes", "Writes (each followed by fdatasync) per probe.", 456, "int",
-               min=1, max=1_000_000),
-        Option("block-size", "Bytes per write (etcd WAL entries are small; fio's check uses 2300).",
-               2300, "int", min=1, max=MAX_PROBE_FILE),
-        Option("timeout", "A probe still running after this is reported as reason=timeout.",
-               30.0, "duration", min=0.01, max=86400),
+        Option(
+            "directory",
+            "Directory to probe (repeatable); created if absent, but never "
+            "re-created after it has existed (it may be a disk's mount point).",
+            [DEFAULT_DIRECTORY],
+            "list",
+            validate=_absolute_paths,
+        ),
+        Option(
+            "interval",
+            "Pause between the end of one probe round and the next.",
+            60.0,
+            "duration",
+            min=0.01,
+            max=86400,
+        ),
+        Option("writes", "Writes (each followed by fdatasync) per probe.", 456, "int", min=1, max=1_000_000),
+        Option(
+            "block-size",
+            "Bytes per write (etcd WAL entries are small; fio's check uses 2300).",
+            2300,
+            "int",
+            min=1,
+            max=MAX_PROBE_FILE,
+        ),
+        Option(
+            "timeout",
+            "A probe still running after this is reported as reason=timeout.",
+            30.0,
+            "duration",
+            min=0.01,
+            max=86400,
+        ),
     )
 
     @classmethod
@@ -417,8 +458,10 @@ class FsyncCollector(Collector):
             raise ValueError("--collector.fsync.directory: at least one directory is needed")
         size = values["writes"] * values["block-size"]
         if size > MAX_PROBE_FILE:
-            raise ValueError(f"--collector.fsync.writes x --collector.fsync.block-size = {size} "
-                             f"bytes; the probe file is limited to {MAX_PROBE_FILE >> 20} MiB")
+            raise ValueError(
+                f"--collector.fsync.writes x --collector.fsync.block-size = {size} "
+                f"bytes; the probe file is limited to {MAX_PROBE_FILE >> 20} MiB"
+            )
 
     def __init__(self, ctx, *, datasync: Callable[[int], None] = os.fdatasync):
         super().__init__(ctx)
@@ -456,8 +499,7 @@ class FsyncCollector(Collector):
             return
         timeout = self.option("timeout")
         run = _Run(deadline=time.monotonic() + timeout)
-        d.worker = threading.Thread(target=self._work, args=(d, run), name="fsync-probe",
-                                    daemon=True)
+        d.worker = threading.Thread(target=self._work, args=(d, run), name="fsync-probe", daemon=True)
         d.worker.start()
         while not run.done.wait(0.1):
             if self._closing.is_set():
@@ -480,8 +522,12 @@ class FsyncCollector(Collector):
                     result = ProbeResult(error=e)
                 else:
                     result = run_probe(
-                        dir_fd, self.option("writes"), self._block, self._datasync,
-                        lambda: self._closing.is_set() or time.monotonic() >= run.deadline)
+                        dir_fd,
+                        self.option("writes"),
+                        self._block,
+                        self._datasync,
+                        lambda: self._closing.is_set() or time.monotonic() >= run.deadline,
+                    )
                     if result.inode is not None:
                         d.file_inode = result.inode
             with self._lock:
@@ -557,8 +603,15 @@ class FsyncCollector(Collector):
             d.quantiles = nearest_rank_quantiles(result.durations, QUANTILES) if result.durations else None
             d.last_success = time.time()
             if d.state != "ok":
-                log_event(log, logging.INFO, "fsync probe ok", path=d.path, device=d.device,
-                       fstype=d.fstype, p99_seconds=(d.quantiles or {}).get(0.99, 0.0))
+                log_event(
+                    log,
+                    logging.INFO,
+                    "fsync probe ok",
+                    path=d.path,
+                    device=d.device,
+                    fstype=d.fstype,
+                    p99_seconds=(d.quantiles or {}).get(0.99, 0.0),
+                )
             d.state = "ok"
 
     def _fail(self, d: _Directory, reason: str, detail: str) -> None:
@@ -572,8 +625,7 @@ class FsyncCollector(Collector):
         name (as in node_disk_* metrics), else the mount source (tmpfs, overlay, server:/export)."""
         mountinfo = self.paths.proc("self", "mountinfo")
         try:
-            mount = find_mount(parse_mountinfo(read_text(mountinfo), mountinfo),
-                               os.path.realpath(path))
+            mount = find_mount(parse_mountinfo(read_text(mountinfo), mountinfo), os.path.realpath(path))
         except (OSError, ParseError) as e:
             if not self._mounts_warned:  # labels stay empty; say so once, not every probe
                 self._mounts_warned = True
@@ -582,8 +634,9 @@ class FsyncCollector(Collector):
         if mount is None:
             return "", ""
         try:
-            devname = parse_uevent_devname(read_text(
-                self.paths.sys("dev", "block", f"{mount.major}:{mount.minor}", "uevent")))
+            devname = parse_uevent_devname(
+                read_text(self.paths.sys("dev", "block", f"{mount.major}:{mount.minor}", "uevent"))
+            )
         except OSError:
             devname = None  # not a block device: tmpfs, overlay, nfs
         return devname or mount.source, mount.fstype
@@ -595,27 +648,34 @@ class FsyncCollector(Collector):
         hist = HistogramMetricFamily(
             "netstack_fsync_duration_seconds",
             "Duration of each fdatasync of the probe, cumulative over probes (etcd WAL buckets).",
-            labels=labels)
+            labels=labels,
+        )
         quant = GaugeMetricFamily(
             "netstack_fsync_probe_quantile_seconds",
             "fdatasync duration quantiles (nearest rank) of the last completed probe; q is the "
             "quantile (0.5, 0.9, 0.99, 1 = max).",
             # not "quantile": that label is reserved for summaries (promtool rejects it here), and a
             # summary's _sum/_count would duplicate the histogram's over a different window
-            labels=labels + ["q"])
+            labels=labels + ["q"],
+        )
         success = GaugeMetricFamily(
             "netstack_fsync_probe_last_success_timestamp_seconds",
-            "Unix time when the last probe completed without error.", labels=labels)
+            "Unix time when the last probe completed without error.",
+            labels=labels,
+        )
         errors = CounterMetricFamily(
             "netstack_fsync_probe_errors",
             "Probes that failed, by reason: " + ", ".join(REASONS) + ".",
-            labels=labels + ["reason"])
+            labels=labels + ["reason"],
+        )
         written = CounterMetricFamily(
-            "netstack_fsync_written_bytes", "Bytes written by the probes.", labels=labels)
+            "netstack_fsync_written_bytes", "Bytes written by the probes.", labels=labels
+        )
         skipped = CounterMetricFamily(
             "netstack_fsync_probes_skipped",
             "Probes not started because the previous probe of the directory had not returned.",
-            labels=labels)
+            labels=labels,
+        )
         with self._lock:
             for d in self._dirs:
                 lv = [d.path, d.device, d.fstype]
@@ -650,8 +710,13 @@ class FsyncCollector(Collector):
             try:
                 remove_probe_file(d.dir_fd, d.file_inode)
             except OSError as e:
-                log_event(log, logging.WARNING, "fsync cannot remove probe file", path=d.path,
-                          error=e.strerror or str(e))
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "fsync cannot remove probe file",
+                    path=d.path,
+                    error=e.strerror or str(e),
+                )
 
 
 COLLECTOR = FsyncCollector

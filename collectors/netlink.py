@@ -82,8 +82,9 @@ def kernel_error(code: int, prefix: str = "") -> NetlinkKernelError:
     builtin = type(OSError(code, ""))
     cls = _KERNEL_ERROR_CLASSES.get(builtin)
     if cls is None:
-        cls = _KERNEL_ERROR_CLASSES[builtin] = type(f"Netlink{builtin.__name__}",
-                                                    (NetlinkKernelError, builtin), {})
+        cls = _KERNEL_ERROR_CLASSES[builtin] = type(
+            f"Netlink{builtin.__name__}", (NetlinkKernelError, builtin), {}
+        )
     return cls(code, prefix + os.strerror(code))
 
 
@@ -98,8 +99,9 @@ def messages(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
     while offset + NLMSGHDR.size <= size:
         length, kind, flags, seq, _pid = NLMSGHDR.unpack_from(buf, offset)
         if length < NLMSGHDR.size or offset + length > size:
-            raise NetlinkFormatError(f"netlink: truncated message (length {length} at offset "
-                                     f"{offset} of {size} bytes)")
+            raise NetlinkFormatError(
+                f"netlink: truncated message (length {length} at offset {offset} of {size} bytes)"
+            )
         yield kind, flags, seq, offset, offset + length
         offset += (length + 3) & ~3
 
@@ -111,8 +113,9 @@ def attributes(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[t
     while start + 4 <= end:
         length, kind = unpack(buf, start)
         if length < 4 or start + length > end:
-            raise NetlinkFormatError(f"netlink: malformed attribute (length {length} at offset "
-                                     f"{start}, {end - start} bytes left)")
+            raise NetlinkFormatError(
+                f"netlink: malformed attribute (length {length} at offset {start}, {end - start} bytes left)"
+            )
         yield kind & NLA_TYPE_MASK, start + 4, start + length
         start += (length + 3) & ~3
 
@@ -127,8 +130,9 @@ def attribute_spans(buf: bytes, start: int, end: int) -> dict[int, tuple[int, in
     while start + 4 <= end:
         length, kind = unpack(buf, start)
         if length < 4 or start + length > end:
-            raise NetlinkFormatError(f"netlink: malformed attribute (length {length} at offset "
-                                     f"{start}, {end - start} bytes left)")
+            raise NetlinkFormatError(
+                f"netlink: malformed attribute (length {length} at offset {start}, {end - start} bytes left)"
+            )
         spans[kind & NLA_TYPE_MASK] = (start + 4, start + length)
         start += (length + 3) & ~3
     return spans
@@ -166,8 +170,7 @@ def done_code(buf: bytes, start: int, end: int) -> int:
     return _errno_at(buf, start, end, "NLMSG_DONE")
 
 
-def data_messages(chunks: Iterable[bytes], kind: int | None = None
-                  ) -> Iterator[tuple[bytes, int, int, int]]:
+def data_messages(chunks: Iterable[bytes], kind: int | None = None) -> Iterator[tuple[bytes, int, int, int]]:
     """(buffer, type, start, end) of each data message (of type `kind`, if given) in the recv()
     chunks of one reply, up to NLMSG_DONE. An NLMSG_ERROR with an errno, or an NLMSG_DONE
     carrying one, raises NetlinkKernelError; acknowledgements and control messages are skipped."""
@@ -203,8 +206,15 @@ class NetlinkSocket:
     MAX_STALE = 1000  # datagrams of other requests skipped while waiting for ours
     DUMP_ATTEMPTS = 3
 
-    def __init__(self, protocol: int, groups: int = 0, *, timeout: float = 5.0,
-                 rcvbuf: int | None = None, sock: socket.socket | None = None):
+    def __init__(
+        self,
+        protocol: int,
+        groups: int = 0,
+        *,
+        timeout: float = 5.0,
+        rcvbuf: int | None = None,
+        sock: socket.socket | None = None,
+    ):
         """timeout bounds each recv() (0: never wait, for notification sockets). sock: an
         already opened socket (tests), used as is."""
         self.protocol, self.groups, self.timeout, self.rcvbuf = protocol, groups, timeout, rcvbuf
@@ -217,8 +227,7 @@ class NetlinkSocket:
 
     def _open(self) -> socket.socket:
         try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                 self.protocol)
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, self.protocol)
         except OSError as e:
             raise kernel_error(e.errno or errno.EIO, "netlink socket: ") from None
         try:
@@ -257,8 +266,9 @@ class NetlinkSocket:
         except OSError as e:
             raise kernel_error(e.errno or errno.EIO, "netlink recv: ") from None
         if n > self.RECV_SIZE:  # MSG_TRUNC: n is the datagram's real size
-            raise NetlinkFormatError(f"netlink: datagram of {n} bytes is larger than the "
-                                     f"{self.RECV_SIZE}-byte receive buffer")
+            raise NetlinkFormatError(
+                f"netlink: datagram of {n} bytes is larger than the {self.RECV_SIZE}-byte receive buffer"
+            )
         if n == 0:
             raise kernel_error(errno.EIO, "netlink socket closed: ")
         return bytes(self._view[:n])
@@ -271,41 +281,62 @@ class NetlinkSocket:
         except BlockingIOError:
             return None
 
-    def request(self, msg_type: int, body: bytes = b"", decode: Callable[[Iterator[bytes]], Any] = list,
-                flags: int = 0) -> Any:
+    def request(
+        self,
+        msg_type: int,
+        body: bytes = b"",
+        decode: Callable[[Iterator[bytes]], Any] = list,
+        flags: int = 0,
+    ) -> Any:
         """Send one request (not a dump) and return decode(reply datagrams), by default the
         list of datagrams: the reply message, or an NLMSG_ERROR acknowledgement."""
         with self._lock:
-            reply = self._reply(msg_type, (flags | NLM_F_REQUEST) & ~NLM_F_DUMP, body,
-                                self.MAX_MESSAGES, self.MAX_BYTES)
+            reply = self._reply(
+                msg_type, (flags | NLM_F_REQUEST) & ~NLM_F_DUMP, body, self.MAX_MESSAGES, self.MAX_BYTES
+            )
             try:
                 return decode(reply)
             finally:
                 reply.close()
 
-    def dump(self, msg_type: int, body: bytes = b"", decode: Callable[[Iterator[bytes]], Any] = list,
-             flags: int = 0, what: str = "netlink dump", max_messages: int | None = None,
-             max_bytes: int | None = None) -> Any:
+    def dump(
+        self,
+        msg_type: int,
+        body: bytes = b"",
+        decode: Callable[[Iterator[bytes]], Any] = list,
+        flags: int = 0,
+        what: str = "netlink dump",
+        max_messages: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Any:
         """Run a dump and return decode(its datagrams, as they arrive): by default the list of
         them, up to and including the one with NLMSG_DONE. decode must start from scratch on
         each call: an interrupted dump is run again with a new decode()."""
         with self._lock:
             for attempt in range(1, self.DUMP_ATTEMPTS + 1):
-                reply = self._reply(msg_type, flags | NLM_F_REQUEST | NLM_F_DUMP, body,
-                                    max_messages or self.MAX_MESSAGES, max_bytes or self.MAX_BYTES)
+                reply = self._reply(
+                    msg_type,
+                    flags | NLM_F_REQUEST | NLM_F_DUMP,
+                    body,
+                    max_messages or self.MAX_MESSAGES,
+                    max_bytes or self.MAX_BYTES,
+                )
                 try:
                     return decode(reply)
                 except NetlinkDumpInterrupted:
                     if attempt == self.DUMP_ATTEMPTS:
                         raise NetlinkDumpInterrupted(
-                            errno.EAGAIN, f"{what} interrupted {attempt} times in a row (the "
-                            f"kernel's table changed during each)") from None
+                            errno.EAGAIN,
+                            f"{what} interrupted {attempt} times in a row (the "
+                            f"kernel's table changed during each)",
+                        ) from None
                 finally:
                     reply.close()
         raise AssertionError("unreachable")
 
-    def _reply(self, msg_type: int, flags: int, body: bytes, max_messages: int,
-               max_bytes: int) -> Generator[bytes, None, None]:
+    def _reply(
+        self, msg_type: int, flags: int, body: bytes, max_messages: int, max_bytes: int
+    ) -> Generator[bytes, None, None]:
         """The datagrams of the reply to one request, checked as they arrive."""
         self._seq = self._seq % 0xFFFFFFFF + 1  # never 0: notifications have sequence number 0
         seq = self._seq
@@ -330,8 +361,10 @@ class NetlinkSocket:
                 while offset + 16 <= total:
                     length, kind, mflags, mseq, _pid = unpack(data, offset)
                     if length < 16 or offset + length > total:
-                        raise NetlinkFormatError(f"netlink: truncated message (length {length} at "
-                                                 f"offset {offset} of {total} bytes)")
+                        raise NetlinkFormatError(
+                            f"netlink: truncated message (length {length} at "
+                            f"offset {offset} of {total} bytes)"
+                        )
                     step = (length + 3) & ~3
                     if mseq == seq:
                         ours.append((offset, offset + step))
@@ -353,16 +386,18 @@ class NetlinkSocket:
                 if not ours:
                     stale += 1
                     if stale > self.MAX_STALE:
-                        raise NetlinkFormatError(f"netlink: no reply to request {seq} among "
-                                                 f"{stale} datagrams")
+                        raise NetlinkFormatError(
+                            f"netlink: no reply to request {seq} among {stale} datagrams"
+                        )
                     continue  # a reply to an earlier, abandoned request
                 if foreign:  # ours mixed with a stale reply's messages: keep only ours
                     data = b"".join(data[s:e] for s, e in ours)
                 count += len(ours)
                 size += len(data)
                 if count > max_messages or size > max_bytes:
-                    raise NetlinkFormatError(f"netlink: reply larger than its bound ({max_messages} "
-                                             f"messages, {max_bytes} bytes)")
+                    raise NetlinkFormatError(
+                        f"netlink: reply larger than its bound ({max_messages} messages, {max_bytes} bytes)"
+                    )
                 if not dump:
                     ended = True  # a plain request's reply is one datagram
                 if ended and interrupted:

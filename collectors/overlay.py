@@ -15,22 +15,40 @@ import ipaddress
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.contract import Collector, Context, Option, SourceUnavailable
+
 from . import overlay_rtnl as rtnl
 
 UNKNOWN = "unknown"  # underlay label value when it cannot be determined (never a guess)
 
 # Link kinds that encapsulate. The fallback devices the kernel creates per netns when a module
 # loads (tunl0, sit0, gre0, ip6tnl0, ...) are included: Calico's IPIP mode uses tunl0.
-TUNNEL_KINDS = frozenset({
-    "vxlan", "geneve", "wireguard", "ipip", "sit", "ip6tnl", "gre", "gretap", "ip6gre",
-    "ip6gretap", "erspan", "ip6erspan", "bareudp", "vti", "vti6", "xfrm",
-})
+TUNNEL_KINDS = frozenset(
+    {
+        "vxlan",
+        "geneve",
+        "wireguard",
+        "ipip",
+        "sit",
+        "ip6tnl",
+        "gre",
+        "gretap",
+        "ip6gre",
+        "ip6gretap",
+        "erspan",
+        "ip6erspan",
+        "bareudp",
+        "vti",
+        "vti6",
+        "xfrm",
+    }
+)
 
 ETH_HLEN = 14
 IPV4_HLEN = 20
@@ -128,51 +146,76 @@ def tunnel_config(link: rtnl.LinkSummary) -> TunnelConfig:
         vni = get("IFLA_VXLAN_ID")
         port = get("IFLA_VXLAN_PORT")
         return TunnelConfig(
-            kind, vni="external" if external else ("" if vni is None else str(vni)),
-            port="" if port is None else str(port), link=get("IFLA_VXLAN_LINK") or None,
-            remote=remote, local=local, outer_family=_family(remote) or _family(local),
-            no_inner_ethernet=get("IFLA_VXLAN_GPE") is not None)
+            kind,
+            vni="external" if external else ("" if vni is None else str(vni)),
+            port="" if port is None else str(port),
+            link=get("IFLA_VXLAN_LINK") or None,
+            remote=remote,
+            local=local,
+            outer_family=_family(remote) or _family(local),
+            no_inner_ethernet=get("IFLA_VXLAN_GPE") is not None,
+        )
     if kind == "geneve":
         remote = _addr(get("IFLA_GENEVE_REMOTE") or get("IFLA_GENEVE_REMOTE6"))
         external = get("IFLA_GENEVE_COLLECT_METADATA") is not None
         vni = get("IFLA_GENEVE_ID")
         port = get("IFLA_GENEVE_PORT")
         return TunnelConfig(
-            kind, vni="external" if external else ("" if vni is None else str(vni)),
-            port="" if port is None else str(port), remote=remote, outer_family=_family(remote),
-            no_inner_ethernet=get("IFLA_GENEVE_INNER_PROTO_INHERIT") is not None)
+            kind,
+            vni="external" if external else ("" if vni is None else str(vni)),
+            port="" if port is None else str(port),
+            remote=remote,
+            outer_family=_family(remote),
+            no_inner_ethernet=get("IFLA_GENEVE_INNER_PROTO_INHERIT") is not None,
+        )
     if kind in ("ipip", "sit"):
         p = "IFLA_IPIP_" if kind == "ipip" else "IFLA_SIT_"
-        return TunnelConfig(kind, link=get(p + "LINK") or None, remote=_addr(get(p + "REMOTE")),
-                            local=_addr(get(p + "LOCAL")), outer_family=4,
-                            encap_type=get(p + "ENCAP_TYPE") or 0)
+        return TunnelConfig(
+            kind,
+            link=get(p + "LINK") or None,
+            remote=_addr(get(p + "REMOTE")),
+            local=_addr(get(p + "LOCAL")),
+            outer_family=4,
+            encap_type=get(p + "ENCAP_TYPE") or 0,
+        )
     if kind == "ip6tnl":
-        return TunnelConfig(kind, link=get("IFLA_IP6TNL_LINK") or None,
-                            remote=_addr(get("IFLA_IP6TNL_REMOTE")),
-                            local=_addr(get("IFLA_IP6TNL_LOCAL")), outer_family=6,
-                            encap_type=get("IFLA_IP6TNL_ENCAP_TYPE") or 0,
-                            ignore_encap_limit=bool((get("IFLA_IP6TNL_FLAGS") or 0)
-                                                    & IP6_TNL_F_IGN_ENCAP_LIMIT))
+        return TunnelConfig(
+            kind,
+            link=get("IFLA_IP6TNL_LINK") or None,
+            remote=_addr(get("IFLA_IP6TNL_REMOTE")),
+            local=_addr(get("IFLA_IP6TNL_LOCAL")),
+            outer_family=6,
+            encap_type=get("IFLA_IP6TNL_ENCAP_TYPE") or 0,
+            ignore_encap_limit=bool((get("IFLA_IP6TNL_FLAGS") or 0) & IP6_TNL_F_IGN_ENCAP_LIMIT),
+        )
     if kind in ("gre", "gretap", "erspan"):
-        return TunnelConfig(kind, link=get("IFLA_GRE_LINK") or None,
-                            remote=_addr(get("IFLA_GRE_REMOTE")), local=_addr(get("IFLA_GRE_LOCAL")),
-                            outer_family=4, gre_oflags=gre_oflags(link.message),
-                            encap_type=get("IFLA_GRE_ENCAP_TYPE") or 0)
+        return TunnelConfig(
+            kind,
+            link=get("IFLA_GRE_LINK") or None,
+            remote=_addr(get("IFLA_GRE_REMOTE")),
+            local=_addr(get("IFLA_GRE_LOCAL")),
+            outer_family=4,
+            gre_oflags=gre_oflags(link.message),
+            encap_type=get("IFLA_GRE_ENCAP_TYPE") or 0,
+        )
     if kind in ("ip6gre", "ip6gretap", "ip6erspan"):
-        return TunnelConfig(kind, link=get("IFLA_IP6GRE_LINK") or None,
-                            remote=_addr(get("IFLA_IP6GRE_REMOTE")),
-                            local=_addr(get("IFLA_IP6GRE_LOCAL")), outer_family=6,
-                            gre_oflags=gre_oflags(link.message),
-                            encap_type=get("IFLA_IP6GRE_ENCAP_TYPE") or 0,
-                            ignore_encap_limit=bool((get("IFLA_IP6GRE_FLAGS") or 0)
-                                                    & IP6_TNL_F_IGN_ENCAP_LIMIT))
+        return TunnelConfig(
+            kind,
+            link=get("IFLA_IP6GRE_LINK") or None,
+            remote=_addr(get("IFLA_IP6GRE_REMOTE")),
+            local=_addr(get("IFLA_IP6GRE_LOCAL")),
+            outer_family=6,
+            gre_oflags=gre_oflags(link.message),
+            encap_type=get("IFLA_IP6GRE_ENCAP_TYPE") or 0,
+            ignore_encap_limit=bool((get("IFLA_IP6GRE_FLAGS") or 0) & IP6_TNL_F_IGN_ENCAP_LIMIT),
+        )
     return TunnelConfig(kind)  # wireguard (peers live in generic netlink), bareudp, vti, xfrm
 
 
 def gre_oflags(message: bytes) -> int:
     """IFLA_GRE_OFLAGS (big-endian GRE_CSUM/KEY/SEQ bits) read from the raw message: pyroute2
     0.9 decodes it for ip6gre in host byte order, which would swap the bits."""
-    body = message[rtnl.NLMSGHDR.size + rtnl.IFINFOMSG.size:]
+    body = message[rtnl.NLMSGHDR.size + rtnl.IFINFOMSG.size :]
     for atype, payload in rtnl.iter_attrs(body):
         if atype != rtnl.IFLA_LINKINFO:
             continue
@@ -213,17 +256,21 @@ class Topology:
     @property
     def watched(self) -> frozenset[int]:
         """ifindexes whose link events can change what we export."""
-        return frozenset({t.index for t in self.tunnels}
-                         | {t.underlay_index for t in self.tunnels if t.underlay_index})
+        return frozenset(
+            {t.index for t in self.tunnels} | {t.underlay_index for t in self.tunnels if t.underlay_index}
+        )
 
     @property
     def route_dependent(self) -> bool:
         return any(t.via_route for t in self.tunnels)
 
 
-def build_topology(links: list[rtnl.LinkSummary], selected: Callable[[str], bool],
-                   route_oif: Callable[[str], int | None],
-                   address_owner: Callable[[str], int | None]) -> Topology:
+def build_topology(
+    links: list[rtnl.LinkSummary],
+    selected: Callable[[str], bool],
+    route_oif: Callable[[str], int | None],
+    address_owner: Callable[[str], int | None],
+) -> Topology:
     by_index = {link.index: link for link in links}
     tunnels = []
     for link in links:
@@ -242,12 +289,19 @@ def build_topology(links: list[rtnl.LinkSummary], selected: Callable[[str], bool
             if underlay_index is None and cfg.local:
                 underlay_index = address_owner(cfg.local)
         lower = by_index.get(underlay_index) if underlay_index else None
-        tunnels.append(Tunnel(
-            index=link.index, name=link.name, config=cfg, mtu=link.mtu,
-            underlay_index=lower.index if lower else None,
-            underlay=lower.name if lower else UNKNOWN,
-            underlay_mtu=lower.mtu if lower else None,
-            overhead=encapsulation_overhead(cfg), via_route=via_route))
+        tunnels.append(
+            Tunnel(
+                index=link.index,
+                name=link.name,
+                config=cfg,
+                mtu=link.mtu,
+                underlay_index=lower.index if lower else None,
+                underlay=lower.name if lower else UNKNOWN,
+                underlay_mtu=lower.mtu if lower else None,
+                overhead=encapsulation_overhead(cfg),
+                via_route=via_route,
+            )
+        )
     return Topology(tuple(sorted(tunnels, key=lambda t: t.name)), time.monotonic())
 
 
@@ -273,30 +327,44 @@ DEVICE_COUNTERS = (
     ("receive_bytes", "rx_bytes", "Bytes received on the tunnel device."),
     ("transmit_bytes", "tx_bytes", "Bytes sent into the tunnel device."),
     ("receive_dropped", "rx_dropped", "Received packets the tunnel device dropped."),
-    ("transmit_dropped", "tx_dropped",
-     "Packets the tunnel device dropped on transmit (vxlan: no forwarding entry for the "
-     "destination)."),
+    (
+        "transmit_dropped",
+        "tx_dropped",
+        "Packets the tunnel device dropped on transmit (vxlan: no forwarding entry for the destination).",
+    ),
     ("receive_errors", "rx_errors", "Receive errors on the tunnel device."),
-    ("transmit_errors", "tx_errors",
-     "Transmit errors on the tunnel device (vxlan: no route to the remote, encapsulation failed)."),
+    (
+        "transmit_errors",
+        "tx_errors",
+        "Transmit errors on the tunnel device (vxlan: no route to the remote, encapsulation failed).",
+    ),
     ("receive_length_errors", "rx_length_errors", "Received packets with a bad length."),
     ("receive_over_errors", "rx_over_errors", "Receive ring buffer overruns."),
     ("receive_crc_errors", "rx_crc_errors", "Received packets with a bad CRC."),
-    ("receive_frame_errors", "rx_frame_errors",
-     "Receive frame errors (vxlan/geneve: malformed or unexpected encapsulation header)."),
+    (
+        "receive_frame_errors",
+        "rx_frame_errors",
+        "Receive frame errors (vxlan/geneve: malformed or unexpected encapsulation header).",
+    ),
     ("receive_fifo_errors", "rx_fifo_errors", "Receive FIFO errors."),
     ("receive_missed_errors", "rx_missed_errors", "Packets missed for lack of receive resources."),
     ("transmit_aborted_errors", "tx_aborted_errors", "Transmissions aborted."),
-    ("transmit_carrier_errors", "tx_carrier_errors",
-     "Transmit carrier errors (vxlan, geneve, ip tunnels: no route to the remote endpoint)."),
+    (
+        "transmit_carrier_errors",
+        "tx_carrier_errors",
+        "Transmit carrier errors (vxlan, geneve, ip tunnels: no route to the remote endpoint).",
+    ),
     ("transmit_fifo_errors", "tx_fifo_errors", "Transmit FIFO errors."),
     ("transmit_heartbeat_errors", "tx_heartbeat_errors", "Transmit heartbeat errors."),
     ("transmit_window_errors", "tx_window_errors", "Transmit window errors."),
 )
 
 UNDERLAY_COUNTERS = (
-    ("receive_dropped", "rx_dropped",
-     "Received packets the underlay device dropped (e.g. larger than its MTU), all traffic."),
+    (
+        "receive_dropped",
+        "rx_dropped",
+        "Received packets the underlay device dropped (e.g. larger than its MTU), all traffic.",
+    ),
     ("transmit_dropped", "tx_dropped", "Packets the underlay device dropped on transmit, all traffic."),
     ("receive_errors", "rx_errors", "Receive errors on the underlay device, all traffic."),
     ("transmit_errors", "tx_errors", "Transmit errors on the underlay device, all traffic."),
@@ -311,16 +379,24 @@ def _pattern(value: re.Pattern | None) -> re.Pattern | None:
 class OverlayCollector(Collector):
     name = "overlay"
     default_enabled = True
-    help = ("Tunnel devices (vxlan, geneve, wireguard, ipip, gre, ...): underlay, MTU mismatch, "
-            "drops and errors.")
+    help = (
+        "Tunnel devices (vxlan, geneve, wireguard, ipip, gre, ...): underlay, MTU mismatch, drops and errors."
+    )
     options = (
-        Option("device-include", "Only tunnel devices whose name matches this regex (unanchored).",
-               None, "regex"),
-        Option("device-exclude", "Skip tunnel devices whose name matches this regex (unanchored).",
-               None, "regex"),
-        Option("topology-refresh-interval",
-               "Re-read the tunnel topology at least this often even without link events.",
-               60.0, "duration", min=1, max=86400),
+        Option(
+            "device-include", "Only tunnel devices whose name matches this regex (unanchored).", None, "regex"
+        ),
+        Option(
+            "device-exclude", "Skip tunnel devices whose name matches this regex (unanchored).", None, "regex"
+        ),
+        Option(
+            "topology-refresh-interval",
+            "Re-read the tunnel topology at least this often even without link events.",
+            60.0,
+            "duration",
+            min=1,
+            max=86400,
+        ),
     )
 
     def __init__(self, ctx: Context):
@@ -368,10 +444,15 @@ class OverlayCollector(Collector):
             self._topology = None
         events, overflowed = self._monitor.drain()
         topo = self._topology
-        if (topo is None or overflowed or needs_refresh(topo, events)
-                or time.monotonic() - topo.built >= self._refresh_interval):
-            topo = self._topology = build_topology(self._rtnl.dump_links(), self.selected,
-                                                   self._rtnl.route_oif, self._rtnl.address_owner)
+        if (
+            topo is None
+            or overflowed
+            or needs_refresh(topo, events)
+            or time.monotonic() - topo.built >= self._refresh_interval
+        ):
+            topo = self._topology = build_topology(
+                self._rtnl.dump_links(), self.selected, self._rtnl.route_oif, self._rtnl.address_owner
+            )
             self.refreshes += 1
         return topo
 
@@ -379,30 +460,38 @@ class OverlayCollector(Collector):
         with self._lock:
             topo = self.topology()
             stats = {}
-            for index in sorted({t.index for t in topo.tunnels}
-                                | {t.underlay_index for t in topo.tunnels if t.underlay_index}):
+            for index in sorted(
+                {t.index for t in topo.tunnels} | {t.underlay_index for t in topo.tunnels if t.underlay_index}
+            ):
                 stats[index] = self._rtnl.link_stats(index)
             if any(s is None for s in stats.values()):
                 self._topology = None  # something vanished under us: dump again next scrape
 
         # A tunnel that vanished between the dump and the stats request is left out entirely.
         tunnels = [t for t in topo.tunnels if stats.get(t.index) is not None]
-        info = GaugeMetricFamily("netstack_overlay_info",
-                                 "Tunnel device (value 1): kind, VNI, UDP port and the underlay "
-                                 "device it sends through ('unknown' when it cannot be determined).",
-                                 labels=["device", "kind", "vni", "port", "underlay"])
-        mtu = GaugeMetricFamily("netstack_overlay_mtu_bytes", "MTU of the tunnel device.",
-                                labels=["device"])
-        underlay_mtu = GaugeMetricFamily("netstack_overlay_underlay_mtu_bytes",
-                                         "MTU of the tunnel's underlay device (absent when the "
-                                         "underlay is unknown).", labels=["device"])
-        overhead = GaugeMetricFamily("netstack_overlay_encapsulation_overhead_bytes",
-                                     "Bytes the tunnel adds to each packet (outer headers, inner "
-                                     "Ethernet header where carried).", labels=["device"])
-        mismatch = GaugeMetricFamily("netstack_overlay_mtu_mismatch",
-                                     "1 when the tunnel MTU plus encapsulation overhead exceeds the "
-                                     "underlay MTU: full-size packets are dropped or fragmented.",
-                                     labels=["device"])
+        info = GaugeMetricFamily(
+            "netstack_overlay_info",
+            "Tunnel device (value 1): kind, VNI, UDP port and the underlay "
+            "device it sends through ('unknown' when it cannot be determined).",
+            labels=["device", "kind", "vni", "port", "underlay"],
+        )
+        mtu = GaugeMetricFamily("netstack_overlay_mtu_bytes", "MTU of the tunnel device.", labels=["device"])
+        underlay_mtu = GaugeMetricFamily(
+            "netstack_overlay_underlay_mtu_bytes",
+            "MTU of the tunnel's underlay device (absent when the underlay is unknown).",
+            labels=["device"],
+        )
+        overhead = GaugeMetricFamily(
+            "netstack_overlay_encapsulation_overhead_bytes",
+            "Bytes the tunnel adds to each packet (outer headers, inner Ethernet header where carried).",
+            labels=["device"],
+        )
+        mismatch = GaugeMetricFamily(
+            "netstack_overlay_mtu_mismatch",
+            "1 when the tunnel MTU plus encapsulation overhead exceeds the "
+            "underlay MTU: full-size packets are dropped or fragmented.",
+            labels=["device"],
+        )
         for t in tunnels:
             info.add_metric([t.name, t.config.kind, t.config.vni, t.config.port, t.underlay], 1)
             if t.mtu is not None:
@@ -410,24 +499,26 @@ class OverlayCollector(Collector):
             if t.underlay_mtu is not None and stats.get(t.underlay_index) is not None:
                 underlay_mtu.add_metric([t.name], t.underlay_mtu)
                 if t.overhead is not None and t.mtu is not None:
-                    mismatch.add_metric([t.name], int(mtu_mismatch(t.mtu, t.overhead,
-                                                                   t.underlay_mtu)))
+                    mismatch.add_metric([t.name], int(mtu_mismatch(t.mtu, t.overhead, t.underlay_mtu)))
             if t.overhead is not None:
                 overhead.add_metric([t.name], t.overhead)
         families: list[Metric] = [info, mtu, underlay_mtu, overhead, mismatch]
 
         for suffix, field, help_text in DEVICE_COUNTERS:
-            family = CounterMetricFamily(f"netstack_overlay_{suffix}_total", help_text,
-                                         labels=["device"])
+            family = CounterMetricFamily(f"netstack_overlay_{suffix}_total", help_text, labels=["device"])
             for t in tunnels:
                 family.add_metric([t.name], stats[t.index].get(field, 0))
             families.append(family)
 
-        underlays = {t.underlay_index: t.underlay for t in tunnels
-                     if t.underlay_index and stats.get(t.underlay_index) is not None}
+        underlays = {
+            t.underlay_index: t.underlay
+            for t in tunnels
+            if t.underlay_index and stats.get(t.underlay_index) is not None
+        }
         for suffix, field, help_text in UNDERLAY_COUNTERS:
-            family = CounterMetricFamily(f"netstack_overlay_underlay_{suffix}_total", help_text,
-                                         labels=["device"])
+            family = CounterMetricFamily(
+                f"netstack_overlay_underlay_{suffix}_total", help_text, labels=["device"]
+            )
             for index, name in sorted(underlays.items(), key=lambda kv: kv[1]):
                 family.add_metric([name], stats[index].get(field, 0))
             families.append(family)

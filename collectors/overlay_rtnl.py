@@ -77,12 +77,30 @@ U32 = struct.Struct("=I")
 # struct rtnl_link_stats64, in kernel order. Kernels append fields over time (rx_nohandler in 4.6,
 # rx_otherhost_dropped in 5.19); parse_stats64 reads as many as the kernel sent.
 STATS64_FIELDS = (
-    "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
-    "rx_dropped", "tx_dropped", "multicast", "collisions",
-    "rx_length_errors", "rx_over_errors", "rx_crc_errors", "rx_frame_errors",
-    "rx_fifo_errors", "rx_missed_errors",
-    "tx_aborted_errors", "tx_carrier_errors", "tx_fifo_errors", "tx_heartbeat_errors",
-    "tx_window_errors", "rx_compressed", "tx_compressed", "rx_nohandler",
+    "rx_packets",
+    "tx_packets",
+    "rx_bytes",
+    "tx_bytes",
+    "rx_errors",
+    "tx_errors",
+    "rx_dropped",
+    "tx_dropped",
+    "multicast",
+    "collisions",
+    "rx_length_errors",
+    "rx_over_errors",
+    "rx_crc_errors",
+    "rx_frame_errors",
+    "rx_fifo_errors",
+    "rx_missed_errors",
+    "tx_aborted_errors",
+    "tx_carrier_errors",
+    "tx_fifo_errors",
+    "tx_heartbeat_errors",
+    "tx_window_errors",
+    "rx_compressed",
+    "tx_compressed",
+    "rx_nohandler",
     "rx_otherhost_dropped",
 )
 
@@ -159,8 +177,11 @@ def parse_addr(message: bytes) -> tuple[int, set[bytes]]:
     if len(message) < NLMSGHDR.size + IFADDRMSG.size:
         raise NetlinkFormatError(f"address message of {len(message)} bytes is too short")
     _family, _plen, _flags, _scope, index = IFADDRMSG.unpack_from(message, NLMSGHDR.size)
-    found = {payload for atype, payload in iter_attrs(message, NLMSGHDR.size + IFADDRMSG.size)
-             if atype in (IFA_ADDRESS, IFA_LOCAL)}
+    found = {
+        payload
+        for atype, payload in iter_attrs(message, NLMSGHDR.size + IFADDRMSG.size)
+        if atype in (IFA_ADDRESS, IFA_LOCAL)
+    }
     return index, found
 
 
@@ -201,8 +222,14 @@ class RtnlSocket:
         try:
             return self._nl.request(RTM_GETROUTE, body, _decode_route_oif)
         except OSError as e:
-            if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ESRCH, errno.EINVAL,
-                           errno.EACCES, errno.EPERM):
+            if e.errno in (
+                errno.ENETUNREACH,
+                errno.EHOSTUNREACH,
+                errno.ESRCH,
+                errno.EINVAL,
+                errno.EACCES,
+                errno.EPERM,
+            ):
                 return None  # unroutable (or a prohibit/blackhole route)
             raise
 
@@ -219,8 +246,7 @@ class RtnlSocket:
                     found = index
             return found
 
-        return self._nl.dump(RTM_GETADDR, IFADDRMSG.pack(family, 0, 0, 0, 0), owner,
-                             what="address dump")
+        return self._nl.dump(RTM_GETADDR, IFADDRMSG.pack(family, 0, 0, 0, 0), owner, what="address dump")
 
 
 def _decode_links(chunks: Iterable[bytes]) -> list[LinkSummary]:
@@ -251,8 +277,12 @@ class LinkMonitor:
     MAX_RECVS = 1000  # per drain: a storm of events ends in "overflowed", i.e. a full refresh
 
     def __init__(self) -> None:
-        self._nl = NetlinkSocket(NETLINK_ROUTE, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-                                 | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE, timeout=0, rcvbuf=RCVBUF)
+        self._nl = NetlinkSocket(
+            NETLINK_ROUTE,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE,
+            timeout=0,
+            rcvbuf=RCVBUF,
+        )
 
     def close(self) -> None:
         self._nl.close()

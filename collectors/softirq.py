@@ -7,13 +7,14 @@ The sysctls are exported next to the counters they explain.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.contract import Collector, Option, ParseError
 from exporter.exposition import CompactFamily, LabelSets
+
 from .common import U32_MAX, WrappingCounters, parse_counter, read_int, read_text, require_file
 
 NETWORK_VECTORS = ("NET_RX", "NET_TX")
@@ -81,13 +82,17 @@ def parse_softnet_stat(text: str, source: str = "/proc/net/softnet_stat") -> lis
         if cpu in seen:
             raise ParseError(f"{source}:{index + 1}: cpu {cpu} appears twice")
         seen.add(cpu)
-        rows.append(SoftnetRow(
-            cpu=cpu,
-            processed=cols[0], dropped=cols[1], time_squeeze=cols[2],
-            received_rps=cols[9] if n >= 10 else None,
-            flow_limit_count=cols[10] if n >= 11 else None,
-            backlog=cols[11] if n >= 13 else None,
-        ))
+        rows.append(
+            SoftnetRow(
+                cpu=cpu,
+                processed=cols[0],
+                dropped=cols[1],
+                time_squeeze=cols[2],
+                received_rps=cols[9] if n >= 10 else None,
+                flow_limit_count=cols[10] if n >= 11 else None,
+                backlog=cols[11] if n >= 13 else None,
+            )
+        )
     if not rows:
         raise ParseError(f"{source}: no rows")
     return rows
@@ -95,24 +100,48 @@ def parse_softnet_stat(text: str, source: str = "/proc/net/softnet_stat") -> lis
 
 # (sysctl file under /proc/sys/net/core, metric, help, scale to base unit)
 BUDGET_SYSCTLS = (
-    ("netdev_budget", "netstack_softnet_budget_packets",
-     "net.core.netdev_budget: packets one NET_RX softirq run may process before it is squeezed.", 1),
-    ("netdev_budget_usecs", "netstack_softnet_budget_seconds",
-     "net.core.netdev_budget_usecs: time one NET_RX softirq run may take before it is squeezed.", 1e-6),
-    ("netdev_max_backlog", "netstack_softnet_max_backlog_packets",
-     "net.core.netdev_max_backlog: per-CPU input queue length; beyond it packets are dropped.", 1),
+    (
+        "netdev_budget",
+        "netstack_softnet_budget_packets",
+        "net.core.netdev_budget: packets one NET_RX softirq run may process before it is squeezed.",
+        1,
+    ),
+    (
+        "netdev_budget_usecs",
+        "netstack_softnet_budget_seconds",
+        "net.core.netdev_budget_usecs: time one NET_RX softirq run may take before it is squeezed.",
+        1e-6,
+    ),
+    (
+        "netdev_max_backlog",
+        "netstack_softnet_max_backlog_packets",
+        "net.core.netdev_max_backlog: per-CPU input queue length; beyond it packets are dropped.",
+        1,
+    ),
 )
 
 SOFTNET_COUNTERS = (
     ("processed", "netstack_softnet_processed_total", "Packets processed by this CPU's NET_RX softirq."),
-    ("dropped", "netstack_softnet_dropped_total",
-     "Packets dropped because this CPU's input backlog was full (netdev_max_backlog)."),
-    ("time_squeeze", "netstack_softnet_times_squeezed_total",
-     "NET_RX runs that stopped with work left (budget or time exhausted)."),
-    ("received_rps", "netstack_softnet_received_rps_total",
-     "Times this CPU was woken by an inter-processor interrupt to process packets (RPS/RFS)."),
-    ("flow_limit_count", "netstack_softnet_flow_limit_count_total",
-     "Packets dropped by the per-flow limit (net.core.flow_limit_cpu_bitmap)."),
+    (
+        "dropped",
+        "netstack_softnet_dropped_total",
+        "Packets dropped because this CPU's input backlog was full (netdev_max_backlog).",
+    ),
+    (
+        "time_squeeze",
+        "netstack_softnet_times_squeezed_total",
+        "NET_RX runs that stopped with work left (budget or time exhausted).",
+    ),
+    (
+        "received_rps",
+        "netstack_softnet_received_rps_total",
+        "Times this CPU was woken by an inter-processor interrupt to process packets (RPS/RFS).",
+    ),
+    (
+        "flow_limit_count",
+        "netstack_softnet_flow_limit_count_total",
+        "Packets dropped by the per-flow limit (net.core.flow_limit_cpu_bitmap).",
+    ),
 )
 
 
@@ -140,7 +169,8 @@ class SoftirqCollector(Collector):
         rejected = CounterMetricFamily(
             "netstack_softirq_implausible_readings",
             "Softirq and softnet counter readings held back as implausible (a drop or a jump of "
-            "over a quarter of the 32-bit range that the next reading did not confirm).")
+            "over a quarter of the 32-bit range that the next reading did not confirm).",
+        )
         rejected.add_metric([], self._wrap.rejected)
         yield rejected
 
@@ -148,7 +178,8 @@ class SoftirqCollector(Collector):
         path = self.paths.proc("softirqs")
         cpus, vectors = parse_softirqs(read_text(path), path)
         family = CompactFamily(
-            "netstack_softirqs", "Softirqs raised per CPU and vector (/proc/softirqs).", "counter")
+            "netstack_softirqs", "Softirqs raised per CPU and vector (/proc/softirqs).", "counter"
+        )
         wanted = vectors if self.option("all-vectors") else NETWORK_VECTORS
         for vector in wanted:
             for cpu, count in zip(cpus, vectors.get(vector, ())):
@@ -166,8 +197,11 @@ class SoftirqCollector(Collector):
                     family.add(self._cpu(row.cpu), self._wrap((field, row.cpu), value))
             if family.rows:
                 yield family
-        backlog = CompactFamily("netstack_softnet_backlog_packets",
-                                "Packets waiting in this CPU's input and process queues.", "gauge")
+        backlog = CompactFamily(
+            "netstack_softnet_backlog_packets",
+            "Packets waiting in this CPU's input and process queues.",
+            "gauge",
+        )
         for row in rows:
             if row.backlog is not None:
                 backlog.add(self._cpu(row.cpu), row.backlog)

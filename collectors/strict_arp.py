@@ -35,9 +35,11 @@ DEVICE = "kube-ipvs0"
 STRICT_ARP_IGNORE = frozenset({1, 2, 8})
 STRICT_ARP_ANNOUNCE = 2
 # Pod, overlay and other virtual devices: not the underlay whose ARP answers matter.
-DEFAULT_EXCLUDE = (r"^(lo|default|kube-ipvs0|cali.*|veth.*|tunl\d*|vxlan.*|flannel.*|cni.*|"
-                   r"docker.*|cilium_.*|lxc.*|kube-bridge|nodelocaldns|wg.*|genev.*|ip6tnl.*|"
-                   r"sit\d*|gre\d*|gretap\d*|erspan\d*|nerdctl.*|virbr.*|tap.*|tun\d*|dummy.*)$")
+DEFAULT_EXCLUDE = (
+    r"^(lo|default|kube-ipvs0|cali.*|veth.*|tunl\d*|vxlan.*|flannel.*|cni.*|"
+    r"docker.*|cilium_.*|lxc.*|kube-bridge|nodelocaldns|wg.*|genev.*|ip6tnl.*|"
+    r"sit\d*|gre\d*|gretap\d*|erspan\d*|nerdctl.*|virbr.*|tap.*|tun\d*|dummy.*)$"
+)
 
 NETLINK_ROUTE = 0
 RTM_NEWADDR = 20
@@ -61,8 +63,7 @@ def strict_arp(arp_ignore: int, arp_announce: int) -> bool:
 
 def address_dump_request(seq: int) -> bytes:
     body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
-                         seq, 0) + body
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 def count_addresses(buf: bytes, ifindex: int, counts: dict[str, int]) -> bool:
@@ -93,8 +94,7 @@ def dump_addresses(ifindex: int, timeout: float = 2.0) -> dict[str, int]:
     """Addresses of one interface, by family, from an rtnetlink dump of this network namespace."""
     for _attempt in range(3):
         counts = {"ipv4": 0, "ipv6": 0}
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                           NETLINK_ROUTE) as sock:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as sock:
             sock.settimeout(timeout)
             sock.bind((0, 0))
             sock.send(address_dump_request(1))
@@ -110,13 +110,23 @@ def dump_addresses(ifindex: int, timeout: float = 2.0) -> dict[str, int]:
 class StrictArpCollector(Collector):
     name = "strict_arp"
     default_enabled = True
-    help = "ARP settings MetalLB (layer 2) needs with kube-proxy's IPVS mode (strictARP), and " \
-           "kube-ipvs0's addresses."
+    help = (
+        "ARP settings MetalLB (layer 2) needs with kube-proxy's IPVS mode (strictARP), and "
+        "kube-ipvs0's addresses."
+    )
     options = (
-        Option("device-include", "Export arp_ignore/arp_announce only for interfaces matching "
-               "this regex.", ".*", "regex"),
-        Option("device-exclude", "Never export these interfaces (pod, overlay and other virtual "
-               "devices by default).", DEFAULT_EXCLUDE, "regex"),
+        Option(
+            "device-include",
+            "Export arp_ignore/arp_announce only for interfaces matching this regex.",
+            ".*",
+            "regex",
+        ),
+        Option(
+            "device-exclude",
+            "Never export these interfaces (pod, overlay and other virtual devices by default).",
+            DEFAULT_EXCLUDE,
+            "regex",
+        ),
     )
 
     def _conf(self, *parts: str) -> str:
@@ -134,15 +144,21 @@ class StrictArpCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         all_ignore, all_announce = self._read("all", "arp_ignore"), self._read("all", "arp_announce")
         strict = GaugeMetricFamily(
-            "netstack_ipvs_strict_arp", "1 when net.ipv4.conf.all has arp_ignore 1, 2 or 8 and "
-            "arp_announce 2: kube-proxy's strictARP, needed by MetalLB layer 2 in IPVS mode.")
+            "netstack_ipvs_strict_arp",
+            "1 when net.ipv4.conf.all has arp_ignore 1, 2 or 8 and "
+            "arp_announce 2: kube-proxy's strictARP, needed by MetalLB layer 2 in IPVS mode.",
+        )
         strict.add_metric([], int(strict_arp(all_ignore, all_announce)))
-        ignore = GaugeMetricFamily("netstack_arp_ignore", "net.ipv4.conf.<device>.arp_ignore "
-                                   "(the kernel applies the larger of all and the device's).",
-                                   labels=["device"])
-        announce = GaugeMetricFamily("netstack_arp_announce", "net.ipv4.conf.<device>.arp_announce "
-                                     "(the kernel applies the larger of all and the device's).",
-                                     labels=["device"])
+        ignore = GaugeMetricFamily(
+            "netstack_arp_ignore",
+            "net.ipv4.conf.<device>.arp_ignore (the kernel applies the larger of all and the device's).",
+            labels=["device"],
+        )
+        announce = GaugeMetricFamily(
+            "netstack_arp_announce",
+            "net.ipv4.conf.<device>.arp_announce (the kernel applies the larger of all and the device's).",
+            labels=["device"],
+        )
         ignore.add_metric(["all"], all_ignore)
         announce.add_metric(["all"], all_announce)
         include, exclude = self.option("device-include"), self.option("device-exclude")
@@ -159,11 +175,15 @@ class StrictArpCollector(Collector):
                 continue
             ignore.add_metric([device], values[0])
             announce.add_metric([device], values[1])
-        present = GaugeMetricFamily("netstack_ipvs_kube_ipvs0_present", "1 when kube-proxy's "
-                                    "kube-ipvs0 dummy device exists (IPVS mode).")
-        addresses = GaugeMetricFamily("netstack_ipvs_kube_ipvs0_addresses", "Addresses bound to "
-                                      "kube-ipvs0 (one per Service IP kube-proxy serves).",
-                                      labels=["family"])
+        present = GaugeMetricFamily(
+            "netstack_ipvs_kube_ipvs0_present",
+            "1 when kube-proxy's kube-ipvs0 dummy device exists (IPVS mode).",
+        )
+        addresses = GaugeMetricFamily(
+            "netstack_ipvs_kube_ipvs0_addresses",
+            "Addresses bound to kube-ipvs0 (one per Service IP kube-proxy serves).",
+            labels=["family"],
+        )
         exists = DEVICE in devices
         present.add_metric([], int(exists))
         if exists:

@@ -73,8 +73,15 @@ ACPI_OEM_IDS = {
 CLOCKSOURCES = (("kvm-clock", "kvm"), ("hyperv_clocksource", "hyperv"), ("xen", "xen"))
 # `container=` values (systemd's list) -> type.
 CONTAINER_NAMES = {
-    "lxc": "lxc", "lxc-libvirt": "lxc", "systemd-nspawn": "systemd-nspawn", "docker": "docker",
-    "podman": "podman", "rkt": "rkt", "wsl": "wsl", "proot": "proot", "pouch": "pouch",
+    "lxc": "lxc",
+    "lxc-libvirt": "lxc",
+    "systemd-nspawn": "systemd-nspawn",
+    "docker": "docker",
+    "podman": "podman",
+    "rkt": "rkt",
+    "wsl": "wsl",
+    "proot": "proot",
+    "pouch": "pouch",
     "oci": "container-other",
 }
 CGROUP_ENGINES = (
@@ -163,8 +170,9 @@ def read_facts(paths: Paths) -> Facts:
     status1 = _text(paths.proc("1", "status"))
     f.pid1_visible = status1 is not None
     status2 = _text(paths.proc("2", "status")) or ""
-    f.pid2_kthreadd = (parse_status_field(status2, "Name") == "kthreadd"
-                       and parse_status_field(status2, "PPid") == "0")
+    f.pid2_kthreadd = (
+        parse_status_field(status2, "Name") == "kthreadd" and parse_status_field(status2, "PPid") == "0"
+    )
     environ = _read(paths.proc("1", "environ"))
     f.pid1_environ = None if environ is None else parse_environ(environ)
     f.systemd_container = _text(paths.proc("1", "root", "run", "systemd", "container"))
@@ -188,8 +196,7 @@ def read_facts(paths: Paths) -> Facts:
         if oem and oem not in f.acpi_oem_ids:
             f.acpi_oem_ids.append(oem)
     f.cpu_hypervisor_flag = "hypervisor" in parse_cpu_flags(_text(paths.proc("cpuinfo")) or "")
-    clocks = _text(paths.sys("devices", "system", "clocksource", "clocksource0",
-                             "available_clocksource"))
+    clocks = _text(paths.sys("devices", "system", "clocksource", "clocksource0", "available_clocksource"))
     f.clocksources = clocks.split() if clocks else []
     return f
 
@@ -278,11 +285,17 @@ def _absolute(path: str) -> None:
 class VirtualizationCollector(Collector):
     name = "virtualization"
     default_enabled = True
-    help = "Own kernel (VM guest, bare metal) or shared kernel (OpenVZ, LXC, container); whether " \
-           "kernel modules can be loaded."
+    help = (
+        "Own kernel (VM guest, bare metal) or shared kernel (OpenVZ, LXC, container); whether "
+        "kernel modules can be loaded."
+    )
     options = (
-        Option("modules-path", "The host's kernel module tree (/lib/modules; the DaemonSet "
-               "mounts it at /host/lib/modules).", "/lib/modules", validate=_absolute),
+        Option(
+            "modules-path",
+            "The host's kernel module tree (/lib/modules; the DaemonSet mounts it at /host/lib/modules).",
+            "/lib/modules",
+            validate=_absolute,
+        ),
     )
 
     def __init__(self, ctx):
@@ -293,18 +306,32 @@ class VirtualizationCollector(Collector):
         kind, role, evidence = detect(read_facts(self.paths))
         loadable, reason = modules_loadable(self.paths, role, self.option("modules-path"))
         if self._logged != (kind, role, reason):
-            log_event(log, logging.INFO, "virtualization", type=kind, role=role,
-                      evidence=evidence, modules_loadable=loadable, reason=reason)
+            log_event(
+                log,
+                logging.INFO,
+                "virtualization",
+                type=kind,
+                role=role,
+                evidence=evidence,
+                modules_loadable=loadable,
+                reason=reason,
+            )
             self._logged = (kind, role, reason)
         info = GaugeMetricFamily(
-            "netstack_virtualization_info", "What runs this node: type (kvm, xen, vmware, hyperv, "
+            "netstack_virtualization_info",
+            "What runs this node: type (kvm, xen, vmware, hyperv, "
             "firecracker, openvz, lxc, docker, ..., none) and role (guest = own kernel, "
-            "container = the host's kernel, none = bare metal). Always 1.", labels=["type", "role"])
+            "container = the host's kernel, none = bare metal). Always 1.",
+            labels=["type", "role"],
+        )
         info.add_metric([kind, role], 1)
         modules = GaugeMetricFamily(
-            "netstack_kernel_modules_loadable", "1 when this node can load kernel modules "
+            "netstack_kernel_modules_loadable",
+            "1 when this node can load kernel modules "
             "(ip_vs, wireguard); 0 with the reason: shared_kernel, no_module_support, "
-            "modules_disabled, no_modules_directory.", labels=["reason"])
+            "modules_disabled, no_modules_directory.",
+            labels=["reason"],
+        )
         modules.add_metric([reason], int(loadable))
         return [info, modules]
 

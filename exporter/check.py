@@ -32,13 +32,42 @@ from .snapshot import Snapshot
 FIO_BLOCK = 2300  # bytes per write in fio's etcd check, and in etcd's WAL entries
 
 CHECK_FLAGS: tuple[Flag, ...] = (
-    ("--check.duration", Option("duration", "Time between the two readings that rates come from",
-                                "10s", "duration", min=0.1, max=3600), None, None),
-    ("--check.fsync-dir", Option("fsync-dir", "Directory for the etcd-pattern fsync probe (default: "
-                                 "the first --collector.fsync.directory)", None), None, "PATH"),
-    ("--check.fsync-size", Option("fsync-size", "Bytes the fsync probe writes, in 2300-byte "
-                                  "fdatasync'ed writes (fio's --size)", "22m", "int",
-                                  min=FIO_BLOCK, max=256 << 20), parse_size, "SIZE"),
+    (
+        "--check.duration",
+        Option(
+            "duration",
+            "Time between the two readings that rates come from",
+            "10s",
+            "duration",
+            min=0.1,
+            max=3600,
+        ),
+        None,
+        None,
+    ),
+    (
+        "--check.fsync-dir",
+        Option(
+            "fsync-dir",
+            "Directory for the etcd-pattern fsync probe (default: the first --collector.fsync.directory)",
+            None,
+        ),
+        None,
+        "PATH",
+    ),
+    (
+        "--check.fsync-size",
+        Option(
+            "fsync-size",
+            "Bytes the fsync probe writes, in 2300-byte fdatasync'ed writes (fio's --size)",
+            "22m",
+            "int",
+            min=FIO_BLOCK,
+            max=256 << 20,
+        ),
+        parse_size,
+        "SIZE",
+    ),
     ("--output", Option("output", "Output format", "table", choices=("table", "json")), None, "FORMAT"),
     ("--strict", Option("strict", "Exit 1 on warnings too", False, "bool"), None, None),
 )
@@ -82,9 +111,13 @@ def _probe_error(directory: str, err: OSError) -> str:
     return f"{state}: {directory}: {reason} ({err.strerror})"
 
 
-def fsync_probe(directory: str, size: int, deadline: float,
-                datasync: Callable[[int], None] = os.fdatasync,
-                stop: threading.Event | None = None) -> tuple[dict[str, Any] | None, str]:
+def fsync_probe(
+    directory: str,
+    size: int,
+    deadline: float,
+    datasync: Callable[[int], None] = os.fdatasync,
+    stop: threading.Event | None = None,
+) -> tuple[dict[str, Any] | None, str]:
     """One probe in etcd's WAL pattern: (its p50/p99/max, "") or (None, why not). `datasync` is
     os.fdatasync but for tests (a slow disk by injected delay)."""
     from collectors import fsync  # the probe's safe file handling lives with the fsync collector
@@ -115,8 +148,12 @@ def fsync_probe(directory: str, size: int, deadline: float,
         return None, _probe_error(directory, e)
     try:
         result = fsync.run_probe(
-            own, max(1, size // FIO_BLOCK), os.urandom(FIO_BLOCK), datasync=datasync,
-            should_stop=lambda: time.monotonic() > deadline or bool(stop and stop.is_set()))
+            own,
+            max(1, size // FIO_BLOCK),
+            os.urandom(FIO_BLOCK),
+            datasync=datasync,
+            should_stop=lambda: time.monotonic() > deadline or bool(stop and stop.is_set()),
+        )
         fsync.remove_probe_file(own, result.inode)  # a one-off probe leaves nothing behind
     finally:
         os.close(own)
@@ -130,14 +167,25 @@ def fsync_probe(directory: str, size: int, deadline: float,
     if not result.durations:
         return None, f"unavailable: {directory}: no fdatasync completed"
     q = fsync.nearest_rank_quantiles(result.durations, (0.5, 0.99, 1.0))
-    return {"path": directory, "syncs": len(result.durations), "stopped_early": result.stopped,
-            "p50": q[0.5], "p99": q[0.99], "max": q[1.0]}, ""
+    return {
+        "path": directory,
+        "syncs": len(result.durations),
+        "stopped_early": result.stopped,
+        "p50": q[0.5],
+        "p99": q[0.99],
+        "max": q[1.0],
+    }, ""
 
 
-async def gather(scheduler: Scheduler, runners: list[CollectorRunner], duration: float,
-                 fsync_dir: str | None, fsync_size: int,
-                 between: Callable[[], None] | None = None,
-                 datasync: Callable[[int], None] = os.fdatasync) -> field_guide.Readings:
+async def gather(
+    scheduler: Scheduler,
+    runners: list[CollectorRunner],
+    duration: float,
+    fsync_dir: str | None,
+    fsync_size: int,
+    between: Callable[[], None] | None = None,
+    datasync: Callable[[int], None] = os.fdatasync,
+) -> field_guide.Readings:
     """Two readings `duration` apart (and the fsync probe meanwhile). `between` runs right after
     the first reading: tests advance a fixture host tree there."""
     first = await scheduler.snapshot()
@@ -148,8 +196,10 @@ async def gather(scheduler: Scheduler, runners: list[CollectorRunner], duration:
     if fsync_dir:
         # A slow disk may not finish 22 MiB in time: the probe stops with what it measured.
         def run() -> None:
-            probe["result"], probe["error"] = fsync_probe(fsync_dir, fsync_size, started + duration + 2,
-                                                          datasync, stop)
+            probe["result"], probe["error"] = fsync_probe(
+                fsync_dir, fsync_size, started + duration + 2, datasync, stop
+            )
+
         prober = threading.Thread(target=run, name="check-fsync", daemon=True)
         prober.start()
     try:
@@ -174,8 +224,9 @@ async def gather(scheduler: Scheduler, runners: list[CollectorRunner], duration:
         problems["fsync"] = ""
     else:
         problems["fsync"] = probe.get("error") or f"failing: {fsync_dir}: probe did not finish"
-    return field_guide.Readings(field_guide.flatten(families_of(first)), after, seconds, problems,
-                                fsync=probe.get("result"))
+    return field_guide.Readings(
+        field_guide.flatten(families_of(first)), after, seconds, problems, fsync=probe.get("result")
+    )
 
 
 def report(readings: field_guide.Readings, enabled: Sequence[str]) -> list[field_guide.Verdict]:
@@ -190,13 +241,20 @@ def exit_status(verdicts: Sequence[field_guide.Verdict], strict: bool) -> int:
 
 def as_json(verdicts: Sequence[field_guide.Verdict], readings: field_guide.Readings, status: int) -> str:
     counts = {s: sum(v.status == s for v in verdicts) for s in field_guide.STATUSES}
-    return json.dumps({
-        "schema": "netstack-exporter/check/v1", "version": __version__,
-        "host": os.uname().nodename, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "interval_seconds": round(readings.seconds, 3), "exit_status": status, "summary": counts,
-        "fsync_probe": readings.fsync,
-        "checks": [v.as_dict() for v in verdicts],
-    }, indent=2)
+    return json.dumps(
+        {
+            "schema": "netstack-exporter/check/v1",
+            "version": __version__,
+            "host": os.uname().nodename,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "interval_seconds": round(readings.seconds, 3),
+            "exit_status": status,
+            "summary": counts,
+            "fsync_probe": readings.fsync,
+            "checks": [v.as_dict() for v in verdicts],
+        },
+        indent=2,
+    )
 
 
 def as_table(verdicts: Sequence[field_guide.Verdict], colour: bool) -> str:
@@ -217,9 +275,14 @@ def as_table(verdicts: Sequence[field_guide.Verdict], colour: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout, *,
-         between: Callable[[], None] | None = None,
-         datasync: Callable[[int], None] = os.fdatasync) -> int:
+def main(
+    argv: Sequence[str],
+    environ=os.environ,
+    out: TextIO = sys.stdout,
+    *,
+    between: Callable[[], None] | None = None,
+    datasync: Callable[[int], None] = os.fdatasync,
+) -> int:
     """`between` and `datasync` are test seams (see gather and fsync_probe); production leaves
     them alone."""
     classes = available_collectors()
@@ -229,8 +292,11 @@ def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout, *,
     paths = Paths(procfs=config.procfs, sysfs=config.sysfs)
     # The periodic fsync collector is replaced by the one etcd-pattern probe below.
     enabled = [c.name for c in classes if config.enabled[c.name]]
-    runners = [CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
-               for cls in classes if config.enabled[cls.name] and cls.name != "fsync"]
+    runners = [
+        CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
+        for cls in classes
+        if config.enabled[cls.name] and cls.name != "fsync"
+    ]
     fsync_dir = extra["--check.fsync-dir"]
     if fsync_dir is None and config.enabled.get("fsync"):
         fsync_dir = config.collector_options["fsync"]["directory"][0]
@@ -240,8 +306,15 @@ def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout, *,
 
     async def run() -> field_guide.Readings:
         try:
-            return await gather(scheduler, runners, extra["--check.duration"], fsync_dir,
-                                extra["--check.fsync-size"], between, datasync)
+            return await gather(
+                scheduler,
+                runners,
+                extra["--check.duration"],
+                fsync_dir,
+                extra["--check.fsync-size"],
+                between,
+                datasync,
+            )
         finally:
             await asyncio.to_thread(scheduler.close, 0.5)
 
@@ -252,8 +325,11 @@ def main(argv: Sequence[str], environ=os.environ, out: TextIO = sys.stdout, *,
         return 130
     verdicts = report(readings, enabled)
     status = exit_status(verdicts, extra["--strict"])
-    text = as_json(verdicts, readings, status) + "\n" if extra["--output"] == "json" else \
-        as_table(verdicts, colour=out.isatty() and "NO_COLOR" not in environ)
+    text = (
+        as_json(verdicts, readings, status) + "\n"
+        if extra["--output"] == "json"
+        else as_table(verdicts, colour=out.isatty() and "NO_COLOR" not in environ)
+    )
     try:
         out.write(text)
         out.flush()
@@ -289,4 +365,3 @@ class VerdictHistory:
             now, after, problems = self._readings[-1]
         readings = field_guide.Readings(before, after, now - then, problems)
         return field_guide.evaluate(readings)
-

@@ -12,8 +12,9 @@ import ipaddress
 import os
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import __version__
 from .contract import Option
@@ -48,6 +49,7 @@ class Config:
 @dataclass
 class WebLimits:
     """--web.* settings beyond the address: the web config file and the connection limits."""
+
     config_file: str | None = None
     max_requests: int = 40
     max_connections: int = 0  # 0: derived from the open-file limit at startup
@@ -197,8 +199,14 @@ class _Setting:
         return self.option.kind
 
 
-def _add(parser: argparse.ArgumentParser, settings: list[_Setting], flag: str, option: Option,
-         parse: Any = None, metavar: str | None = None) -> None:
+def _add(
+    parser: argparse.ArgumentParser,
+    settings: list[_Setting],
+    flag: str,
+    option: Option,
+    parse: Any = None,
+    metavar: str | None = None,
+) -> None:
     """One flag for `option`: parsed by `parse` (by default the parser of the option's kind),
     then bounded by the option's choices, min, max and validator."""
     dest = flag.lstrip("-").replace(".", "__").replace("-", "_")
@@ -210,11 +218,18 @@ def _add(parser: argparse.ArgumentParser, settings: list[_Setting], flag: str, o
     help_full = f"{help_text}{shown} [env {env_name(flag)}]"
     metavar = metavar or OPTION_METAVARS.get(kind)
     if kind == "bool":
-        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                            default=None, help=help_full)
+        parser.add_argument(
+            flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_full
+        )
     elif kind == "list":
-        parser.add_argument(flag, dest=dest, action="append", default=None, metavar=metavar or "VALUE",
-                            help=help_full + " (repeatable; env: comma-separated)")
+        parser.add_argument(
+            flag,
+            dest=dest,
+            action="append",
+            default=None,
+            metavar=metavar or "VALUE",
+            help=help_full + " (repeatable; env: comma-separated)",
+        )
     else:
         parser.add_argument(flag, dest=dest, default=None, metavar=metavar or "VALUE", help=help_full)
     settings.append(_Setting(flag, dest, parse or OPTION_PARSERS[kind], option))
@@ -232,13 +247,14 @@ def _show(value: Any, kind: str) -> str:
     return str(value)
 
 
-def build_parser(collector_classes: Sequence[type], extra: Sequence[Flag] = (),
-                 prog: str = PROG) -> tuple[argparse.ArgumentParser, list[_Setting]]:
+def build_parser(
+    collector_classes: Sequence[type], extra: Sequence[Flag] = (), prog: str = PROG
+) -> tuple[argparse.ArgumentParser, list[_Setting]]:
     parser = _Parser(
         prog=prog,
         description="Prometheus exporter for the node-level network and disk signals that break "
-                    "Kubernetes networking: CPU steal, softirq/softnet, conntrack, IPVS, overlay "
-                    "MTU and drops, fsync latency, eBPF softirq latency and drop reasons.",
+        "Kubernetes networking: CPU steal, softirq/softnet, conntrack, IPVS, overlay "
+        "MTU and drops, fsync latency, eBPF softirq latency and drop reasons.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Durations use Prometheus syntax (500ms, 30s, 1m). Boolean flags have a --no- form.",
     )
@@ -249,8 +265,12 @@ def build_parser(collector_classes: Sequence[type], extra: Sequence[Flag] = (),
     for cls in collector_classes:
         group = parser.add_argument_group(f"collector {cls.name}", cls.help or None)
         state = "enabled" if cls.default_enabled else "disabled"
-        _add(group, settings, f"--collector.{cls.name}",
-             Option(cls.name, f"Enable the {cls.name} collector ({state} by default)", None, "bool"))
+        _add(
+            group,
+            settings,
+            f"--collector.{cls.name}",
+            Option(cls.name, f"Enable the {cls.name} collector ({state} by default)", None, "bool"),
+        )
         for opt in cls.options:
             _add(group, settings, f"--collector.{cls.name}.{opt.name}", opt)
     return parser, settings
@@ -259,34 +279,111 @@ def build_parser(collector_classes: Sequence[type], extra: Sequence[Flag] = (),
 # Flags of the process itself: (flag, option with its bounds, parser, metavar).
 Flag = tuple[str, Option, Any, "str | None"]
 GLOBAL_FLAGS: tuple[Flag, ...] = (
-    ("--web.listen-address", Option("listen-address", "Address to listen on", f":{DEFAULT_PORT}"),
-     parse_listen_address, "HOST:PORT"),
-    ("--web.telemetry-path", Option("telemetry-path", "Path of the metrics endpoint", "/metrics"),
-     parse_telemetry_path, "PATH"),
+    (
+        "--web.listen-address",
+        Option("listen-address", "Address to listen on", f":{DEFAULT_PORT}"),
+        parse_listen_address,
+        "HOST:PORT",
+    ),
+    (
+        "--web.telemetry-path",
+        Option("telemetry-path", "Path of the metrics endpoint", "/metrics"),
+        parse_telemetry_path,
+        "PATH",
+    ),
     ("--path.procfs", Option("procfs", "procfs mount point (the host's /proc)", "/proc"), parse_path, "PATH"),
     ("--path.sysfs", Option("sysfs", "sysfs mount point (the host's /sys)", "/sys"), parse_path, "PATH"),
-    ("--scrape.timeout", Option("timeout", "Longest a collector may take in one collection; a "
-                                "Prometheus scrape timeout header lowers it", "9s", "duration",
-                                min=0.01, max=3600), None, None),
+    (
+        "--scrape.timeout",
+        Option(
+            "timeout",
+            "Longest a collector may take in one collection; a Prometheus scrape timeout header lowers it",
+            "9s",
+            "duration",
+            min=0.01,
+            max=3600,
+        ),
+        None,
+        None,
+    ),
     ("--log.level", Option("level", "Log level", "info", choices=LOG_LEVELS), None, "LEVEL"),
     ("--log.format", Option("format", "Log format", "logfmt", choices=LOG_FORMATS), None, "FORMAT"),
-    ("--web.config.file", Option("config-file", "Web config file (exporter-toolkit format, as "
-                                 "node_exporter's): TLS, basic auth, response headers; re-read on "
-                                 "SIGHUP and when it or a file it names changes", ""),
-     parse_optional_path, "PATH"),
-    ("--web.max-requests", Option("max-requests", "Requests served at the same time; past it 503 "
-                                  "(0: no limit)", 40, "int", min=0, max=100000), None, None),
-    ("--web.max-connections", Option("max-connections", "Open client connections; past it the "
-                                     "longest-idle one is closed (0: the open-file limit minus 256)",
-                                     0, "int", min=0, max=1000000), None, None),
-    ("--web.idle-timeout", Option("idle-timeout", "Keep-alive connections idle this long are closed",
-                                  "2m", "duration", min=1, max=3600), None, None),
-    ("--web.read-header-timeout", Option("read-header-timeout", "Time a client has for the TLS "
-                                         "handshake and a request's headers", "10s", "duration",
-                                         min=0.1, max=600), None, None),
-    ("--collector.disable-defaults", Option("disable-defaults", "Disable all collectors that are on "
-                                            "by default; enable the wanted ones explicitly", False,
-                                            "bool"), None, None),
+    (
+        "--web.config.file",
+        Option(
+            "config-file",
+            "Web config file (exporter-toolkit format, as "
+            "node_exporter's): TLS, basic auth, response headers; re-read on "
+            "SIGHUP and when it or a file it names changes",
+            "",
+        ),
+        parse_optional_path,
+        "PATH",
+    ),
+    (
+        "--web.max-requests",
+        Option(
+            "max-requests",
+            "Requests served at the same time; past it 503 (0: no limit)",
+            40,
+            "int",
+            min=0,
+            max=100000,
+        ),
+        None,
+        None,
+    ),
+    (
+        "--web.max-connections",
+        Option(
+            "max-connections",
+            "Open client connections; past it the "
+            "longest-idle one is closed (0: the open-file limit minus 256)",
+            0,
+            "int",
+            min=0,
+            max=1000000,
+        ),
+        None,
+        None,
+    ),
+    (
+        "--web.idle-timeout",
+        Option(
+            "idle-timeout",
+            "Keep-alive connections idle this long are closed",
+            "2m",
+            "duration",
+            min=1,
+            max=3600,
+        ),
+        None,
+        None,
+    ),
+    (
+        "--web.read-header-timeout",
+        Option(
+            "read-header-timeout",
+            "Time a client has for the TLS handshake and a request's headers",
+            "10s",
+            "duration",
+            min=0.1,
+            max=600,
+        ),
+        None,
+        None,
+    ),
+    (
+        "--collector.disable-defaults",
+        Option(
+            "disable-defaults",
+            "Disable all collectors that are on by default; enable the wanted ones explicitly",
+            False,
+            "bool",
+        ),
+        None,
+        None,
+    ),
 )
 
 
@@ -319,8 +416,13 @@ def _parse(setting: _Setting, raw: Any) -> Any:
     return setting.parse(raw)
 
 
-def parse_config(argv: Sequence[str], environ: Mapping[str, str],
-                 collector_classes: Sequence[type], extra: Sequence[Flag] = (), prog: str = PROG) -> Config:
+def parse_config(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    collector_classes: Sequence[type],
+    extra: Sequence[Flag] = (),
+    prog: str = PROG,
+) -> Config:
     """The configuration; `extra` flags (a subcommand's own) land in Config.extra by flag name."""
     parser, settings = build_parser(collector_classes, extra, prog)
     ns = vars(parser.parse_args(argv))
@@ -331,30 +433,43 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str],
     options: dict[str, dict[str, Any]] = {}
     for cls in collector_classes:
         explicit = values[f"--collector.{cls.name}"]
-        enabled[cls.name] = explicit if explicit is not None else (cls.default_enabled and not disable_defaults)
+        enabled[cls.name] = (
+            explicit if explicit is not None else (cls.default_enabled and not disable_defaults)
+        )
         options[cls.name] = {opt.name: values[f"--collector.{cls.name}.{opt.name}"] for opt in cls.options}
         try:
             cls.check_options(options[cls.name])
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return Config(
-        listen_host=host, listen_port=port,
+        listen_host=host,
+        listen_port=port,
         telemetry_path=values["--web.telemetry-path"],
-        procfs=values["--path.procfs"], sysfs=values["--path.sysfs"],
+        procfs=values["--path.procfs"],
+        sysfs=values["--path.sysfs"],
         scrape_timeout=values["--scrape.timeout"],
-        log_level=values["--log.level"], log_format=values["--log.format"],
-        enabled=enabled, collector_options=options,
-        web=WebLimits(config_file=values["--web.config.file"],
-                      max_requests=values["--web.max-requests"],
-                      max_connections=values["--web.max-connections"],
-                      idle_timeout=values["--web.idle-timeout"],
-                      read_header_timeout=values["--web.read-header-timeout"]),
+        log_level=values["--log.level"],
+        log_format=values["--log.format"],
+        enabled=enabled,
+        collector_options=options,
+        web=WebLimits(
+            config_file=values["--web.config.file"],
+            max_requests=values["--web.max-requests"],
+            max_connections=values["--web.max-connections"],
+            idle_timeout=values["--web.idle-timeout"],
+            read_header_timeout=values["--web.read-header-timeout"],
+        ),
         extra={flag: values[flag] for flag, *_ in extra},
     )
 
 
-def load_config(argv: Sequence[str], environ: Mapping[str, str], collector_classes: Sequence[type],
-                extra: Sequence[Flag] = (), prog: str = PROG) -> Config:
+def load_config(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    collector_classes: Sequence[type],
+    extra: Sequence[Flag] = (),
+    prog: str = PROG,
+) -> Config:
     """parse_config, exiting with one error line on a bad value."""
     try:
         return parse_config(argv, environ, collector_classes, extra, prog)

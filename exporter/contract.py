@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from prometheus_client.core import Metric
 
@@ -95,8 +96,7 @@ def option_values(declared: Sequence[Option], given: Mapping[str, Any]) -> dict[
     unknown = set(given) - names
     if unknown:
         raise KeyError(f"unknown option(s) {', '.join(sorted(unknown))}")
-    return {o.name: given[o.name] if given.get(o.name) is not None else _default(o)
-            for o in declared}
+    return {o.name: given[o.name] if given.get(o.name) is not None else _default(o) for o in declared}
 
 
 def _default(option: Option) -> Any:

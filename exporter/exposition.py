@@ -11,7 +11,7 @@ or kept across collections are formatted once. Timestamps are written; exemplars
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
@@ -19,7 +19,7 @@ from prometheus_client.samples import Sample
 
 def _escape_label_value(value: str) -> str:
     if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
     return value
 
 
@@ -85,8 +85,16 @@ class CompactFamily(Metric):
         return [Sample(self.sample_name, labels, value) for labels, value in self.rows]
 
 
-_TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary",
-               "unknown": "untyped", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
+_TEXT_TYPES = {
+    "counter": "counter",
+    "gauge": "gauge",
+    "histogram": "histogram",
+    "summary": "summary",
+    "unknown": "untyped",
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+}
 
 
 # prometheus_client keeps every value as a float: whole numbers are written without ".0" (a 0/1

@@ -116,8 +116,16 @@ async def track_requests(request: web.Request, handler):
 
 
 class Listener:
-    def __init__(self, manager: web.Server, handler_kwargs: dict, *, max_connections: int,
-                 idle_timeout: float, read_header_timeout: float, live: LiveWebConfig | None = None):
+    def __init__(
+        self,
+        manager: web.Server,
+        handler_kwargs: dict,
+        *,
+        max_connections: int,
+        idle_timeout: float,
+        read_header_timeout: float,
+        live: LiveWebConfig | None = None,
+    ):
         self.manager = manager
         self.handler_kwargs = handler_kwargs
         self.cap = max_connections
@@ -134,8 +142,9 @@ class Listener:
 
     async def start(self, host: str | None, port: int) -> None:
         self._loop = asyncio.get_running_loop()
-        server = await self._loop.create_server(lambda: _Accepted(self), host, port,
-                                                backlog=BACKLOG, reuse_address=True)
+        server = await self._loop.create_server(
+            lambda: _Accepted(self), host, port, backlog=BACKLOG, reuse_address=True
+        )
         self._servers.append(server)
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
@@ -170,8 +179,13 @@ class Listener:
         handler = self._handler(conn)
         assert self._loop is not None
         try:
-            tls = await self._loop.start_tls(conn.transport, handler, context, server_side=True,
-                                             ssl_handshake_timeout=self.read_header_timeout + 1)
+            tls = await self._loop.start_tls(
+                conn.transport,
+                handler,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.read_header_timeout + 1,
+            )
         except (TimeoutError, OSError, ConnectionError) as e:
             # plain HTTP to the TLS port, no or a wrong client certificate, a port scanner
             self.handshake_failures += 1
@@ -185,8 +199,11 @@ class Listener:
         if conn not in self.conns:  # evicted or timed out while the handshake finished
             tls.abort()
             return
-        allowed = self.live.current.config.tls.client_allowed_sans if (
-            self.live is not None and self.live.current.config.tls) else ()
+        allowed = (
+            self.live.current.config.tls.client_allowed_sans
+            if (self.live is not None and self.live.current.config.tls)
+            else ()
+        )
         if allowed and not peer_sans(tls.get_extra_info("peercert")) & set(allowed):
             self.handshake_failures += 1
             log.debug("client certificate has none of client_allowed_sans")

@@ -10,8 +10,13 @@ import time
 from typing import Any
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
-_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
-                logging.ERROR: "error", logging.CRITICAL: "error"}
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "error",
+}
 
 
 def log_event(logger: logging.Logger, level: int, msg: str, **kv: Any) -> None:
@@ -75,8 +80,11 @@ class MalformedRequests(logging.Filter):
             return False
         reason = getattr(exc, "message", "") or str(exc)
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.kv = {"peer": record.args[0] if isinstance(record.args, tuple) and record.args else "",
-                     "status": getattr(exc, "code", 400), "reason": reason[:200]}
+        record.kv = {
+            "peer": record.args[0] if isinstance(record.args, tuple) and record.args else "",
+            "status": getattr(exc, "code", 400),
+            "reason": reason[:200],
+        }
         record.msg, record.args = "malformed HTTP request", ()
         record.exc_info, record.exc_text = None, None
         return True

@@ -45,10 +45,14 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     await runner.setup()
     assert runner.server is not None
     open_files = raise_open_file_limit()
-    listener = Listener(runner.server, handler_kwargs,
-                        max_connections=connection_cap(limits.max_connections, open_files),
-                        idle_timeout=limits.idle_timeout,
-                        read_header_timeout=limits.read_header_timeout, live=live)
+    listener = Listener(
+        runner.server,
+        handler_kwargs,
+        max_connections=connection_cap(limits.max_connections, open_files),
+        idle_timeout=limits.idle_timeout,
+        read_header_timeout=limits.read_header_timeout,
+        live=live,
+    )
     address = f"{config.listen_host or ''}:{config.listen_port}"
     if config.listen_host and ":" in config.listen_host:
         address = f"[{config.listen_host}]:{config.listen_port}"
@@ -58,23 +62,33 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
         log_event(log, logging.ERROR, "cannot listen", address=address, error=e.strerror or str(e))
         await runner.cleanup()
         return 1
-    log_event(log, logging.INFO, "listening", address=address,
-              path=config.telemetry_path, version=__version__, tls=bool(live and live.tls),
-              basic_auth=bool(live and live.current.auth.enabled),
-              max_connections=listener.cap, max_requests=limits.max_requests,
-              collectors=",".join(r.name for r in runners))
+    log_event(
+        log,
+        logging.INFO,
+        "listening",
+        address=address,
+        path=config.telemetry_path,
+        version=__version__,
+        tls=bool(live and live.tls),
+        basic_auth=bool(live and live.current.auth.enabled),
+        max_connections=listener.cap,
+        max_requests=limits.max_requests,
+        collectors=",".join(r.name for r in runners),
+    )
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     background: list[asyncio.Future] = []
     if live is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: background.append(
-            asyncio.ensure_future(live.reload_async("SIGHUP"))))
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: background.append(asyncio.ensure_future(live.reload_async("SIGHUP")))
+        )
         background.append(asyncio.ensure_future(live.watch()))
     else:
-        loop.add_signal_handler(signal.SIGHUP, lambda: log_event(
-            log, logging.INFO, "SIGHUP: no --web.config.file to reload"))
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log_event(log, logging.INFO, "SIGHUP: no --web.config.file to reload")
+        )
     # Warm up: probe and collect once now, so /readyz turns ready without waiting for a scrape.
     background.append(asyncio.ensure_future(scheduler.snapshot()))
     await stop.wait()
@@ -102,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: --web.config.file: {e}", file=sys.stderr)
             return 2
     paths = Paths(procfs=config.procfs, sysfs=config.sysfs)
-    runners = [CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
-               for cls in classes if config.enabled[cls.name]]
+    runners = [
+        CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
+        for cls in classes
+        if config.enabled[cls.name]
+    ]
     # Everything allocated so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it again after every few large collections.
     gc.freeze()

@@ -122,8 +122,7 @@ class CollectorRunner:
         self._started = False
         self._encoding_failed = False
         self._job: Job | None = None  # the probe and collection in flight
-        self._reports_unavailable = (
-            type(collector).unavailable_families is not Collector.unavailable_families)
+        self._reports_unavailable = type(collector).unavailable_families is not Collector.unavailable_families
 
     @property
     def busy(self) -> bool:
@@ -228,8 +227,9 @@ class CollectorRunner:
         family the encoder cannot write fails the collector, as an exception in collect() does."""
         if error is not None:
             self._encoding_failed = True
-            self._failed(f"encoding failed: {type(error).__name__}: {error}", self.last_duration or 0.0,
-                         exc=error)
+            self._failed(
+                f"encoding failed: {type(error).__name__}: {error}", self.last_duration or 0.0, exc=error
+            )
         elif self._encoding_failed:
             self._encoding_failed = False
             self._recovered()
@@ -302,8 +302,9 @@ async def _all_done(jobs: list[Job], timeout: float) -> None:
 class Scheduler:
     """Coalesces scrapes: while a collection runs, every scrape waits for that same collection."""
 
-    def __init__(self, runners: list[CollectorRunner], own_families: Callable[[], list[Metric]],
-                 timeout: float):
+    def __init__(
+        self, runners: list[CollectorRunner], own_families: Callable[[], list[Metric]], timeout: float
+    ):
         self.runners = runners
         self.own_families = own_families
         self.timeout = timeout

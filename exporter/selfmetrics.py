@@ -41,8 +41,10 @@ class SelfMetrics:
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
         build = GaugeMetricFamily(
-            "netstack_build_info", "Version of netstack-exporter and of the Python running it; value 1.",
-            labels=["version", "python_version", "python_implementation"])
+            "netstack_build_info",
+            "Version of netstack-exporter and of the Python running it; value 1.",
+            labels=["version", "python_version", "python_implementation"],
+        )
         build.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
         platform_info = CollectorRegistry()
         PlatformCollector(registry=platform_info)
@@ -54,21 +56,36 @@ class SelfMetrics:
 
     def families(self) -> list[Metric]:
         fields = _stat_fields(self._proc)
-        cpu = CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
-                                  value=(int(fields[11]) + int(fields[12])) / _TICKS)
+        cpu = CounterMetricFamily(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            value=(int(fields[11]) + int(fields[12])) / _TICKS,
+        )
         return [
             *self._static,
             cpu,
-            GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
-                              value=int(fields[20])),
-            GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
-                              value=int(fields[21]) * _PAGE),
-            GaugeMetricFamily("process_start_time_seconds",
-                              "Start time of the process since unix epoch in seconds.",
-                              value=self._start_time),
-            GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
-                              value=len(os.listdir(os.path.join(self._proc, "self", "fd")))),
-            GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
-                              value=resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+            GaugeMetricFamily(
+                "process_virtual_memory_bytes", "Virtual memory size in bytes.", value=int(fields[20])
+            ),
+            GaugeMetricFamily(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                value=int(fields[21]) * _PAGE,
+            ),
+            GaugeMetricFamily(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                value=self._start_time,
+            ),
+            GaugeMetricFamily(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                value=len(os.listdir(os.path.join(self._proc, "self", "fd"))),
+            ),
+            GaugeMetricFamily(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                value=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            ),
             *self._gc.collect(),
         ]

@@ -6,7 +6,7 @@ import html
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -113,17 +113,20 @@ async def landing(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     path = request.app["telemetry_path"]
     rows = []
-    for name, enabled in request.app["enabled"].items():
+    for name, _enabled in request.app["enabled"].items():
         runner = next((r for r in scheduler.runners if r.name == name), None)
         if runner is None:
-            rows.append(f"<tr><td>{html.escape(name)}</td><td>no</td><td></td><td></td><td></td><td></td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td>no</td><td></td><td></td><td></td><td></td></tr>"
+            )
             continue
         available = {None: "not probed yet", True: "yes", False: "no"}[runner.available]
         duration = "" if runner.last_duration is None else f"{runner.last_duration * 1000:.1f} ms"
         problem = runner.reason if runner.available is False else runner.last_error
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>yes</td><td>{available}</td><td>{duration}</td>"
-            f"<td>{_age(runner.last_success_time)}</td><td>{html.escape(problem)}</td></tr>")
+            f"<td>{_age(runner.last_success_time)}</td><td>{html.escape(problem)}</td></tr>"
+        )
     await scheduler.snapshot()  # a fresh reading, so the verdicts' rates reach up to now
     verdicts = _verdict_rows(request.app["verdicts"]())
     page = f"""<!DOCTYPE html>
@@ -155,10 +158,16 @@ def _verdict_rows(verdicts: list) -> str:
     order = {"fail": 0, "warn": 1, "skip": 2, "ok": 3}  # the answer first
     rows = []
     for v in sorted(verdicts, key=lambda v: order.get(v.status, 9)):
-        advice = f"{html.escape(v.why)}<br><small>{html.escape(v.action)}</small>" if v.status in ("warn", "fail") else ""
-        rows.append(f'<tr class="verdict {v.status}"><td class="status {v.status}">{v.status}</td>'
-                    f"<td>{html.escape(v.title)}</td><td>{html.escape(v.value)}</td>"
-                    f"<td>{html.escape(v.threshold)}</td><td>{advice}</td></tr>")
+        advice = (
+            f"{html.escape(v.why)}<br><small>{html.escape(v.action)}</small>"
+            if v.status in ("warn", "fail")
+            else ""
+        )
+        rows.append(
+            f'<tr class="verdict {v.status}"><td class="status {v.status}">{v.status}</td>'
+            f"<td>{html.escape(v.title)}</td><td>{html.escape(v.value)}</td>"
+            f"<td>{html.escape(v.threshold)}</td><td>{advice}</td></tr>"
+        )
     return "\n".join(rows)
 
 
@@ -176,8 +185,11 @@ class RequestLimit:
             return await handler(request)
         if self.active >= self.limit:
             self.rejected += 1
-            return web.Response(status=503, text=f"too many requests at once (limit {self.limit})\n",
-                                headers={"Retry-After": "1"})
+            return web.Response(
+                status=503,
+                text=f"too many requests at once (limit {self.limit})\n",
+                headers={"Retry-After": "1"},
+            )
         self.active += 1
         try:
             return await handler(request)
@@ -192,10 +204,12 @@ def web_config_middleware(live: LiveWebConfig):
     async def middleware(request: web.Request, handler):
         loaded = live.current
         headers = loaded.config.headers
-        if request.path not in PROBE_PATHS and loaded.auth.enabled and \
-                not await loaded.auth.authorized(request.headers.get("Authorization")):
-            response = web.Response(status=401, text="Unauthorized\n",
-                                    headers={"WWW-Authenticate": "Basic"})
+        if (
+            request.path not in PROBE_PATHS
+            and loaded.auth.enabled
+            and not await loaded.auth.authorized(request.headers.get("Authorization"))
+        ):
+            response = web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
         else:
             try:
                 response = await handler(request)
@@ -213,8 +227,13 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "netstack-exporter"
 
 
-def build_app(scheduler: Scheduler, telemetry_path: str, enabled: dict[str, bool],
-              middlewares=(), verdicts: Callable[[], list] = list) -> web.Application:
+def build_app(
+    scheduler: Scheduler,
+    telemetry_path: str,
+    enabled: dict[str, bool],
+    middlewares=(),
+    verdicts: Callable[[], list] = list,
+) -> web.Application:
     """`verdicts` gives the field guide's verdicts over the recent collections for the landing
     page (objects with status, title, value, threshold, why, action)."""
     app = web.Application(middlewares=list(middlewares))

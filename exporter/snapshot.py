@@ -90,14 +90,21 @@ class Snapshot:
             return memoryview(body)[: -len(_EOF)] if openmetrics else body
 
         pieces = []
-        success = CompactFamily("netstack_scrape_collector_success",
-                                "1 if the collector's last collection succeeded, 0 if it failed or its "
-                                "source is unavailable.", "gauge")
-        duration = CompactFamily("netstack_scrape_collector_duration_seconds",
-                                 "Time the collector's last collection took.", "gauge")
-        available = CompactFamily("netstack_collector_available",
-                                  "1 if the collector's source exists on this host (see / for the "
-                                  "reason when 0).", "gauge")
+        success = CompactFamily(
+            "netstack_scrape_collector_success",
+            "1 if the collector's last collection succeeded, 0 if it failed or its source is unavailable.",
+            "gauge",
+        )
+        duration = CompactFamily(
+            "netstack_scrape_collector_duration_seconds",
+            "Time the collector's last collection took.",
+            "gauge",
+        )
+        available = CompactFamily(
+            "netstack_collector_available",
+            "1 if the collector's source exists on this host (see / for the reason when 0).",
+            "gauge",
+        )
         for o in self.outcomes:
             ok = o.success
             if o.families:
@@ -119,8 +126,12 @@ class Snapshot:
         try:
             pieces.append(piece(self.own))
         except Exception as e:  # a bug of ours; the collectors' series are still worth serving
-            log_event(log, logging.WARNING, "exporter self-metrics failed to encode",
-                      error=f"{type(e).__name__}: {e}")
+            log_event(
+                log,
+                logging.WARNING,
+                "exporter self-metrics failed to encode",
+                error=f"{type(e).__name__}: {e}",
+            )
         if openmetrics:
             pieces.append(_EOF)
         return b"".join(pieces)

@@ -100,8 +100,7 @@ HEADERS: dict[str, tuple[str, ...]] = {
 UNSUPPORTED = {
     "tls_server_config.cert": "inline certificates are not supported; use cert_file",
     "tls_server_config.key": "inline keys are not supported; use key_file",
-    "tls_server_config.curve_preferences":
-        "Python's ssl module cannot set a list of curves; remove it (OpenSSL's defaults are used)",
+    "tls_server_config.curve_preferences": "Python's ssl module cannot set a list of curves; remove it (OpenSSL's defaults are used)",
     "rate_limit": "not supported; use --web.max-requests to bound concurrent requests",
 }
 
@@ -213,9 +212,22 @@ def _path(value: Any, base_dir: str, where: str) -> str:
 
 def _parse_tls(raw: dict, base_dir: str) -> TLSSettings | None:
     where = "tls_server_config"
-    _check_keys(raw, {"cert_file", "key_file", "client_auth_type", "client_ca_file", "client_ca",
-                      "client_allowed_sans", "min_version", "max_version", "cipher_suites",
-                      "prefer_server_cipher_suites"}, where)
+    _check_keys(
+        raw,
+        {
+            "cert_file",
+            "key_file",
+            "client_auth_type",
+            "client_ca_file",
+            "client_ca",
+            "client_allowed_sans",
+            "min_version",
+            "max_version",
+            "cipher_suites",
+            "prefer_server_cipher_suites",
+        },
+        where,
+    )
     if not raw:
         return None
     kw: dict[str, Any] = {}
@@ -230,17 +242,21 @@ def _parse_tls(raw: dict, base_dir: str) -> TLSSettings | None:
         if "client_ca_file" in kw:
             raise WebConfigError(f"{where}: give client_ca or client_ca_file, not both")
     if raw.get("client_auth_type") is not None:
-        kw["client_auth_type"] = auth = _one_of(raw["client_auth_type"], list(CLIENT_AUTH_TYPES),
-                                               f"{where}.client_auth_type", "client auth type")
+        kw["client_auth_type"] = auth = _one_of(
+            raw["client_auth_type"], list(CLIENT_AUTH_TYPES), f"{where}.client_auth_type", "client auth type"
+        )
         if CLIENT_AUTH_TYPES[auth] is None:
             raise WebConfigError(
                 f"{where}.client_auth_type: {auth} (a certificate required but never verified) "
-                "is not supported; use RequireAndVerifyClientCert with client_ca_file")
+                "is not supported; use RequireAndVerifyClientCert with client_ca_file"
+            )
     auth = kw.get("client_auth_type", "NoClientCert")
     has_ca = "client_ca_file" in kw or "client_ca" in kw
     if has_ca and auth not in VERIFYING:
-        raise WebConfigError(f"{where}: client CA given but client_auth_type is {auth}: "
-                             "use RequireAndVerifyClientCert (or VerifyClientCertIfGiven)")
+        raise WebConfigError(
+            f"{where}: client CA given but client_auth_type is {auth}: "
+            "use RequireAndVerifyClientCert (or VerifyClientCertIfGiven)"
+        )
     if auth in VERIFYING and not has_ca:
         # The toolkit would fall back to the system's public CAs: anyone with a certificate
         # from any public CA would get in. Refused.
@@ -248,15 +264,17 @@ def _parse_tls(raw: dict, base_dir: str) -> TLSSettings | None:
     if raw.get("client_allowed_sans") is not None:
         kw["client_allowed_sans"] = _strings(raw["client_allowed_sans"], f"{where}.client_allowed_sans")
         if auth != "RequireAndVerifyClientCert":
-            raise WebConfigError(f"{where}.client_allowed_sans: needs client_auth_type "
-                                 "RequireAndVerifyClientCert")
+            raise WebConfigError(
+                f"{where}.client_allowed_sans: needs client_auth_type RequireAndVerifyClientCert"
+            )
     for key in ("min_version", "max_version"):
         if raw.get(key) is not None:
             kw[key] = _one_of(raw[key], list(TLS_VERSIONS), f"{where}.{key}", "TLS version")
     settings = TLSSettings(**kw, **_parse_ciphers(raw, where))
     if TLS_VERSIONS[settings.min_version] > TLS_VERSIONS[settings.max_version]:
-        raise WebConfigError(f"{where}: min_version {settings.min_version} is above max_version "
-                             f"{settings.max_version}")
+        raise WebConfigError(
+            f"{where}: min_version {settings.min_version} is above max_version {settings.max_version}"
+        )
     return settings
 
 
@@ -266,12 +284,14 @@ def _parse_ciphers(raw: dict, where: str) -> dict:
         names = _strings(raw["cipher_suites"], f"{where}.cipher_suites")
         for i, name in enumerate(names):
             if name not in CIPHER_SUITES:
-                raise WebConfigError(f"{where}.cipher_suites[{i}]: unknown cipher {name!r} (one of "
-                                     f"{', '.join(CIPHER_SUITES)})")
+                raise WebConfigError(
+                    f"{where}.cipher_suites[{i}]: unknown cipher {name!r} (one of {', '.join(CIPHER_SUITES)})"
+                )
         out["cipher_suites"] = names
     if raw.get("prefer_server_cipher_suites") is not None:
-        out["prefer_server_cipher_suites"] = _bool(raw["prefer_server_cipher_suites"],
-                                                   f"{where}.prefer_server_cipher_suites")
+        out["prefer_server_cipher_suites"] = _bool(
+            raw["prefer_server_cipher_suites"], f"{where}.prefer_server_cipher_suites"
+        )
     return out
 
 
@@ -299,8 +319,7 @@ def _parse_http(raw: dict) -> tuple[dict[str, str], bool]:
     for name, value in _mapping(raw.get("headers"), f"{where}.headers").items():
         hwhere = f"{where}.headers.{name}"
         if name not in HEADERS:
-            raise WebConfigError(f"{hwhere}: this header cannot be configured (one of "
-                                 f"{', '.join(HEADERS)})")
+            raise WebConfigError(f"{hwhere}: this header cannot be configured (one of {', '.join(HEADERS)})")
         text = _string(value, hwhere)
         if HEADERS[name] and text not in HEADERS[name]:
             raise WebConfigError(f"{hwhere}: invalid value {text!r} (one of {', '.join(HEADERS[name])})")
@@ -358,8 +377,9 @@ def build_tls_context(tls: TLSSettings) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_password)
     except ssl.SSLError as e:  # before OSError: SSLError is one
-        raise WebConfigError(f"cannot load cert_file {tls.cert_file} with key_file {tls.key_file}: "
-                             f"{e.reason or e}") from None
+        raise WebConfigError(
+            f"cannot load cert_file {tls.cert_file} with key_file {tls.key_file}: {e.reason or e}"
+        ) from None
     except OSError as e:
         what = tls.cert_file if not os.path.exists(tls.cert_file) else tls.key_file
         raise WebConfigError(f"cannot read cert_file/key_file ({what}): {e.strerror or e}") from None
@@ -372,8 +392,9 @@ def build_tls_context(tls: TLSSettings) -> ssl.SSLContext:
         except ssl.SSLError as e:
             raise WebConfigError(f"client CA: no usable certificate ({e.reason or e})") from None
         except OSError as e:
-            raise WebConfigError(f"cannot read client_ca_file {tls.client_ca_file}: "
-                                 f"{e.strerror or e}") from None
+            raise WebConfigError(
+                f"cannot read client_ca_file {tls.client_ca_file}: {e.strerror or e}"
+            ) from None
         if not ctx.get_ca_certs():
             raise WebConfigError("client CA: no certificate found")
     return ctx
@@ -540,13 +561,20 @@ class LiveWebConfig:
     def _apply(self, trigger: str, fingerprint: tuple, new: Loaded | WebConfigError) -> bool:
         """Switch to `new` (on the event loop thread, where handshakes happen)."""
         if isinstance(new, Loaded) and (new.context is None) != (self.ssl_context is None):
-            new = WebConfigError("turning TLS on or off needs a restart (the listener's scheme "
-                                 "cannot change under connected clients)")
+            new = WebConfigError(
+                "turning TLS on or off needs a restart (the listener's scheme "
+                "cannot change under connected clients)"
+            )
         if isinstance(new, WebConfigError):
             self.reload_failures += 1
             self._fingerprint = fingerprint  # one line per change of the files, not per poll
-            log_event(log, logging.ERROR, "web config reload failed; keeping the previous one",
-                      trigger=trigger, error=str(new))
+            log_event(
+                log,
+                logging.ERROR,
+                "web config reload failed; keeping the previous one",
+                trigger=trigger,
+                error=str(new),
+            )
             return False
         if self.ssl_context is not None and new.context is not None and new.config.tls is not None:
             new.context.sni_callback = self._switch_context
@@ -554,8 +582,15 @@ class LiveWebConfig:
         self.current = new
         self._fingerprint = _fingerprint(new.files)
         self.reloads += 1
-        log_event(log, logging.INFO, "web config loaded", trigger=trigger, tls=self.tls,
-                  users=len(new.config.users), headers=len(new.config.headers))
+        log_event(
+            log,
+            logging.INFO,
+            "web config loaded",
+            trigger=trigger,
+            tls=self.tls,
+            users=len(new.config.users),
+            headers=len(new.config.headers),
+        )
         if self._on_reload is not None:
             self._on_reload(new)
         return True

@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "collectors" / "bpf"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 # __TARGET_ARCH_* selects bpf_tracing.h's register layout for the target architecture.
-TARGET_ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390",
-               "ppc64le": "powerpc", "riscv64": "riscv"}
+TARGET_ARCH = {
+    "x86_64": "x86",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "s390x": "s390",
+    "ppc64le": "powerpc",
+    "riscv64": "riscv",
+}
 LIBBPF_HEADER = "bpf/bpf_helpers.h"
 HEADER_DIRS = ("/usr/include", "/usr/local/include")
 
@@ -43,8 +49,9 @@ def sources(bpf_dir: Path = BPF_DIR) -> list[Path]:
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name) or (shutil.which(name, path="/usr/sbin:/sbin"))
     if not path:
-        raise BuildError(f"{name} not found: building the BPF objects needs it "
-                         f"(Debian: apt-get install {package})")
+        raise BuildError(
+            f"{name} not found: building the BPF objects needs it (Debian: apt-get install {package})"
+        )
     return path
 
 
@@ -53,12 +60,16 @@ def check_inputs(btf: str) -> tuple[str, str, str]:
     clang = require_tool("clang", "clang llvm")
     bpftool = require_tool("bpftool", "bpftool")
     if not any(os.path.exists(os.path.join(d, LIBBPF_HEADER)) for d in HEADER_DIRS):
-        raise BuildError(f"<{LIBBPF_HEADER}> not found: building the BPF objects needs libbpf's "
-                         "headers (Debian: apt-get install libbpf-dev)")
+        raise BuildError(
+            f"<{LIBBPF_HEADER}> not found: building the BPF objects needs libbpf's "
+            "headers (Debian: apt-get install libbpf-dev)"
+        )
     if not os.path.exists(btf):
-        raise BuildError(f"no BTF at {btf}: vmlinux.h is generated from kernel BTF; build on a "
-                         "kernel with CONFIG_DEBUG_INFO_BTF, or set NETSTACK_BTF (or --btf) to a "
-                         "vmlinux or .btf file of the target architecture")
+        raise BuildError(
+            f"no BTF at {btf}: vmlinux.h is generated from kernel BTF; build on a "
+            "kernel with CONFIG_DEBUG_INFO_BTF, or set NETSTACK_BTF (or --btf) to a "
+            "vmlinux or .btf file of the target architecture"
+        )
     machine = platform.machine()
     if machine not in TARGET_ARCH:
         raise BuildError(f"unknown architecture {machine}: add it to TARGET_ARCH")
@@ -77,8 +88,24 @@ def build(out_dir: Path, btf: str = "", quiet: bool = False) -> list[Path]:
             run([bpftool, "btf", "dump", "file", btf, "format", "c"], stdout=f)
         for src in sources():
             obj = out_dir / (src.name[:-2] + ".o")  # softirq.bpf.c -> softirq.bpf.o
-            run([clang, "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-O2", "-g", "-Wall",
-                 "-Werror", "-I", tmp, "-c", str(src), "-o", str(obj)])
+            run(
+                [
+                    clang,
+                    "-target",
+                    "bpf",
+                    f"-D__TARGET_ARCH_{arch}",
+                    "-O2",
+                    "-g",
+                    "-Wall",
+                    "-Werror",
+                    "-I",
+                    tmp,
+                    "-c",
+                    str(src),
+                    "-o",
+                    str(obj),
+                ]
+            )
             built.append(obj)
             if not quiet:
                 print(f"build_bpf: {src.relative_to(ROOT)} -> {obj}", file=sys.stderr)
@@ -88,8 +115,7 @@ def build(out_dir: Path, btf: str = "", quiet: bool = False) -> list[Path]:
 def run(argv: list[str], **kwargs) -> None:
     result = subprocess.run(argv, stderr=subprocess.PIPE, text=True, **kwargs)
     if result.returncode != 0:
-        raise BuildError(f"{os.path.basename(argv[0])} failed ({result.returncode}): "
-                         f"{result.stderr.strip()}")
+        raise BuildError(f"{os.path.basename(argv[0])} failed ({result.returncode}): {result.stderr.strip()}")
 
 
 def main() -> int:

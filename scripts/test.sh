@@ -55,7 +55,7 @@ PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 
 # bcc: Debian's python3-bpfcc, made importable from the venv (the PyPI package 'bcc' is unrelated).
 if [[ -d /usr/lib/python3/dist-packages/bcc ]]; then

@@ -28,8 +28,11 @@ def bird_binary(version: int, v6: bool = False) -> str:
     """Path of BIRD 1.6's bird/bird6 or BIRD 2's bird; skips (fails in CI) when absent."""
     if version == 1:
         path = BIRD1_ROOT / "usr" / "sbin" / ("bird6" if v6 else "bird")
-        need(path.exists(), f"needs BIRD 1.6 at {path} (scripts/test.sh extracts Debian's bird "
-                            f"there: bird2 conflicts with it as a package)")
+        need(
+            path.exists(),
+            f"needs BIRD 1.6 at {path} (scripts/test.sh extracts Debian's bird "
+            f"there: bird2 conflicts with it as a package)",
+        )
         return str(path)
     path = need_tool("bird", "bird2")
     out = run([path, "--version"], check=False)
@@ -52,8 +55,13 @@ def _family(address: str) -> str:
     return "ipv6" if ":" in address else "ipv4"
 
 
-def config(version: int, router_id: str, peers: dict[str, tuple[str, str]],
-           statics: tuple[str, ...] = (), extra: str = "") -> str:
+def config(
+    version: int,
+    router_id: str,
+    peers: dict[str, tuple[str, str]],
+    statics: tuple[str, ...] = (),
+    extra: str = "",
+) -> str:
     """A BIRD configuration in the shape of Calico's bird.cfg template: kernel, device, direct,
     static routes to announce, a bgp_template, and one protocol per peer
     ({protocol name: (neighbor address, source address)}). BIRD 1.6 speaks one family per daemon
@@ -69,37 +77,49 @@ def config(version: int, router_id: str, peers: dict[str, tuple[str, str]],
     routes = "".join(f"  route {r} blackhole;\n" for r in statics)
     lines = [f"router id {router_id};", extra, "protocol device { scan time 2; }"]
     if version == 1:
-        lines += ["protocol kernel { learn; persist; scan time 2; import all; export none; }",
-                  'protocol direct { interface -"cali*", -"kube-ipvs*", "*"; }']
+        lines += [
+            "protocol kernel { learn; persist; scan time 2; import all; export none; }",
+            'protocol direct { interface -"cali*", -"kube-ipvs*", "*"; }',
+        ]
         if statics:
             lines.append("protocol static {\n" + routes + "}")
-        lines.append("template bgp bgp_template {\n" + common +
-                     "  gateway recursive;\n  import all;\n  export all;\n  add paths on;\n}")
+        lines.append(
+            "template bgp bgp_template {\n"
+            + common
+            + "  gateway recursive;\n  import all;\n  export all;\n  add paths on;\n}"
+        )
         for name, (neighbor, source) in peers.items():
-            lines.append(f"protocol bgp {name} from bgp_template {{ neighbor {neighbor} as "
-                         f"{AS_NUMBER}; source address {source}; }}")
+            lines.append(
+                f"protocol bgp {name} from bgp_template {{ neighbor {neighbor} as "
+                f"{AS_NUMBER}; source address {source}; }}"
+            )
         return "\n".join(lines) + "\n"
     families = sorted({_family(n) for n, _ in peers.values()} | {_family(r) for r in statics})
     for fam in families:
-        lines += [f'protocol direct direct_{fam} {{ {fam}; interface -"cali*", -"kube-ipvs*", "*"; }}',
-                  f"protocol kernel kernel_{fam} {{ {fam} {{ import all; export none; }}; learn; "
-                  f"persist; scan time 2; }}"]
+        lines += [
+            f'protocol direct direct_{fam} {{ {fam}; interface -"cali*", -"kube-ipvs*", "*"; }}',
+            f"protocol kernel kernel_{fam} {{ {fam} {{ import all; export none; }}; learn; "
+            f"persist; scan time 2; }}",
+        ]
         fam_routes = "".join(f"  route {r} blackhole;\n" for r in statics if _family(r) == fam)
         if fam_routes:
             lines.append(f"protocol static static_{fam} {{ {fam};\n{fam_routes}}}")
     lines.append("template bgp bgp_template {\n" + common + "}")
     for name, (neighbor, source) in peers.items():
-        lines.append(f"protocol bgp {name} from bgp_template {{ neighbor {neighbor} as {AS_NUMBER}; "
-                     f"source address {source}; {_family(neighbor)} {{ gateway recursive; "
-                     f"import all; export all; add paths on; }}; }}")
+        lines.append(
+            f"protocol bgp {name} from bgp_template {{ neighbor {neighbor} as {AS_NUMBER}; "
+            f"source address {source}; {_family(neighbor)} {{ gateway recursive; "
+            f"import all; export all; add paths on; }}; }}"
+        )
     return "\n".join(lines) + "\n"
 
 
 class Bird:
     """One BIRD daemon in `netns`, its control socket at `socket_path`."""
 
-    def __init__(self, netns: Netns, version: int, conf: str, workdir: Path, name: str = "bird",
-                 v6: bool = False):
+    def __init__(
+        self, netns: Netns, version: int, conf: str, workdir: Path, name: str = "bird", v6: bool = False
+    ):
         self.netns, self.version, self.v6 = netns, version, v6
         self.binary = bird_binary(version, v6)
         self.workdir = workdir
@@ -111,8 +131,9 @@ class Bird:
 
     def start(self, timeout: float = 10) -> Bird:
         with open(self.log, "ab") as log:
-            self.proc = self.netns.popen(self.binary, "-f", "-c", str(self.conf_path),
-                                         "-s", self.socket_path, stdout=log, stderr=log)
+            self.proc = self.netns.popen(
+                self.binary, "-f", "-c", str(self.conf_path), "-s", self.socket_path, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -169,8 +190,23 @@ class TwoNodes:
         self.daemons: list[Bird] = []
         tag = uuid.uuid4().hex[:6]
         va, vb = f"nse-bgp-a{tag}", f"nse-bgp-b{tag}"
-        run(["ip", "link", "add", va, "netns", self.a.name, "type", "veth",
-             "peer", "name", vb, "netns", self.b.name])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                va,
+                "netns",
+                self.a.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                vb,
+                "netns",
+                self.b.name,
+            ]
+        )
         for ns, dev, v4, v6 in ((self.a, va, self.A4, self.A6), (self.b, vb, self.B4, self.B6)):
             ns.ip("addr", "add", f"{v4}/24", "dev", dev)
             ns.ip("addr", "add", f"{v6}/64", "dev", dev, "nodad")

@@ -43,9 +43,14 @@ class HostTree:
         """Flags that keep the collectors to this tree (overlay reads rtnetlink, bgp a socket:
         not from files, so they are not on unless named)."""
         names = collectors or ("cpu", "softirq", "conntrack", "ipvs", "strict_arp", "virtualization")
-        out = ["--collector.disable-defaults", f"--path.procfs={self.proc}", f"--path.sysfs={self.sys}",
-               "--collector.conntrack.source=procfs", "--collector.ipvs.source=procfs",
-               f"--collector.virtualization.modules-path={self.modules_dir}"]
+        out = [
+            "--collector.disable-defaults",
+            f"--path.procfs={self.proc}",
+            f"--path.sysfs={self.sys}",
+            "--collector.conntrack.source=procfs",
+            "--collector.ipvs.source=procfs",
+            f"--collector.virtualization.modules-path={self.modules_dir}",
+        ]
         return out + [f"--collector.{name}" for name in names]
 
     # --- /proc/stat -----------------------------------------------------------------------------
@@ -68,14 +73,22 @@ class HostTree:
         lines += [f"cpu{cpu} " + " ".join(map(str, ticks)) for cpu, ticks in self._cpus.items()]
         _write(self.proc / "stat", "\n".join(lines + self._stat_other) + "\n")
 
-    def tick(self, seconds: float = DURATION, steal: dict[int, float] | None = None,
-             softirq: dict[int, float] | None = None, user: float = 0.2) -> None:
+    def tick(
+        self,
+        seconds: float = DURATION,
+        steal: dict[int, float] | None = None,
+        softirq: dict[int, float] | None = None,
+        user: float = 0.2,
+    ) -> None:
         """`seconds` of CPU time on every online CPU: the given fractions as steal and softirq
         (per CPU), `user` as user time, the rest idle."""
         for cpu, ticks in self._cpus.items():
             budget = round(seconds * USER_HZ)
-            parts = {"steal": (steal or {}).get(int(cpu), 0.0),
-                     "softirq": (softirq or {}).get(int(cpu), 0.01), "user": user}
+            parts = {
+                "steal": (steal or {}).get(int(cpu), 0.0),
+                "softirq": (softirq or {}).get(int(cpu), 0.01),
+                "user": user,
+            }
             spent = 0
             for mode, fraction in parts.items():
                 n = round(budget * fraction)
@@ -100,8 +113,9 @@ class HostTree:
 
     # --- conntrack -----------------------------------------------------------------------------
 
-    def conntrack(self, entries: int | None = None, limit: int | None = None, cpu: int = 0,
-                  **add: int) -> None:
+    def conntrack(
+        self, entries: int | None = None, limit: int | None = None, cpu: int = 0, **add: int
+    ) -> None:
         """Set the entry count (nf_conntrack_count and the stat file's entries column) and/or
         nf_conntrack_max; add to one CPU's row of /proc/net/stat/nf_conntrack by column name
         (insert_failed=, drop=, early_drop=)."""
@@ -190,15 +204,24 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_check(tree: HostTree | None, *args: str, between: Callable[[], None] | None = None,
-              datasync: Callable[[int], None] | None = None, collectors: tuple[str, ...] = (),
-              duration: float = DURATION) -> tuple[int, dict]:
+def run_check(
+    tree: HostTree | None,
+    *args: str,
+    between: Callable[[], None] | None = None,
+    datasync: Callable[[int], None] | None = None,
+    collectors: tuple[str, ...] = (),
+    duration: float = DURATION,
+) -> tuple[int, dict]:
     """`netstack-exporter check --output json` in this process on the tree: (exit status, report)."""
     from exporter import check
 
     out = io.StringIO()
-    argv = [*(tree.args(*collectors) if tree else []), f"--check.duration={round(duration * 1000)}ms",
-            "--output=json", *args]
+    argv = [
+        *(tree.args(*collectors) if tree else []),
+        f"--check.duration={round(duration * 1000)}ms",
+        "--output=json",
+        *args,
+    ]
     kwargs = {"datasync": datasync} if datasync else {}
     status = check.main(argv, environ={}, out=out, between=between, **kwargs)
     report = json.loads(out.getvalue())

@@ -71,7 +71,7 @@ class Netns:
     def __init__(self, prefix: str = "nse"):
         self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
 
-    def __enter__(self) -> "Netns":
+    def __enter__(self) -> Netns:
         need_root()
         need_tool("ip", "iproute2")
         run(["ip", "netns", "add", self.name])
@@ -117,6 +117,7 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 def collector_text(collector) -> str:
     """One collect() of a collector, encoded as the exporter encodes it (0.0.4 text format)."""
     from exporter.exposition import encode_text
+
     return encode_text(list(collector.collect())).decode()
 
 
@@ -140,26 +141,28 @@ def value(metrics: dict, name: str, **labels: str) -> float:
 class Exporter:
     """netstack-exporter as a subprocess on a free loopback port, optionally inside a netns."""
 
-    def __init__(self, *args: str, netns: Netns | None = None, env: dict | None = None,
-                 wait_ready: bool = True):
+    def __init__(
+        self, *args: str, netns: Netns | None = None, env: dict | None = None, wait_ready: bool = True
+    ):
         self.wait = wait_ready
         self.netns = netns
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "exporter",
-                     f"--web.listen-address=127.0.0.1:{self.port}", *args]
+        self.args = [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{self.port}", *args]
         if netns is not None:
             self.args = ["ip", "netns", "exec", netns.name, *self.args]
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = None
 
-    def __enter__(self) -> "Exporter":
+    def __enter__(self) -> Exporter:
         import tempfile
+
         self._log = tempfile.NamedTemporaryFile(prefix="exporter-", suffix=".log", delete=False)
         self.log_path = self._log.name
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
         if self.wait:
             try:
                 self.wait_ready()

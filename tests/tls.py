@@ -26,30 +26,84 @@ def _openssl(*args: str) -> None:
 def make_ca(directory: Path, name: str = "ca") -> Pair:
     directory.mkdir(parents=True, exist_ok=True)
     pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(pair.key), "-out", str(pair.cert), "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(pair.key),
+        "-out",
+        str(pair.cert),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    )
     return pair
 
 
-def make_cert(ca: Pair, directory: Path, name: str, sans: str = "DNS:localhost,IP:127.0.0.1",
-              usage: str = "serverAuth,clientAuth") -> Pair:
+def make_cert(
+    ca: Pair,
+    directory: Path,
+    name: str,
+    sans: str = "DNS:localhost,IP:127.0.0.1",
+    usage: str = "serverAuth,clientAuth",
+) -> Pair:
     """A leaf certificate for `name` signed by `ca`, with the given subjectAltNames."""
     pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
     csr = directory / f"{name}.csr"
     ext = directory / f"{name}.ext"
     ext.write_text(f"subjectAltName={sans}\nextendedKeyUsage={usage}\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(pair.key), "-out", str(csr), "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key),
-             "-CAcreateserial", "-out", str(pair.cert), "-days", "2", "-extfile", str(ext))
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(pair.key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={name}",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-out",
+        str(pair.cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
     return pair
 
 
 def bcrypt_hash(password: str, cost: int = 10) -> str:
     """`htpasswd -nbBC cost "" password`, as the exporter-toolkit docs suggest."""
-    out = subprocess.run([need_tool("htpasswd", "apache2-utils"), "-nbBC", str(cost), "", password],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [need_tool("htpasswd", "apache2-utils"), "-nbBC", str(cost), "", password],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return out.strip().lstrip(":")
 
 
@@ -60,8 +114,13 @@ def client_context(ca: Pair | None, client: Pair | None = None) -> ssl.SSLContex
     return ctx
 
 
-def https_get(port: int, path: str = "/metrics", ctx: ssl.SSLContext | None = None,
-              headers: dict | None = None, timeout: float = 10) -> tuple[int, dict, bytes, dict]:
+def https_get(
+    port: int,
+    path: str = "/metrics",
+    ctx: ssl.SSLContext | None = None,
+    headers: dict | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict, bytes, dict]:
     """(status, headers, body, server certificate) of one HTTPS GET to 127.0.0.1."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
     try:
@@ -75,13 +134,23 @@ def https_get(port: int, path: str = "/metrics", ctx: ssl.SSLContext | None = No
 
 
 def serial_of(pair: Pair) -> str:
-    out = subprocess.run([need_tool("openssl", "openssl"), "x509", "-noout", "-serial", "-in",
-                          str(pair.cert)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [need_tool("openssl", "openssl"), "x509", "-noout", "-serial", "-in", str(pair.cert)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return out.strip().split("=", 1)[1].upper()
 
 
-def write_web_config(path: Path, *, pair: Pair | None = None, client_ca: Pair | None = None,
-                     users: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Path:
+def write_web_config(
+    path: Path,
+    *,
+    pair: Pair | None = None,
+    client_ca: Pair | None = None,
+    users: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Path:
     lines = []
     if pair is not None:
         lines += ["tls_server_config:", f"  cert_file: {pair.cert}", f"  key_file: {pair.key}"]
@@ -97,14 +166,21 @@ def write_web_config(path: Path, *, pair: Pair | None = None, client_ca: Pair | 
 
 def basic(user: str, password: str) -> dict:
     import base64
+
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 class TLSExporter(Exporter):
     """The exporter with --web.config.file, waited for over HTTPS (with credentials if given)."""
 
-    def __init__(self, *args: str, ctx: ssl.SSLContext | None = None, headers: dict | None = None,
-                 prefix: tuple[str, ...] = (), **kw):
+    def __init__(
+        self,
+        *args: str,
+        ctx: ssl.SSLContext | None = None,
+        headers: dict | None = None,
+        prefix: tuple[str, ...] = (),
+        **kw,
+    ):
         super().__init__(*args, wait_ready=False, **kw)
         self.ctx = ctx
         self.headers = headers or {}

@@ -29,8 +29,11 @@ ALL_ON = {
     "fsync": {"extraDirectories": [{"name": "etcd", "hostPath": "/var/lib/etcd-fsync-probe"}]},
     "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
     "serviceMonitor": {"enabled": True},
-    "prometheusRule": {"enabled": True, "additionalRuleLabels": {"team": "platform"},
-                       "disabledAlerts": ["NetstackIPVSSeriesCapped"]},
+    "prometheusRule": {
+        "enabled": True,
+        "additionalRuleLabels": {"team": "platform"},
+        "disabledAlerts": ["NetstackIPVSSeriesCapped"],
+    },
     "dashboards": {"enabled": True},
     "collectorOptions": {"conntrack.per-cpu": True, "ipvs.max-series": 20000},
 }
@@ -53,8 +56,21 @@ def render(values: dict | None = None, *extra: str) -> list[dict]:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         json.dump(values or {}, f)  # JSON is YAML
         f.flush()
-        out = run([helm(), "template", "netstack", str(CHART), "--namespace", NAMESPACE,
-                   "--kube-version", KUBE_VERSION, "-f", f.name, *extra]).stdout
+        out = run(
+            [
+                helm(),
+                "template",
+                "netstack",
+                str(CHART),
+                "--namespace",
+                NAMESPACE,
+                "--kube-version",
+                KUBE_VERSION,
+                "-f",
+                f.name,
+                *extra,
+            ]
+        ).stdout
     return [d for d in _yaml().safe_load_all(out) if d]
 
 
@@ -78,8 +94,9 @@ def validate_core(docs: list[dict]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rendered.yaml"
         path.write_text(_yaml().safe_dump_all(core))
-        result = run([str(VALIDATE), "--strict", "--kubernetes-version", KUBE_VERSION, str(path)],
-                     check=False)
+        result = run(
+            [str(VALIDATE), "--strict", "--kubernetes-version", KUBE_VERSION, str(path)], check=False
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" passed for resource ") == len(core), result.stdout
 
@@ -132,8 +149,10 @@ def test_daemonset_runs_in_the_host_network_and_reads_the_host():
         assert volumes[mounts[inside]["name"]]["hostPath"]["path"] == host
     fsync = mounts["/var/lib/netstack-exporter/fsync/root"]
     assert not fsync.get("readOnly")
-    assert volumes[fsync["name"]]["hostPath"] == {"path": "/var/lib/netstack-exporter/fsync",
-                                                  "type": "DirectoryOrCreate"}
+    assert volumes[fsync["name"]]["hostPath"] == {
+        "path": "/var/lib/netstack-exporter/fsync",
+        "type": "DirectoryOrCreate",
+    }
     assert "/lib/modules" not in mounts and "/usr/src" not in mounts  # only with eBPF
 
     args = c["args"]
@@ -144,8 +163,7 @@ def test_daemonset_runs_in_the_host_network_and_reads_the_host():
     assert not any(a.startswith("--web.config.file") for a in args)
     assert "--collector.fsync.directory=/var/lib/netstack-exporter/fsync/root" in args
     assert not any("ebpf" in a for a in args)
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9977, "hostPort": 9977,
-                           "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9977, "hostPort": 9977, "protocol": "TCP"}]
 
 
 def test_probes_use_healthz_and_readyz():
@@ -162,8 +180,9 @@ def test_security_context_is_least_privilege():
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["privileged"] is False
-    assert daemonset(docs)["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] == \
-        {"type": "RuntimeDefault"}
+    assert daemonset(docs)["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
 
 
@@ -181,10 +200,16 @@ def test_default_args_are_accepted_by_the_real_exporter(tmp_path):
         with exporter.get("/healthz") as r:
             assert r.status == 200
         metrics = exporter.scrape()
-    success = {dict(labels)["collector"]: v for (name, labels), v in metrics.items()
-               if name == "netstack_scrape_collector_success"}
-    enabled = {a[len("--collector."):] for a in args
-               if a.startswith("--collector.") and not {".", "="} & set(a[len("--collector."):])}
+    success = {
+        dict(labels)["collector"]: v
+        for (name, labels), v in metrics.items()
+        if name == "netstack_scrape_collector_success"
+    }
+    enabled = {
+        a[len("--collector.") :]
+        for a in args
+        if a.startswith("--collector.") and not {".", "="} & set(a[len("--collector.") :])
+    }
     assert enabled == set(success)  # every collector the chart turns on is running
     assert success["cpu"] == 1 and success["softirq"] == 1  # and reads this host's /proc
 
@@ -196,8 +221,15 @@ def test_all_on_render_is_valid():
     docs = render(ALL_ON)
     validate_core(docs)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "DaemonSet", "PodMonitor", "PrometheusRule", "Service",
-                     "ServiceAccount", "ServiceMonitor"]
+    assert kinds == [
+        "ConfigMap",
+        "DaemonSet",
+        "PodMonitor",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             validate_crd(doc)
@@ -237,9 +269,13 @@ def test_ebpf_core_needs_no_header_mounts_and_adds_capabilities():
 
 
 def test_ebpf_bcc_mounts_host_headers_read_only():
-    bcc = {"enabled": True, "backend": "bcc", "hostKernelHeaders": True,
-           "kernelSource": "/opt/kernel-headers",
-           "resources": {"requests": {"memory": "192Mi"}, "limits": {"memory": "512Mi"}}}
+    bcc = {
+        "enabled": True,
+        "backend": "bcc",
+        "hostKernelHeaders": True,
+        "kernelSource": "/opt/kernel-headers",
+        "resources": {"requests": {"memory": "192Mi"}, "limits": {"memory": "512Mi"}},
+    }
     docs = render({"ebpf": bcc})
     c = container(docs)
     volumes = {v["name"]: v for v in daemonset(docs)["spec"]["template"]["spec"]["volumes"]}
@@ -257,8 +293,9 @@ def test_extra_fsync_directory_and_collector_options():
     assert "--collector.fsync.directory=/var/lib/netstack-exporter/fsync/etcd" in c["args"]
     assert "--collector.conntrack.per-cpu" in c["args"]
     assert "--collector.ipvs.max-series=20000" in c["args"]
-    off = container(render({"collectorOptions": {"conntrack.per-cpu": False},
-                            "collectors": {"ipvs": False}}))["args"]
+    off = container(
+        render({"collectorOptions": {"conntrack.per-cpu": False}, "collectors": {"ipvs": False}})
+    )["args"]
     assert "--no-collector.conntrack.per-cpu" in off and "--no-collector.ipvs" in off
 
 
@@ -291,8 +328,11 @@ def test_monitors_scrape_every_node_as_job_netstack_exporter():
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         (ep,) = monitor["spec"][endpoints]
         assert ep["port"] == "metrics" and ep["path"] == "/metrics"
-        assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance",
-                "action": "replace"} in ep["relabelings"]
+        assert {
+            "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+            "targetLabel": "instance",
+            "action": "replace",
+        } in ep["relabelings"]
     assert pod_labels["app.kubernetes.io/name"] == "netstack-exporter"
     for key, val in pm["spec"]["selector"]["matchLabels"].items():
         assert pod_labels[key] == val
@@ -325,8 +365,12 @@ def test_dashboards_configmap_carries_the_generated_json_for_the_sidecar():
     assert cm["metadata"]["namespace"] == NAMESPACE
     committed = (ROOT / "dashboards" / "netstack-node.json").read_text()
     assert json.loads(cm["data"]["netstack-node.json"]) == json.loads(committed)
-    custom = by_kind(render({"dashboards": {"enabled": True, "label": "my_dash", "labelValue": "yes",
-                                            "namespace": "grafana"}}), "ConfigMap")[0]
+    custom = by_kind(
+        render(
+            {"dashboards": {"enabled": True, "label": "my_dash", "labelValue": "yes", "namespace": "grafana"}}
+        ),
+        "ConfigMap",
+    )[0]
     assert custom["metadata"]["labels"]["my_dash"] == "yes"
     assert custom["metadata"]["namespace"] == "grafana"
 
@@ -337,8 +381,18 @@ def test_chart_package_is_self_contained(tmp_path):
     out = run([helm(), "package", str(CHART), "--destination", str(tmp_path)]).stdout
     archive = next(tmp_path.glob("netstack-exporter-*.tgz"))
     assert archive.name in out
-    result = run([helm(), "template", "x", str(archive), "--set", "prometheusRule.enabled=true",
-                  "--set", "dashboards.enabled=true"])
+    result = run(
+        [
+            helm(),
+            "template",
+            "x",
+            str(archive),
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "dashboards.enabled=true",
+        ]
+    )
     kinds = [d["kind"] for d in _yaml().safe_load_all(result.stdout) if d]
     assert "PrometheusRule" in kinds and "ConfigMap" in kinds
     shutil.rmtree(tmp_path, ignore_errors=True)
@@ -346,14 +400,23 @@ def test_chart_package_is_self_contained(tmp_path):
 
 # --- the chart's rules and dashboard against a real Prometheus scraping the real exporter --------
 
-LIVE_AREAS = ("netstack_cpu_", "netstack_softirqs_", "netstack_softnet_", "netstack_conntrack_",
-              "netstack_fsync_", "netstack_scrape_", "netstack_collector_", "netstack_ip_",
-              "netstack_udp_")
+LIVE_AREAS = (
+    "netstack_cpu_",
+    "netstack_softirqs_",
+    "netstack_softnet_",
+    "netstack_conntrack_",
+    "netstack_fsync_",
+    "netstack_scrape_",
+    "netstack_collector_",
+    "netstack_ip_",
+    "netstack_udp_",
+)
 
 
 def _get(base: str, path: str, **params) -> dict:
     import urllib.parse
     import urllib.request
+
     url = f"{base}{path}?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.load(r)
@@ -361,6 +424,7 @@ def _get(base: str, path: str, **params) -> dict:
 
 def _wait(predicate, timeout: float = 60.0):
     import time
+
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -384,8 +448,9 @@ def test_rules_and_dashboard_queries_work_on_real_data(tmp_path):
     from tests.helpers import free_port, need_tool
 
     binary = need_tool("prometheus", "prometheus")
-    with Exporter(f"--collector.fsync.directory={tmp_path / 'fsync'}",
-                  "--collector.fsync.interval=1s") as exporter:
+    with Exporter(
+        f"--collector.fsync.directory={tmp_path / 'fsync'}", "--collector.fsync.interval=1s"
+    ) as exporter:
         port = free_port()
         target = f"127.0.0.1:{exporter.port}"
         config = tmp_path / "prometheus.yml"
@@ -393,12 +458,19 @@ def test_rules_and_dashboard_queries_work_on_real_data(tmp_path):
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
             f"rule_files: ['{ROOT / 'alerts' / 'netstack.rules.yml'}']\n"
             "scrape_configs:\n  - job_name: netstack-exporter\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n")
+            f"    static_configs: [{{targets: ['{target}']}}]\n"
+        )
         with open(tmp_path / "prometheus.log", "w") as log:
-            proc = subprocess.Popen([binary, f"--config.file={config}",
-                                     f"--storage.tsdb.path={tmp_path / 'data'}",
-                                     f"--web.listen-address=127.0.0.1:{port}"],
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             try:
                 _check_live(f"http://127.0.0.1:{port}", target)
             finally:
@@ -413,13 +485,18 @@ def _check_live(base: str, instance: str) -> None:
 
     evaluated = _wait(rules)
     assert evaluated, "Prometheus never evaluated the rules"
-    assert all(r["health"] == "ok" for r in evaluated), [(r["name"], r.get("lastError"))
-                                                         for r in evaluated if r["health"] != "ok"]
+    assert all(r["health"] == "ok" for r in evaluated), [
+        (r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"
+    ]
     expected = {r["alert"] for r in alerting_rules_from_file()}
     assert {r["name"] for r in evaluated} == expected
 
     # Wait for a few scrapes so rates have two samples, then check alerts and panels.
-    assert _wait(lambda: _get(base, "/api/v1/query", query=f'count_over_time(up{{instance="{instance}"}}[1m]) >= 5')["data"]["result"])
+    assert _wait(
+        lambda: _get(base, "/api/v1/query", query=f'count_over_time(up{{instance="{instance}"}}[1m]) >= 5')[
+            "data"
+        ]["result"]
+    )
     alerts = _get(base, "/api/v1/alerts")["data"]["alerts"]
     active = {a["labels"]["alertname"] for a in alerts}
     assert not active & {"NetstackCollectorFailing", "NetstackExporterDown", "NetstackExporterAbsent"}, alerts
@@ -434,7 +511,7 @@ def _check_live(base: str, instance: str) -> None:
             result = _get(base, "/api/v1/query", query=expr)
             assert result["status"] == "success", (panel["title"], expr, result)
             if any(area in expr for area in LIVE_AREAS):
-                got = _wait(lambda: _get(base, "/api/v1/query", query=expr)["data"]["result"], 30)
+                got = _wait(lambda expr=expr: _get(base, "/api/v1/query", query=expr)["data"]["result"], 30)
                 assert got, f"panel {panel['title']!r}: no data for {expr}"
 
 
@@ -473,18 +550,37 @@ def test_host_ip_listen_address_is_accepted_by_the_real_exporter():
 
 
 TLS_ON = {
-    "web": {"config": {"content": {"tls_server_config": {"cert_file": "/etc/netstack-exporter/tls/tls.crt",
-                                                         "key_file": "/etc/netstack-exporter/tls/tls.key"},
-                                   "basic_auth_users": {"prometheus": "$2y$10$" + "a" * 53}}},
-            "tlsSecret": "netstack-tls", "tls": {"enabled": True}},
-    "podMonitor": {"enabled": True,
-                   "tlsConfig": {"ca": {"secret": {"name": "netstack-tls", "key": "ca.crt"}},
-                                 "serverName": "netstack-exporter"},
-                   "basicAuth": {"username": {"name": "scrape-auth", "key": "username"},
-                                 "password": {"name": "scrape-auth", "key": "password"}}},
-    "serviceMonitor": {"enabled": True,
-                       "tlsConfig": {"ca": {"secret": {"name": "netstack-tls", "key": "ca.crt"}},
-                                     "serverName": "netstack-exporter"}},
+    "web": {
+        "config": {
+            "content": {
+                "tls_server_config": {
+                    "cert_file": "/etc/netstack-exporter/tls/tls.crt",
+                    "key_file": "/etc/netstack-exporter/tls/tls.key",
+                },
+                "basic_auth_users": {"prometheus": "$2y$10$" + "a" * 53},
+            }
+        },
+        "tlsSecret": "netstack-tls",
+        "tls": {"enabled": True},
+    },
+    "podMonitor": {
+        "enabled": True,
+        "tlsConfig": {
+            "ca": {"secret": {"name": "netstack-tls", "key": "ca.crt"}},
+            "serverName": "netstack-exporter",
+        },
+        "basicAuth": {
+            "username": {"name": "scrape-auth", "key": "username"},
+            "password": {"name": "scrape-auth", "key": "password"},
+        },
+    },
+    "serviceMonitor": {
+        "enabled": True,
+        "tlsConfig": {
+            "ca": {"secret": {"name": "netstack-tls", "key": "ca.crt"}},
+            "serverName": "netstack-exporter",
+        },
+    },
     "networkPolicy": {"enabled": True},
 }
 
@@ -509,6 +605,7 @@ def test_web_config_and_tls_from_secrets():
     assert web_yml == TLS_ON["web"]["config"]["content"]
     # the chart's web.yml is one the exporter accepts (up to the files it names)
     from exporter.webconfig import parse_web_config
+
     assert parse_web_config(secret["stringData"]["web.yml"]).tls.cert_file.endswith("tls.crt")
     assert c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
@@ -522,8 +619,14 @@ def test_web_config_and_tls_from_secrets():
 
 
 def test_existing_web_config_secret_and_client_certificates():
-    docs = render({"web": {"config": {"existingSecret": "my-web-config"},
-                           "tls": {"enabled": True, "clientCertRequired": True}}})
+    docs = render(
+        {
+            "web": {
+                "config": {"existingSecret": "my-web-config"},
+                "tls": {"enabled": True, "clientCertRequired": True},
+            }
+        }
+    )
     validate_core(docs)
     assert not by_kind(docs, "Secret")
     c = container(docs)
@@ -536,8 +639,10 @@ def test_existing_web_config_secret_and_client_certificates():
 
 def test_no_tls_no_scheme_on_monitors():
     docs = render({"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}})
-    for monitor, key in ((by_kind(docs, "PodMonitor")[0], "podMetricsEndpoints"),
-                         (by_kind(docs, "ServiceMonitor")[0], "endpoints")):
+    for monitor, key in (
+        (by_kind(docs, "PodMonitor")[0], "podMetricsEndpoints"),
+        (by_kind(docs, "ServiceMonitor")[0], "endpoints"),
+    ):
         (ep,) = monitor["spec"][key]
         assert "scheme" not in ep and "tlsConfig" not in ep and "basicAuth" not in ep
 

@@ -26,8 +26,10 @@ pytestmark = pytest.mark.e2e
 VALUES = {
     "default": {},
     "all on": ALL_ON,
-    "some off": {"collectors": {"ipvs": False, "bgp": False},
-                 "collectorOptions": {"conntrack.per-cpu": False, "overlay.device-exclude": "^x,y"}},
+    "some off": {
+        "collectors": {"ipvs": False, "bgp": False},
+        "collectorOptions": {"conntrack.per-cpu": False, "overlay.device-exclude": "^x,y"},
+    },
     "fsync off": {"collectors": {"fsync": False}},
     "ebpf, drops off": {"ebpf": {"enabled": True, "drops": False}},
 }
@@ -84,10 +86,22 @@ def test_the_real_check_with_the_exec_environment(tmp_path):
         value = value.replace("/host/proc", "/proc").replace("/host/sys", "/sys")
         env[key] = value.replace("/var/lib/netstack-exporter/fsync", str(tmp_path))
     (tmp_path / "root").mkdir()
-    out = subprocess.run([sys.executable, "-m", "exporter", "check", "--check.duration=1s",
-                          "--check.fsync-size=100k", "--output=json"],
-                         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env},
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "check",
+            "--check.duration=1s",
+            "--check.fsync-size=100k",
+            "--output=json",
+        ],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
     report = json.loads(out.stdout)
     assert report["fsync_probe"]["path"] == str(tmp_path / "root")  # the mount, by default

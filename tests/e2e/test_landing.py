@@ -33,14 +33,28 @@ def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     binary = need_tool("chromium", "chromium")
     profile = tempfile.mkdtemp(prefix="nse-check-chromium-")
     try:
-        flags = ["--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-default-apps", "--hide-scrollbars", "--force-device-scale-factor=1",
-                 f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"]
+        flags = [
+            "--headless",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-default-apps",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={profile}",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        ]
         if os.geteuid() == 0:
             flags.append("--no-sandbox")
-        return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "HOME": profile})
+        return subprocess.run(
+            [binary, *flags, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "HOME": profile},
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -112,8 +126,11 @@ def test_landing_page_shows_the_failing_verdict_first(sick_exporter, tmp_path):
     rank = {"fail": 0, "warn": 1, "skip": 2, "ok": 3}
     assert statuses == sorted(statuses, key=rank.__getitem__)
     warned = {cells[1] for _, cells in rows if cells[0] == "warn"}
-    assert {"Conntrack table fill", "IPVS services without backends (black holes)",
-            "Conntrack insert failures (the DNS 5 s race)"} <= warned
+    assert {
+        "Conntrack table fill",
+        "IPVS services without backends (black holes)",
+        "Conntrack insert failures (the DNS 5 s race)",
+    } <= warned
     assert "Traffic to a virtual service without a backend is dropped" in dom.stdout  # the why
     collectors = tables.tables[tables.order[1]]
     assert collectors[0][1][0] == "collector" and len(collectors) > 5

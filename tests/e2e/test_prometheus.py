@@ -26,11 +26,19 @@ def prometheus(tmp_path):
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
             "scrape_configs:\n  - job_name: netstack\n"
-            f"    static_configs:\n      - targets: ['{target}']\n")
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
         log = open(tmp_path / "prometheus.log", "w")
         proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         started.append((proc, log))
         return f"http://127.0.0.1:{port}"
 

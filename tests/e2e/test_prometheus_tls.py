@@ -25,14 +25,25 @@ def prometheus(tmp_path):
     def start(jobs: list[str]) -> str:
         port = free_port()
         config = tmp_path / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
-                          + "".join(jobs))
-        subprocess.run([need_tool("promtool", "prometheus"), "check", "config", str(config)],
-                       check=True, capture_output=True)
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n" + "".join(jobs)
+        )
+        subprocess.run(
+            [need_tool("promtool", "prometheus"), "check", "config", str(config)],
+            check=True,
+            capture_output=True,
+        )
         log = open(tmp_path / "prometheus.log", "w")
         proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         started.append((proc, log))
         return f"http://127.0.0.1:{port}"
 
@@ -43,7 +54,7 @@ def prometheus(tmp_path):
 
 
 def job(name: str, port: int, ca, client=None, password: str | None = "s3cret") -> str:
-    text = (f"  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca.cert}\n")
+    text = f"  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca.cert}\n"
     if client is not None:
         text += f"      cert_file: {client.cert}\n      key_file: {client.key}\n"
     if password is not None:
@@ -73,13 +84,21 @@ def wait_up(base: str, name: str, want: str, timeout: float = 30) -> str | None:
 def test_prometheus_scrapes_over_tls_with_basic_auth_and_client_certificates(prometheus, tmp_path):
     ca = make_ca(tmp_path, "ca")
     server, client = make_cert(ca, tmp_path, "server"), make_cert(ca, tmp_path, "prometheus")
-    config = write_web_config(tmp_path / "web.yml", pair=server, client_ca=ca,
-                              users={"prometheus": bcrypt_hash("s3cret")})
+    config = write_web_config(
+        tmp_path / "web.yml", pair=server, client_ca=ca, users={"prometheus": bcrypt_hash("s3cret")}
+    )
     ctx = client_context(ca, client)
-    with TLSExporter(*CORE, f"--web.config.file={config}", ctx=ctx,
-                     headers=basic("prometheus", "s3cret")) as e:
-        base = prometheus([job("good", e.port, ca, client), job("badpass", e.port, ca, client, "wrong"),
-                      job("nocert", e.port, ca, None), job("noauth", e.port, ca, client, None)])
+    with TLSExporter(
+        *CORE, f"--web.config.file={config}", ctx=ctx, headers=basic("prometheus", "s3cret")
+    ) as e:
+        base = prometheus(
+            [
+                job("good", e.port, ca, client),
+                job("badpass", e.port, ca, client, "wrong"),
+                job("nocert", e.port, ca, None),
+                job("noauth", e.port, ca, client, None),
+            ]
+        )
         assert wait_up(base, "good", "1") == "1"
         steal = wait_for(base, 'netstack_cpu_seconds_total{job="good",mode="steal"}', 1)
         assert steal
@@ -96,6 +115,7 @@ def test_prometheus_scrapes_over_tls_with_basic_auth_and_client_certificates(pro
 def query_targets(base: str) -> dict[str, str]:
     import json
     import urllib.request
+
     with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as r:
         data = json.load(r)["data"]["activeTargets"]
     return {t["labels"]["job"]: t.get("lastError", "") for t in data}

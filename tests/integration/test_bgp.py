@@ -20,8 +20,13 @@ ABSENT_PEER = "198.18.0.9"  # configured, never answers: stays Connect/Active
 
 
 def exporter_for(*sockets: str, args: tuple[str, ...] = ()) -> Exporter:
-    return Exporter("--collector.disable-defaults", "--collector.bgp", "--collector.cpu",
-                    *(f"--collector.bgp.socket={s}" for s in sockets), *args)
+    return Exporter(
+        "--collector.disable-defaults",
+        "--collector.bgp",
+        "--collector.cpu",
+        *(f"--collector.bgp.socket={s}" for s in sockets),
+        *args,
+    )
 
 
 def peer_up(metrics: dict, peer: str, family: str = "ipv4") -> float:
@@ -37,12 +42,15 @@ def peer_state(metrics: dict, peer: str) -> str:
 def mesh():
     """Node A runs BIRD 1.6, node B BIRD 2; A also has a node-specific peer that is absent."""
     with TwoNodes() as nodes:
-        a_peers = {mesh_name(nodes.B4): (nodes.B4, nodes.A4),
-                   "Node_" + ABSENT_PEER.replace(".", "_"): (ABSENT_PEER, nodes.A4)}
+        a_peers = {
+            mesh_name(nodes.B4): (nodes.B4, nodes.A4),
+            "Node_" + ABSENT_PEER.replace(".", "_"): (ABSENT_PEER, nodes.A4),
+        }
         nodes.bird_a = nodes.add(nodes.a, 1, config(1, nodes.A4, a_peers, ("198.19.1.0/24",)), "a")
         b_peers = {mesh_name(nodes.A4): (nodes.A4, nodes.B4)}
-        nodes.bird_b = nodes.add(nodes.b, 2, config(2, nodes.B4, b_peers,
-                                                    ("198.19.2.0/24", "198.19.3.0/24")), "b")
+        nodes.bird_b = nodes.add(
+            nodes.b, 2, config(2, nodes.B4, b_peers, ("198.19.2.0/24", "198.19.3.0/24")), "b"
+        )
         nodes.bird_a.wait_for(mesh_name(nodes.B4), "Established")
         nodes.bird_b.wait_for(mesh_name(nodes.A4), "Established")
         yield nodes
@@ -106,10 +114,19 @@ def test_bird6_ipv6_session_and_two_sockets_in_one_exporter():
     """Calico runs bird (IPv4) and bird6 (IPv6) side by side: one exporter reads both sockets."""
     with TwoNodes() as nodes:
         a4 = nodes.add(nodes.a, 1, config(1, nodes.A4, {mesh_name(nodes.B4): (nodes.B4, nodes.A4)}), "a4")
-        a6 = nodes.add(nodes.a, 1, config(1, nodes.A4, {mesh_name(nodes.B6): (nodes.B6, nodes.A6)}),
-                       "a6", v6=True)
-        b = nodes.add(nodes.b, 2, config(2, nodes.B4, {mesh_name(nodes.A4): (nodes.A4, nodes.B4),
-                                                       mesh_name(nodes.A6): (nodes.A6, nodes.B6)}), "b")
+        a6 = nodes.add(
+            nodes.a, 1, config(1, nodes.A4, {mesh_name(nodes.B6): (nodes.B6, nodes.A6)}), "a6", v6=True
+        )
+        b = nodes.add(
+            nodes.b,
+            2,
+            config(
+                2,
+                nodes.B4,
+                {mesh_name(nodes.A4): (nodes.A4, nodes.B4), mesh_name(nodes.A6): (nodes.A6, nodes.B6)},
+            ),
+            "b",
+        )
         a4.wait_for(mesh_name(nodes.B4), "Established")
         a6.wait_for(mesh_name(nodes.B6), "Established")
         b.wait_for(mesh_name(nodes.A6), "Established")
@@ -162,11 +179,14 @@ class _Misbehaving:
             os.unlink(self.path)
 
 
-@pytest.mark.parametrize("mode, reason", [
-    ("silent", "no complete answer within 1s"),
-    ("garbage", "not a BIRD reply line"),
-    ("close-mid-reply", "connection closed after"),
-])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("silent", "no complete answer within 1s"),
+        ("garbage", "not a BIRD reply line"),
+        ("close-mid-reply", "connection closed after"),
+    ],
+)
 def test_misbehaving_socket_fails_the_bgp_collector_alone(tmp_path, mode, reason):
     path = str(tmp_path / "bird.ctl")
     server = _Misbehaving(path, mode)

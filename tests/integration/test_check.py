@@ -28,8 +28,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 ALL_CHECKS = {c.id for c in field_guide.CHECKS} | {"collectors"}
 
 
-def check_process(*args: str, netns: Netns | None = None,
-                  timeout: float = 60) -> tuple[int, dict, str, float]:
+def check_process(
+    *args: str, netns: Netns | None = None, timeout: float = 60
+) -> tuple[int, dict, str, float]:
     """The check as its own process: (exit status, JSON report, stderr, seconds it took)."""
     cmd = [*CHECK, "--output=json", *args]
     if netns is not None:
@@ -45,8 +46,9 @@ def check_process(*args: str, netns: Netns | None = None,
 
 
 def test_real_host_gives_a_complete_valid_report_in_time(tmp_path):
-    status, report, _, took = check_process("--check.duration=2s", f"--check.fsync-dir={tmp_path}",
-                                            "--check.fsync-size=1m")
+    status, report, _, took = check_process(
+        "--check.duration=2s", f"--check.fsync-dir={tmp_path}", "--check.fsync-size=1m"
+    )
     assert took < 2 + 5, f"took {took:.1f} s"
     assert {c["check"] for c in report["checks"]} == ALL_CHECKS
     assert schema_errors(report) == []
@@ -61,16 +63,23 @@ def test_real_host_gives_a_complete_valid_report_in_time(tmp_path):
 
 
 def test_table_output_of_the_real_host():
-    out = subprocess.run([*CHECK, "--check.duration=1s", "--no-collector.fsync"], capture_output=True,
-                         text=True, env=ENV, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [*CHECK, "--check.duration=1s", "--no-collector.fsync"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode in (0, 1) and "Traceback" not in out.stderr
     assert "\033[" not in out.stdout  # not a terminal
     assert out.stdout.splitlines()[0].split()[0] in ("OK", "WARN", "FAIL", "SKIP")
 
 
 def test_bad_usage_exits_2_with_one_line():
-    out = subprocess.run([*CHECK, "--check.duration=never"], capture_output=True, text=True, env=ENV,
-                         cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [*CHECK, "--check.duration=never"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("netstack-exporter: error: --check.duration")
 
@@ -81,14 +90,16 @@ def test_bad_usage_exits_2_with_one_line():
 def _imported_packages() -> list[str]:
     """Top-level packages outside the standard library that `check` imports with every collector
     on (asked of a child process, so this test's own imports do not count)."""
-    script = ("import io, sys, sysconfig\n"
-              "from exporter.main import main\n"
-              "main(['check', '--check.duration=100ms', '--collector.ebpf_softirq', '--collector.ebpf_drops',"
-              " '--no-collector.fsync'])\n"
-              "std = sysconfig.get_paths()['stdlib']\n"
-              "names = {m.split('.')[0] for m, mod in list(sys.modules.items())"
-              " if (getattr(mod, '__file__', None) or std).startswith(std) is False}\n"
-              "print(' '.join(sorted(names)), file=sys.stderr)\n")
+    script = (
+        "import io, sys, sysconfig\n"
+        "from exporter.main import main\n"
+        "main(['check', '--check.duration=100ms', '--collector.ebpf_softirq', '--collector.ebpf_drops',"
+        " '--no-collector.fsync'])\n"
+        "std = sysconfig.get_paths()['stdlib']\n"
+        "names = {m.split('.')[0] for m, mod in list(sys.modules.items())"
+        " if (getattr(mod, '__file__', None) or std).startswith(std) is False}\n"
+        "print(' '.join(sorted(names)), file=sys.stderr)\n"
+    )
     out = run([sys.executable, "-c", script], env=ENV, cwd=ROOT, check=False)
     return out.stderr.split("\n")[-2].split()
 
@@ -105,8 +116,12 @@ def code_readable_by_anyone():
             for root in roots:
                 source = os.path.join(root, name)
                 if os.path.isdir(source):
-                    shutil.copytree(source, os.path.join(dest, name),
-                                    ignore=shutil.ignore_patterns("__pycache__"), symlinks=False)
+                    shutil.copytree(
+                        source,
+                        os.path.join(dest, name),
+                        ignore=shutil.ignore_patterns("__pycache__"),
+                        symlinks=False,
+                    )
                     break
                 if os.path.isfile(source + ".py"):
                     shutil.copy(source + ".py", dest)
@@ -121,8 +136,10 @@ def code_readable_by_anyone():
         shutil.rmtree(dest, ignore_errors=True)
 
 
-UNPRIVILEGED = ("import sys; sys.path.insert(0, sys.argv[1]); from exporter.main import main; "
-                "sys.exit(main(['check', *sys.argv[2:]]))")
+UNPRIVILEGED = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from exporter.main import main; "
+    "sys.exit(main(['check', *sys.argv[2:]]))"
+)
 
 
 @pytest.mark.root
@@ -133,10 +150,26 @@ def test_runs_as_nobody_with_what_it_cannot_do_skipped(tmp_path):
     root_only.mkdir(mode=0o755)
     with code_readable_by_anyone() as code:
         started = time.monotonic()
-        out = run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                   sys.executable, "-c", UNPRIVILEGED, code, "--output=json", "--check.duration=1s",
-                   f"--check.fsync-dir={root_only}", "--collector.ebpf_softirq"],
-                  check=False, cwd="/", env={"PATH": os.environ["PATH"]})
+        out = run(
+            [
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                sys.executable,
+                "-c",
+                UNPRIVILEGED,
+                code,
+                "--output=json",
+                "--check.duration=1s",
+                f"--check.fsync-dir={root_only}",
+                "--collector.ebpf_softirq",
+            ],
+            check=False,
+            cwd="/",
+            env={"PATH": os.environ["PATH"]},
+        )
         took = time.monotonic() - started
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode in (0, 1), out.stderr
@@ -167,8 +200,21 @@ def vxlan_hosts(dev: bool):
         b.ip("addr", "add", "198.18.0.2/24", "dev", "ulb")
         a.ip("link", "set", "ula", "up")
         b.ip("link", "set", "ulb", "up")
-        args = ["link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
-                "remote", "198.18.0.2", "local", "198.18.0.1"]
+        args = [
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "remote",
+            "198.18.0.2",
+            "local",
+            "198.18.0.1",
+        ]
         a.ip(*args, *(["dev", "ula"] if dev else []))
         a.ip("link", "set", "vx0", "up")
         yield a
@@ -210,14 +256,18 @@ def mesh():
 
 @pytest.mark.root
 def test_bgp_peer_going_down_between_the_readings(mesh):
-    bgp_only = ("--collector.disable-defaults", "--collector.bgp",
-                f"--collector.bgp.socket={mesh.bird_a.socket_path}")
+    bgp_only = (
+        "--collector.disable-defaults",
+        "--collector.bgp",
+        f"--collector.bgp.socket={mesh.bird_a.socket_path}",
+    )
     status, report = run_check(None, *bgp_only, "--strict")
     peers = verdict(report, "bgp.peers")
     assert (peers["status"], peers["value"]) == ("ok", "1 Established") and status == 0
 
-    status, report = run_check(None, *bgp_only,
-                               between=lambda: mesh.bird_a.birdc("disable", mesh_name(mesh.B4)))
+    status, report = run_check(
+        None, *bgp_only, between=lambda: mesh.bird_a.birdc("disable", mesh_name(mesh.B4))
+    )
     peers = verdict(report, "bgp.peers")
     assert peers["status"] == "warn"  # NetstackBGPPeerNotEstablished is a warning
     assert peers["value"] == "1 of 1 not Established" and peers["details"] == [f"{mesh.B4} (ipv4)"]
@@ -229,9 +279,15 @@ def test_ctrl_c_exits_130_and_leaves_nothing_behind(tmp_path):
     import signal
 
     # a child of a non-interactive shell may inherit SIGINT ignored: give it the default back
-    proc = subprocess.Popen([*CHECK, "--check.duration=30s", f"--check.fsync-dir={tmp_path}"],
-                            env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [*CHECK, "--check.duration=30s", f"--check.fsync-dir={tmp_path}"],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 20
     while not os.listdir(tmp_path) and time.monotonic() < deadline:  # the probe has started
         time.sleep(0.05)

@@ -16,7 +16,11 @@ import pytest
 
 from tests.helpers import Exporter, Netns, need, need_tool, samples, value
 from tests.integration.test_conntrack_tools import (
-    kernel_count, kernel_stats, run_tool, setup_namespace, track,
+    kernel_count,
+    kernel_stats,
+    run_tool,
+    setup_namespace,
+    track,
 )
 
 pytestmark = pytest.mark.root
@@ -26,10 +30,6 @@ HOST_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 # setpriv drops CAP_NET_ADMIN from the bounding set: root keeps everything else, so `ip netns
 # exec` still works, but ctnetlink answers EPERM.
 WITHOUT_NET_ADMIN = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin")
-
-
-
-
 
 
 @pytest.fixture
@@ -62,9 +62,26 @@ def fill_to_max(ns: Netns, assured: bool) -> int:
 def test_entries_match_the_kernel_count_and_by_state_adds_up(ns):
     assert run_tool(ns, "udp", "300", "--base-port", "20000").strip() == "refused=0"
     for sport in (41001, 41002):
-        ns.exec("conntrack", "-I", "-p", "tcp", "-s", "198.18.0.1", "-d", "198.18.0.2",
-                "--sport", str(sport), "--dport", "443", "--state", "ESTABLISHED", "-t", "600",
-                "-u", "ASSURED,SEEN_REPLY")
+        ns.exec(
+            "conntrack",
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "198.18.0.1",
+            "-d",
+            "198.18.0.2",
+            "--sport",
+            str(sport),
+            "--dport",
+            "443",
+            "--state",
+            "ESTABLISHED",
+            "-t",
+            "600",
+            "-u",
+            "ASSURED,SEEN_REPLY",
+        )
     with ns.entered(), Exporter(*BASE, "--collector.conntrack.by-state", netns=ns) as exp:
         metrics = exp.scrape()
     kernel = kernel_count(ns)
@@ -73,7 +90,8 @@ def test_entries_match_the_kernel_count_and_by_state_adds_up(ns):
     assert value(metrics, "netstack_conntrack_source_info", source="netlink") == 1
     assert value(metrics, "netstack_conntrack_entries_limit") == int(HOST_MAX.read_text())
     assert value(metrics, "netstack_conntrack_buckets") == int(
-        Path("/proc/sys/net/netfilter/nf_conntrack_buckets").read_text())
+        Path("/proc/sys/net/netfilter/nf_conntrack_buckets").read_text()
+    )
     by_state = samples(metrics, "netstack_conntrack_entries_by_state")
     assert by_state == {
         ("netstack_conntrack_entries_by_state", (("protocol", "tcp"), ("state", "ESTABLISHED"))): 2,

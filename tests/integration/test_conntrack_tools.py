@@ -38,9 +38,9 @@ CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED = 1 << 1, 1 << 2, 1 << 3
 
-NS_ADDR = "198.18.0.1"      # the namespace's own address (on ct0)
-PEER_ADDR = "198.18.0.2"    # nothing answers: ct0's veth peer is down
-FILL_TIMEOUT = 1800         # seconds: entries must outlive the test, not expire halfway
+NS_ADDR = "198.18.0.1"  # the namespace's own address (on ct0)
+PEER_ADDR = "198.18.0.2"  # nothing answers: ct0's veth peer is down
+FILL_TIMEOUT = 1800  # seconds: entries must outlive the test, not expire halfway
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -49,12 +49,13 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 
 def _tuple(kind: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
-    ip = _attr(CTA_TUPLE_IP | NLA_F_NESTED,
-               _attr(CTA_IP_V4_SRC, src) + _attr(CTA_IP_V4_DST, dst))
-    proto = _attr(CTA_TUPLE_PROTO | NLA_F_NESTED,
-                  _attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP]))
-                  + _attr(CTA_PROTO_SRC_PORT, struct.pack(">H", sport))
-                  + _attr(CTA_PROTO_DST_PORT, struct.pack(">H", dport)))
+    ip = _attr(CTA_TUPLE_IP | NLA_F_NESTED, _attr(CTA_IP_V4_SRC, src) + _attr(CTA_IP_V4_DST, dst))
+    proto = _attr(
+        CTA_TUPLE_PROTO | NLA_F_NESTED,
+        _attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_UDP]))
+        + _attr(CTA_PROTO_SRC_PORT, struct.pack(">H", sport))
+        + _attr(CTA_PROTO_DST_PORT, struct.pack(">H", dport)),
+    )
     return _attr(kind | NLA_F_NESTED, ip + proto)
 
 
@@ -68,8 +69,9 @@ def ct_new_message(seq: int, src: str, dst: str, sport: int, dport: int, assured
     if assured:
         body += _attr(CTA_STATUS, struct.pack(">I", IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED))
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
-    header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
-                         flags, seq, 0)
+    header = struct.pack(
+        "=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, flags, seq, 0
+    )
     return header + body
 
 
@@ -139,8 +141,7 @@ def syn_packet(sport: int, dport: int) -> bytes:
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
     pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, socket.IPPROTO_TCP, 0,
-                     src, dst)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, socket.IPPROTO_TCP, 0, src, dst)
     return ip + tcp
 
 
@@ -162,8 +163,7 @@ def syn_race(rounds: int, base_port: int) -> None:
     with identical tuples; the loser's unconfirmed entry fails to insert (TCP allows no clash)."""
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_syn_sender, args=(cpu, rounds, base_port, barrier))
-             for cpu in (0, 1)]
+    procs = [ctx.Process(target=_syn_sender, args=(cpu, rounds, base_port, barrier)) for cpu in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
@@ -182,8 +182,7 @@ def setup_namespace(ns: Netns) -> None:
     ns.ip("link", "add", "ct0", "type", "veth", "peer", "name", "ct1")
     ns.ip("addr", "add", f"{NS_ADDR}/15", "dev", "ct0")
     ns.ip("link", "set", "ct0", "up")
-    ns.ip("neigh", "add", PEER_ADDR, "lladdr", "02:00:00:00:00:02", "dev", "ct0",
-          "nud", "permanent")
+    ns.ip("neigh", "add", PEER_ADDR, "lladdr", "02:00:00:00:00:02", "dev", "ct0", "nud", "permanent")
     track(ns)
 
 
@@ -195,7 +194,11 @@ def track(ns: Netns, widen_rules: int = 0) -> None:
     widen_rules adds no-op rules between conntrack (priority -200) and the confirmation (last in
     POSTROUTING): a wider window makes the insert race likely in every round."""
     rules = "\n".join("        meta mark 0x5eed counter" for _ in range(widen_rules))
-    ns.exec("nft", "-f", "-", input=f"""flush ruleset
+    ns.exec(
+        "nft",
+        "-f",
+        "-",
+        input=f"""flush ruleset
 table inet nsetest {{
     chain notrack_loopback {{
         type filter hook output priority -300;
@@ -207,13 +210,22 @@ table inet nsetest {{
 {rules}
     }}
 }}
-""")
+""",
+    )
 
 
 def run_tool(ns: Netns, *args: str, timeout: float = 120) -> str:
     from tests.helpers import ROOT
-    return ns.exec(sys.executable, "-m", "tests.integration.test_conntrack_tools", *args,
-                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout).stdout
+
+    return ns.exec(
+        sys.executable,
+        "-m",
+        "tests.integration.test_conntrack_tools",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=timeout,
+    ).stdout
 
 
 def kernel_count(ns: Netns) -> int:
@@ -239,8 +251,7 @@ def test_fill_creates_exactly_the_entries_asked_for():
         out = run_tool(ns, "fill", "3000", "--assured")
         assert out.strip() == "refused=0"
         assert kernel_count(ns) == 3000
-        listing = ns.exec("conntrack", "-L", "-p", "udp", "--src", NS_ADDR,
-                          "--sport", "1024").stdout
+        listing = ns.exec("conntrack", "-L", "-p", "udp", "--src", NS_ADDR, "--sport", "1024").stdout
         assert "ASSURED" in listing and "dport=7" in listing
 
 

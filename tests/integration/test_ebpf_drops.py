@@ -28,9 +28,15 @@ def test_datagrams_to_closed_port_count_as_no_socket(backend_env):  # noqa: F811
     import sys
 
     backend, env = backend_env
-    with Netns("ebd") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                                      f"--collector.ebpf_drops.backend={backend}",
-                                      env=env) as exporter:
+    with (
+        Netns("ebd") as ns,
+        Exporter(
+            "--collector.disable-defaults",
+            "--collector.ebpf_drops",
+            f"--collector.ebpf_drops.backend={backend}",
+            env=env,
+        ) as exporter,
+    ):
         before = no_socket(wait_success(exporter, "ebpf_drops"))
         # a fresh namespace: nothing listens on any port
         ns.exec(sys.executable, "-c", SEND, str(N), "9")
@@ -44,9 +50,13 @@ def test_datagrams_to_closed_port_count_as_no_socket(backend_env):  # noqa: F811
 
 def test_all_reasons_exports_the_kernels_whole_table(backend_env):  # noqa: F811
     backend, env = backend_env
-    with Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                  f"--collector.ebpf_drops.backend={backend}",
-                  "--collector.ebpf_drops.all-reasons", env=env) as exporter:
+    with Exporter(
+        "--collector.disable-defaults",
+        "--collector.ebpf_drops",
+        f"--collector.ebpf_drops.backend={backend}",
+        "--collector.ebpf_drops.all-reasons",
+        env=env,
+    ) as exporter:
         metrics = wait_success(exporter, "ebpf_drops")
         reasons = {dict(k[1])["reason"] for k in samples(metrics, "netstack_skb_drops_total")}
         assert {"NO_SOCKET", "NOT_SPECIFIED", "TCP_CSUM"} <= reasons

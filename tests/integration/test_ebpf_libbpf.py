@@ -23,9 +23,11 @@ from exporter.contract import Context, SourceUnavailable
 from tests.helpers import ROOT, Exporter, Netns, need, need_tool, samples, value
 from tests.integration.test_ebpf_loader import core_environment, ebpf_env, wait_success  # noqa: F401
 
-SEND = "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n" \
-       "for _ in range(int(sys.argv[1])):\n    s.sendto(b'x', ('127.0.0.1', 9))\n"
-HEADERS = "#include \"vmlinux.h\"\n#include <bpf/bpf_helpers.h>\n#include <bpf/bpf_tracing.h>\n"
+SEND = (
+    "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(int(sys.argv[1])):\n    s.sendto(b'x', ('127.0.0.1', 9))\n"
+)
+HEADERS = '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n#include <bpf/bpf_tracing.h>\n'
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +53,32 @@ def compile_object(tmp_path: Path, name: str, body: str) -> Path:
     header = tmp_path / "vmlinux.h"
     if not header.exists():
         with open(header, "w") as f:
-            subprocess.run([bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
-                           stdout=f, check=True)
+            subprocess.run(
+                [bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+                stdout=f,
+                check=True,
+            )
     src = tmp_path / f"{name}.bpf.c"
     src.write_text(HEADERS + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
     obj = tmp_path / f"{name}.bpf.o"
-    subprocess.run([clang, "-target", "bpf", "-D__TARGET_ARCH_x86", "-O2", "-g", "-I", str(tmp_path),
-                    "-c", str(src), "-o", str(obj)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            clang,
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-O2",
+            "-g",
+            "-I",
+            str(tmp_path),
+            "-c",
+            str(src),
+            "-o",
+            str(obj),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return obj
 
 
@@ -83,18 +104,32 @@ p.close()
 """
     with Netns("ebc") as ns:
         out = subprocess.run(
-            ["ip", "netns", "exec", ns.name, "unshare", "-m", "sh", "-c",
-             f"mount -t tmpfs none /sys/kernel/btf && exec {sys.executable} -c '{script}'"],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-            text=True, timeout=60)
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns.name,
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f"mount -t tmpfs none /sys/kernel/btf && exec {sys.executable} -c '{script}'",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 100
 
 
 def test_program_attach_read_close_releases_everything(core_env):
     before = bpf_fds()
-    program = LibbpfLoader().load("softirq", {"VEC_MASK": 0xFFFF, "NR_VECS": 10},
-                                  {"hist": 2 * 10 * 65, "sums": 2 * 10})
+    program = LibbpfLoader().load(
+        "softirq", {"VEC_MASK": 0xFFFF, "NR_VECS": 10}, {"hist": 2 * 10 * 65, "sums": 2 * 10}
+    )
     for event in ("softirq_raise", "softirq_entry", "softirq_exit"):
         program.attach_tracepoint("irq", event, f"tracepoint__irq__{event}")
     assert bpf_fds() > before
@@ -117,14 +152,25 @@ def test_program_attach_read_close_releases_everything(core_env):
 
 def test_metrics_identical_across_backends(ebpf_env, core_env):  # noqa: F811
     """Both backends at once, same traffic: the same series, the same NO_SOCKET count."""
-    args = ("--collector.disable-defaults", "--collector.ebpf_drops", "--collector.ebpf_softirq",
-            "--collector.ebpf_drops.all-reasons")
+    args = (
+        "--collector.disable-defaults",
+        "--collector.ebpf_drops",
+        "--collector.ebpf_softirq",
+        "--collector.ebpf_drops.all-reasons",
+    )
     n = 3000
-    with Netns("ebi") as ns, \
-            Exporter(*args, "--collector.ebpf_drops.backend=libbpf",
-                     "--collector.ebpf_softirq.backend=libbpf", env=ebpf_env) as core, \
-            Exporter(*args, "--collector.ebpf_drops.backend=bcc",
-                     "--collector.ebpf_softirq.backend=bcc", env=ebpf_env) as bcc:
+    with (
+        Netns("ebi") as ns,
+        Exporter(
+            *args,
+            "--collector.ebpf_drops.backend=libbpf",
+            "--collector.ebpf_softirq.backend=libbpf",
+            env=ebpf_env,
+        ) as core,
+        Exporter(
+            *args, "--collector.ebpf_drops.backend=bcc", "--collector.ebpf_softirq.backend=bcc", env=ebpf_env
+        ) as bcc,
+    ):
         for exporter in (core, bcc):
             wait_success(exporter, "ebpf_drops")
             wait_success(exporter, "ebpf_softirq")
@@ -133,7 +179,8 @@ def test_metrics_identical_across_backends(ebpf_env, core_env):  # noqa: F811
         after = {e: e.scrape() for e in (core, bcc)}
     ebpf_series = {
         e: {k for k in m if k[0].startswith(("netstack_skb_drops", "netstack_softirq_"))}
-        for e, m in after.items()}
+        for e, m in after.items()
+    }
     assert ebpf_series[core] == ebpf_series[bcc]
     assert len(ebpf_series[core]) > 100
     counted = {e: no_socket(after[e]) - before[e] for e in (core, bcc)}
@@ -144,7 +191,10 @@ def test_a_program_that_cannot_attach_is_reported_by_its_collector(core_env, tmp
     """drops.bpf.o replaced by one that reads a fifth kfree_skb argument: the kernel refuses to
     attach it (EINVAL), exactly what the real object meets on a kernel before 5.17. ebpf_drops
     is unavailable with that reason; ebpf_softirq, from the same directory, works."""
-    compile_object(tmp_path, "drops", """
+    compile_object(
+        tmp_path,
+        "drops",
+        """
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16);
          __type(key, __u32); __type(value, __u64); } drops SEC(".maps");
 SEC("raw_tp/kfree_skb")
@@ -155,7 +205,8 @@ int tracepoint__skb__kfree_skb(__u64 *ctx)
     bpf_map_update_elem(&drops, &key, &one, BPF_ANY);
     return 0;
 }
-""")
+""",
+    )
     shutil.copy(object_path("softirq"), tmp_path / "softirq.bpf.o")
     loader = LibbpfLoader(str(tmp_path))
     drops = EbpfDrops(Context(options={}), loader)
@@ -167,8 +218,9 @@ int tracepoint__skb__kfree_skb(__u64 *ctx)
             assert c.load.wait(10)
         with pytest.raises(SourceUnavailable) as e:
             drops.program()
-        assert ("cannot attach tracepoint__skb__kfree_skb to raw tracepoint kfree_skb "
-                "(skb:kfree_skb): EINVAL") in str(e.value)
+        assert (
+            "cannot attach tracepoint__skb__kfree_skb to raw tracepoint kfree_skb (skb:kfree_skb): EINVAL"
+        ) in str(e.value)
         assert "arguments the tracepoint does not have" in str(e.value)
         with pytest.raises(SourceUnavailable, match="EINVAL"):  # and the next probe says so too
             drops.probe()
@@ -180,7 +232,10 @@ int tracepoint__skb__kfree_skb(__u64 *ctx)
 
 
 def test_verifier_rejection_names_program_and_logs_its_last_lines(core_env, tmp_path, caplog):
-    compile_object(tmp_path, "drops", """
+    compile_object(
+        tmp_path,
+        "drops",
+        """
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16);
          __type(key, __u32); __type(value, __u64); } drops SEC(".maps");
 SEC("raw_tp/kfree_skb")
@@ -191,15 +246,18 @@ int tracepoint__skb__kfree_skb(__u64 *ctx)
     *count += 1;  /* no NULL check: the verifier refuses this */
     return 0;
 }
-""")
+""",
+    )
     before = bpf_fds()
     with caplog.at_level(logging.DEBUG, logger="netstack.ebpf"), pytest.raises(SourceUnavailable) as e:
         LibbpfLoader(str(tmp_path)).load("drops", {}, {})
     reason = str(e.value)
-    assert reason.startswith("the kernel's verifier rejected drops.bpf.o program "
-                             "tracepoint__skb__kfree_skb (EACCES"), reason
-    assert reason.endswith("invalid mem access 'map_value_or_null' (its last lines at debug "
-                           "log level)"), reason
+    assert reason.startswith(
+        "the kernel's verifier rejected drops.bpf.o program tracepoint__skb__kfree_skb (EACCES"
+    ), reason
+    assert reason.endswith("invalid mem access 'map_value_or_null' (its last lines at debug log level)"), (
+        reason
+    )
     assert "\n" not in reason
     lines = [r for r in caplog.records if r.getMessage() == "verifier"]
     assert 1 <= len(lines) <= 8
@@ -223,9 +281,14 @@ os.execv(sys.argv[1], sys.argv[1:])
 def test_seccomp_denying_bpf_is_named(backend, request, core_env):
     need(ctypes.util.find_library("seccomp") is not None, "needs libseccomp2")
     env = request.getfixturevalue("ebpf_env") if backend == "bcc" else core_env
-    exporter = Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                        "--collector.ebpf_softirq", f"--collector.ebpf_drops.backend={backend}",
-                        f"--collector.ebpf_softirq.backend={backend}", env=env)
+    exporter = Exporter(
+        "--collector.disable-defaults",
+        "--collector.ebpf_drops",
+        "--collector.ebpf_softirq",
+        f"--collector.ebpf_drops.backend={backend}",
+        f"--collector.ebpf_softirq.backend={backend}",
+        env=env,
+    )
     exporter.args = [sys.executable, "-c", SECCOMP_EXEC, *exporter.args]
     with exporter:
         metrics = exporter.scrape()
@@ -234,8 +297,7 @@ def test_seccomp_denying_bpf_is_named(backend, request, core_env):
         with exporter.get("/") as r:
             page = r.read().decode()
         log = exporter.log()
-    assert "bpf() denied (EPERM): CAP_BPF and CAP_PERFMON are held but a seccomp filter " \
-           "denies bpf()" in page
+    assert "bpf() denied (EPERM): CAP_BPF and CAP_PERFMON are held but a seccomp filter denies bpf()" in page
     assert "Failed to compile" not in page and "Traceback" not in log
 
 
@@ -243,15 +305,17 @@ def test_cap_bpf_and_cap_perfmon_are_enough(core_env):
     """uid 0 with every capability but CAP_BPF and CAP_PERFMON dropped: the libbpf backend
     loads, attaches and counts (raw tracepoints need no perf_event_open, no CAP_SYS_ADMIN)."""
     need_tool("setpriv", "util-linux")
-    exporter = Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                        "--collector.ebpf_drops.backend=libbpf", env=core_env)
-    exporter.args = ["setpriv", "--bounding-set=-all,+bpf,+perfmon", "--inh-caps=-all",
-                     *exporter.args]
+    exporter = Exporter(
+        "--collector.disable-defaults",
+        "--collector.ebpf_drops",
+        "--collector.ebpf_drops.backend=libbpf",
+        env=core_env,
+    )
+    exporter.args = ["setpriv", "--bounding-set=-all,+bpf,+perfmon", "--inh-caps=-all", *exporter.args]
     with Netns("ebp") as ns, exporter:
         before = no_socket(wait_success(exporter, "ebpf_drops"))
         status = Path(f"/proc/{exporter.proc.pid}/status").read_text()
-        cap_eff = int(next(line for line in status.splitlines()
-                           if line.startswith("CapEff:")).split()[1], 16)
+        cap_eff = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
         assert cap_eff == (1 << 39) | (1 << 38), hex(cap_eff)
         ns.exec(sys.executable, "-c", SEND, "500")
         assert 500 <= no_socket(exporter.scrape()) - before <= 510
@@ -273,7 +337,10 @@ def test_libbpf_messages_still_ours_after_bcc_loaded(ebpf_env, core_env, tmp_pat
 
     LibbpfLoader().load("drops", {}, {}).close()  # our callback installed first
     BccLoader().load_source("int noop(void *ctx) { return 0; }", {}).close()
-    compile_object(tmp_path, "drops", """
+    compile_object(
+        tmp_path,
+        "drops",
+        """
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16);
          __type(key, __u32); __type(value, __u64); } drops SEC(".maps");
 SEC("raw_tp/kfree_skb")
@@ -284,6 +351,7 @@ int tracepoint__skb__kfree_skb(__u64 *ctx)
     *count += 1;
     return 0;
 }
-""")
+""",
+    )
     with pytest.raises(SourceUnavailable, match=r"program tracepoint__skb__kfree_skb \(EACCES"):
         LibbpfLoader(str(tmp_path)).load("drops", {}, {})

@@ -37,11 +37,15 @@ def tracefs_mounted():
 def need_bcc() -> None:
     try:
         import bcc  # noqa: F401
+
         ok = True
     except Exception:
         ok = False
-    need(ok, "bcc not importable: apt-get install python3-bpfcc and link "
-         "/usr/lib/python3/dist-packages/bcc into the venv's site-packages")
+    need(
+        ok,
+        "bcc not importable: apt-get install python3-bpfcc and link "
+        "/usr/lib/python3/dist-packages/bcc into the venv's site-packages",
+    )
 
 
 def kernel_headers(dest: Path) -> str:
@@ -91,8 +95,11 @@ def need_core_objects() -> None:
         ok = False
     need(ok, "libbpf.so.1 not loadable: apt-get install libbpf1")
     missing = [p for p in (object_path("softirq"), object_path("drops")) if not os.path.exists(p)]
-    need(not missing, f"CO-RE objects not built ({', '.join(missing)}): pip install -e . or "
-         "python3 scripts/build_bpf.py (Debian clang, llvm, bpftool, libbpf-dev)")
+    need(
+        not missing,
+        f"CO-RE objects not built ({', '.join(missing)}): pip install -e . or "
+        "python3 scripts/build_bpf.py (Debian clang, llvm, bpftool, libbpf-dev)",
+    )
 
 
 @contextlib.contextmanager
@@ -165,8 +172,10 @@ def test_bcc_program_attach_read_close_releases_everything(ebpf_env):
         return n
 
     before = bpf_fds()
-    source = ("BPF_HASH(calls, u32, u64, 16);\n"
-              "int on_sendto(void *ctx) { u32 k = 0; calls.increment(k); return 0; }\n")
+    source = (
+        "BPF_HASH(calls, u32, u64, 16);\n"
+        "int on_sendto(void *ctx) { u32 k = 0; calls.increment(k); return 0; }\n"
+    )
     program = BccLoader().load_source(source, {})
     program.attach_tracepoint("syscalls", "sys_enter_sendto", "on_sendto")
     assert bpf_fds() > before
@@ -180,9 +189,12 @@ def test_bcc_program_attach_read_close_releases_everything(ebpf_env):
 
 
 def test_missing_headers_leave_the_exporter_serving(ebpf_env):
-    with Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                  "--collector.ebpf_drops.backend=bcc",
-                  env={"BCC_KERNEL_SOURCE": "/nonexistent/headers"}) as exporter:
+    with Exporter(
+        "--collector.disable-defaults",
+        "--collector.ebpf_drops",
+        "--collector.ebpf_drops.backend=bcc",
+        env={"BCC_KERNEL_SOURCE": "/nonexistent/headers"},
+    ) as exporter:
         metrics = exporter.scrape()
         assert value(metrics, "netstack_collector_available", collector="ebpf_drops") == 0
         assert value(metrics, "netstack_scrape_collector_success", collector="ebpf_drops") == 0
@@ -195,8 +207,9 @@ def test_missing_headers_leave_the_exporter_serving(ebpf_env):
 def test_without_capabilities_the_collectors_are_unavailable(ebpf_env):
     """uid 0 with an empty capability set: exactly what 'not root' means to the kernel."""
     need(shutil.which("setpriv") is not None, "needs setpriv (util-linux)")
-    exporter = Exporter("--collector.disable-defaults", "--collector.ebpf_drops",
-                        "--collector.ebpf_softirq", env=ebpf_env)
+    exporter = Exporter(
+        "--collector.disable-defaults", "--collector.ebpf_drops", "--collector.ebpf_softirq", env=ebpf_env
+    )
     exporter.args = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *exporter.args]
     with exporter:
         metrics = exporter.scrape()
@@ -209,8 +222,9 @@ def test_without_capabilities_the_collectors_are_unavailable(ebpf_env):
 
 
 def test_close_on_sigterm_while_compiling_exits_cleanly(ebpf_env):
-    exporter = Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
-                        "--collector.ebpf_drops", env=ebpf_env)
+    exporter = Exporter(
+        "--collector.disable-defaults", "--collector.ebpf_softirq", "--collector.ebpf_drops", env=ebpf_env
+    )
     with exporter:
         pass  # ready means first collection done; compile is likely still running: stop now
     assert exporter.proc.returncode == 0, exporter.proc.returncode

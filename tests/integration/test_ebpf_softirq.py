@@ -51,9 +51,15 @@ def check_histogram(metrics, name, **labels):
 
 def test_loopback_traffic_fills_net_rx_histograms(backend_env):  # noqa: F811
     backend, env = backend_env
-    with Netns("ebs") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
-                                      f"--collector.ebpf_softirq.backend={backend}",
-                                      env=env) as exporter:
+    with (
+        Netns("ebs") as ns,
+        Exporter(
+            "--collector.disable-defaults",
+            "--collector.ebpf_softirq",
+            f"--collector.ebpf_softirq.backend={backend}",
+            env=env,
+        ) as exporter,
+    ):
         first = wait_success(exporter, "ebpf_softirq")
         proc_before = net_rx_total()
         before = exporter.scrape()
@@ -66,10 +72,12 @@ def test_loopback_traffic_fills_net_rx_histograms(backend_env):  # noqa: F811
         for name in ("netstack_softirq_wait_seconds", "netstack_softirq_service_seconds"):
             for vector in ("NET_RX", "NET_TX"):
                 check_histogram(after, name, vector=vector)
-        service = (value(after, "netstack_softirq_service_seconds_count", vector="NET_RX")
-                   - value(before, "netstack_softirq_service_seconds_count", vector="NET_RX"))
-        wait = (value(after, "netstack_softirq_wait_seconds_count", vector="NET_RX")
-                - value(before, "netstack_softirq_wait_seconds_count", vector="NET_RX"))
+        service = value(after, "netstack_softirq_service_seconds_count", vector="NET_RX") - value(
+            before, "netstack_softirq_service_seconds_count", vector="NET_RX"
+        )
+        wait = value(after, "netstack_softirq_wait_seconds_count", vector="NET_RX") - value(
+            before, "netstack_softirq_wait_seconds_count", vector="NET_RX"
+        )
         proc = proc_after - proc_before
         # /proc/softirqs' window encloses the scrapes' window; the difference is the softirqs
         # of the scrape's own HTTP exchange and other host traffic
@@ -77,18 +85,25 @@ def test_loopback_traffic_fills_net_rx_histograms(backend_env):  # noqa: F811
         assert proc - service <= 0.05 * proc, (service, proc)
         # every NET_RX run here was raised while the program watched, so each has a wait
         assert N <= wait <= service + 5, (wait, service)
-        wait_sum = (value(after, "netstack_softirq_wait_seconds_sum", vector="NET_RX")
-                    - value(before, "netstack_softirq_wait_seconds_sum", vector="NET_RX"))
+        wait_sum = value(after, "netstack_softirq_wait_seconds_sum", vector="NET_RX") - value(
+            before, "netstack_softirq_wait_seconds_sum", vector="NET_RX"
+        )
         assert 0 < wait_sum / wait < 0.1  # a mean wait between 0 and 100 ms on an idle box
 
 
 def test_per_cpu_and_all_vectors(backend_env):  # noqa: F811
     backend, env = backend_env
-    with Netns("ebs") as ns, Exporter("--collector.disable-defaults", "--collector.ebpf_softirq",
-                                      f"--collector.ebpf_softirq.backend={backend}",
-                                      "--collector.ebpf_softirq.per-cpu",
-                                      "--collector.ebpf_softirq.all-vectors",
-                                      env=env) as exporter:
+    with (
+        Netns("ebs") as ns,
+        Exporter(
+            "--collector.disable-defaults",
+            "--collector.ebpf_softirq",
+            f"--collector.ebpf_softirq.backend={backend}",
+            "--collector.ebpf_softirq.per-cpu",
+            "--collector.ebpf_softirq.all-vectors",
+            env=env,
+        ) as exporter,
+    ):
         wait_success(exporter, "ebpf_softirq")
         ns.exec(sys.executable, "-c", TRAFFIC, "500")
         metrics = exporter.scrape()
@@ -113,9 +128,12 @@ def test_bpf_slot_function_matches_the_bucket_boundaries(ebpf_env, tmp_path):  #
 
     from collectors.ebpf_loader import BccLoader, bpf_source, slot_of
 
-    c_slot_of = re.search(r"static inline u32 slot_of\(u64 v\)\n\{.*?\n\}", bpf_source("softirq.c"),
-                          re.S).group(0)
-    program = BccLoader().load_source(c_slot_of + """
+    c_slot_of = re.search(
+        r"static inline u32 slot_of\(u64 v\)\n\{.*?\n\}", bpf_source("softirq.c"), re.S
+    ).group(0)
+    program = BccLoader().load_source(
+        c_slot_of
+        + """
 BPF_HASH(slots, u64, u32, 1024);
 TRACEPOINT_PROBE(syscalls, sys_enter_lseek)
 {
@@ -126,7 +144,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_lseek)
     slots.update(&v, &s);
     return 0;
 }
-""", {"TGID": os.getpid()})
+""",
+        {"TGID": os.getpid()},
+    )
     values = {0, 1, 2, 3, 4, 5, 7, 8, 255, 256, 1000}
     for s in range(1, 63):
         values |= {(1 << s) - 1, 1 << s, (1 << s) + 1}

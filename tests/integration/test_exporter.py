@@ -37,6 +37,7 @@ def exporter(procfs, *extra):
 
 def status(exp, path, method="GET"):
     import urllib.request
+
     req = urllib.request.Request(exp.url + path, method=method)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -148,6 +149,7 @@ def test_concurrent_scrapes_are_coalesced(procfs):
     # /proc/stat is held until all 20 scrapes have been sent, so they all arrive while one
     # collection runs.
     import http.client
+
     slow = SlowFile(procfs / "stat", (procfs / "stat").read_bytes(), delay=0.5)
     with slow, exporter(procfs) as exp:
         reads = slow.reads  # the warm-up's probe and collection
@@ -183,8 +185,10 @@ def test_a_probe_past_the_timeout_is_a_failure_not_an_absence(procfs):
     # Issue 11.1: cpu's first probe (one read of /proc/stat) takes 1.5 s, the scrape timeout is
     # 0.5 s. The source exists: available stays 1, the scrape fails, the next ones succeed.
     content = (procfs / "stat").read_bytes()
-    with SlowFile(procfs / "stat", content, delay=0.0, first_delay=1.5), \
-            exporter(procfs, "--scrape.timeout=500ms") as exp:
+    with (
+        SlowFile(procfs / "stat", content, delay=0.0, first_delay=1.5),
+        exporter(procfs, "--scrape.timeout=500ms") as exp,
+    ):
         m = exp.scrape()
         assert value(m, "netstack_collector_available", collector="cpu") == 1
         deadline = time.monotonic() + 10
@@ -288,6 +292,7 @@ def test_stuck_source_cannot_delay_the_scrape_past_the_timeout(procfs):
 
 def test_a_stalled_client_does_not_block_other_scrapes(procfs):
     import socket
+
     with exporter(procfs) as exp:
         stalled = []
         for _ in range(5):  # half-sent requests that never finish, and one that never reads
@@ -309,9 +314,12 @@ def test_a_stalled_client_does_not_block_other_scrapes(procfs):
 @pytest.mark.parametrize("level", ["info", "debug"])
 def test_a_malformed_request_is_a_debug_line_with_the_reason(procfs, level):
     import socket
-    requests = (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-                b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
-                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")  # TLS to a plain port
+
+    requests = (
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    )  # TLS to a plain port
     with exporter(procfs, f"--log.level={level}") as exp:
         for request in requests:
             with socket.create_connection(("127.0.0.1", exp.port), timeout=5) as s:
@@ -325,8 +333,7 @@ def test_a_malformed_request_is_a_debug_line_with_the_reason(procfs, level):
         assert lines == []
     else:
         assert len(lines) == 3, log
-        assert all("level=debug" in line and "reason=" in line and "peer=127.0.0.1" in line
-                   for line in lines)
+        assert all("level=debug" in line and "reason=" in line and "peer=127.0.0.1" in line for line in lines)
 
 
 def test_not_ready_until_the_first_collection_completes(procfs):
@@ -364,6 +371,11 @@ def test_listen_failure_is_one_clear_line(procfs):
     with exporter(procfs) as first:
         result = subprocess.run(
             [*first.args[:3], *BASE, *paths(procfs), f"--web.listen-address=127.0.0.1:{first.port}"],
-            env=first.env, cwd=first.env["PYTHONPATH"], capture_output=True, text=True, timeout=20)
+            env=first.env,
+            cwd=first.env["PYTHONPATH"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr

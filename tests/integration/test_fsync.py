@@ -17,18 +17,33 @@ from pathlib import Path
 
 import pytest
 
-from exporter.contract import Context, Paths
 from collectors.fsync import PROBE_FILE, REASONS, FsyncCollector
-from tests.helpers import (ROOT, Exporter, collector_metrics, need_root, need_tool, parse_metrics, run,
-                           samples, value)
+from exporter.contract import Context, Paths
+from tests.helpers import (
+    ROOT,
+    Exporter,
+    collector_metrics,
+    need_root,
+    need_tool,
+    parse_metrics,
+    run,
+    samples,
+    value,
+)
 
 WRITES = 20
 BLOCK = 2300
 
 
 def make(dirs, datasync=os.fdatasync, **options) -> FsyncCollector:
-    opts = {"directory": [str(d) for d in dirs], "interval": 0.1, "writes": WRITES,
-            "block-size": BLOCK, "timeout": 10.0, **options}
+    opts = {
+        "directory": [str(d) for d in dirs],
+        "interval": 0.1,
+        "writes": WRITES,
+        "block-size": BLOCK,
+        "timeout": 10.0,
+        **options,
+    }
     c = FsyncCollector(Context(Paths(), opts), datasync=datasync)
     c.probe()
     return c
@@ -75,11 +90,13 @@ def mounted(target: Path, *mount_args: str):
 
 def own_mount_labels(path: Path) -> tuple[str, str]:
     """device and fstype of path straight from `findmnt` and sysfs, to cross-check ours."""
-    out = run([need_tool("findmnt", "util-linux"), "-n", "-o", "MAJ:MIN,FSTYPE,SOURCE", "-T", str(path)]).stdout.split()
+    out = run(
+        [need_tool("findmnt", "util-linux"), "-n", "-o", "MAJ:MIN,FSTYPE,SOURCE", "-T", str(path)]
+    ).stdout.split()
     majmin, fstype, source = out[0], out[1], out[2]
     uevent = Path(f"/sys/dev/block/{majmin}/uevent")
     if uevent.exists():
-        source = dict(l.split("=", 1) for l in uevent.read_text().split())["DEVNAME"]
+        source = dict(kv.split("=", 1) for kv in uevent.read_text().split())["DEVNAME"]
     return source, fstype
 
 
@@ -91,11 +108,17 @@ def test_real_probes_count_every_fdatasync_and_reuse_one_file(tmp_path):
     inodes = set()
     c = make([tmp_path])
     with running(c):
+
         def three_probes():
             if probe_file.exists():
                 inodes.add(probe_file.stat().st_ino)
             m = scrape(c)
-            return m if value(m, "netstack_fsync_duration_seconds_count", path=str(tmp_path)) >= 3 * WRITES else None
+            return (
+                m
+                if value(m, "netstack_fsync_duration_seconds_count", path=str(tmp_path)) >= 3 * WRITES
+                else None
+            )
+
         m = wait_for(three_probes, what="three probes")
         assert probe_file.stat().st_size == WRITES * BLOCK  # disk use bounded and constant
         assert os.listdir(tmp_path) == [PROBE_FILE]
@@ -108,8 +131,9 @@ def test_real_probes_count_every_fdatasync_and_reuse_one_file(tmp_path):
     assert value(m, "netstack_fsync_written_bytes_total", path=path) == count * BLOCK
     assert value(m, "netstack_fsync_duration_seconds_bucket", path=path, le="+Inf") == count
     assert value(m, "netstack_fsync_duration_seconds_sum", path=path) > 0
-    q = [value(m, "netstack_fsync_probe_quantile_seconds", path=path, q=x)
-         for x in ("0.5", "0.9", "0.99", "1")]
+    q = [
+        value(m, "netstack_fsync_probe_quantile_seconds", path=path, q=x) for x in ("0.5", "0.9", "0.99", "1")
+    ]
     assert 0 < q[0] <= q[1] <= q[2] <= q[3]
     assert abs(value(m, "netstack_fsync_probe_last_success_timestamp_seconds", path=path) - time.time()) < 30
     assert set(errors(m, path).values()) == {0.0}
@@ -123,7 +147,9 @@ def test_leftover_probe_file_from_a_crash_is_reused(tmp_path):
     inode = leftover.stat().st_ino
     c = make([tmp_path])
     with running(c):
-        wait_for(lambda: value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(tmp_path)) >= WRITES)
+        wait_for(
+            lambda: value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(tmp_path)) >= WRITES
+        )
         assert leftover.stat().st_ino == inode and leftover.stat().st_size == WRITES * BLOCK
         assert os.listdir(tmp_path) == [PROBE_FILE]
 
@@ -132,7 +158,9 @@ def test_directory_is_created_when_absent(tmp_path):
     target = tmp_path / "a" / "b"
     c = make([target])
     with running(c):
-        wait_for(lambda: value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(target)) >= WRITES)
+        wait_for(
+            lambda: value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(target)) >= WRITES
+        )
     assert target.is_dir() and not (target / PROBE_FILE).exists()
 
 
@@ -154,8 +182,13 @@ def test_directories_are_probed_one_at_a_time(tmp_path):
     dirs = [tmp_path / "a", tmp_path / "b"]
     c = make(dirs, datasync=counting_datasync, interval=0.01)
     with running(c):
-        wait_for(lambda: all(value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(d)) >= 3 * WRITES
-                             for d in dirs), what="three probes each")
+        wait_for(
+            lambda: all(
+                value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(d)) >= 3 * WRITES
+                for d in dirs
+            ),
+            what="three probes each",
+        )
     assert peak[0] == 1
 
 
@@ -163,9 +196,17 @@ def test_directories_are_probed_one_at_a_time(tmp_path):
 
 
 def _assert_reason_and_neighbour_ok(c, bad, good, reason, succeeded_before=False):
-    m = wait_for(lambda: (lambda m: m if errors(m, bad)[reason] >= 2 and
-                          value(m, "netstack_fsync_duration_seconds_count", path=str(good)) >= 2 * WRITES
-                          else None)(scrape(c)), what=f"reason={reason}")
+    m = wait_for(
+        lambda: (
+            lambda m: (
+                m
+                if errors(m, bad)[reason] >= 2
+                and value(m, "netstack_fsync_duration_seconds_count", path=str(good)) >= 2 * WRITES
+                else None
+            )
+        )(scrape(c)),
+        what=f"reason={reason}",
+    )
     others = {r: v for r, v in errors(m, bad).items() if r != reason}
     assert set(others.values()) == {0.0}, others
     if not succeeded_before:
@@ -221,8 +262,12 @@ def test_directory_created_once_its_parent_becomes_writable(tmp_path):
         with running(c):
             wait_for(lambda: errors(scrape(c), target)["read_only"] >= 1, what="read_only")
             run(["mount", "-o", "remount,bind,rw", str(parent)])
-            wait_for(lambda: samples(scrape(c), "netstack_fsync_probe_last_success_timestamp_seconds",
-                                     path=str(target)), what="a successful probe")
+            wait_for(
+                lambda: samples(
+                    scrape(c), "netstack_fsync_probe_last_success_timestamp_seconds", path=str(target)
+                ),
+                what="a successful probe",
+            )
         assert target.is_dir()
 
 
@@ -256,15 +301,27 @@ def test_permission_denied_without_dac_override(tmp_path):
     target = tmp_path / "readonly"
     target.mkdir()
     target.chmod(0o555)
-    proc = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search",
-                           sys.executable, "-c", PERMISSION_SCRIPT, str(target)],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            setpriv,
+            "--bounding-set=-dac_override,-dac_read_search",
+            sys.executable,
+            "-c",
+            PERMISSION_SCRIPT,
+            str(target),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     m = parse_metrics(json.loads(proc.stdout)["metrics"])
     assert errors(m, target)["permission_denied"] >= 3
-    assert {r: v for r, v in errors(m, target).items() if r != "permission_denied"} == \
-        {r: 0.0 for r in REASONS if r != "permission_denied"}
+    assert {r: v for r, v in errors(m, target).items() if r != "permission_denied"} == {
+        r: 0.0 for r in REASONS if r != "permission_denied"
+    }
     assert proc.stderr.count("fsync probe failed") == 1, proc.stderr  # logged once
     assert "Traceback" not in proc.stderr
     assert not (target / PROBE_FILE).exists()
@@ -274,6 +331,7 @@ def test_eio_from_the_disk(tmp_path):
     # No device-mapper on this kernel (dm-error/dm-flakey would give a real EIO): inject it.
     def failing_datasync(fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
+
     c = make([tmp_path], datasync=failing_datasync)
     with running(c):
         m = wait_for(lambda: (lambda m: m if errors(m, tmp_path)["io_error"] >= 2 else None)(scrape(c)))
@@ -293,18 +351,31 @@ def test_stuck_probe_times_out_once_and_is_not_stacked(tmp_path):
 
     c = make([tmp_path], datasync=stuck_first_sync, timeout=0.3, interval=0.05)
     with running(c):
-        m = wait_for(lambda: (lambda m: m if value(m, "netstack_fsync_probes_skipped_total",
-                                                   path=str(tmp_path)) >= 5 else None)(scrape(c)))
+        m = wait_for(
+            lambda: (
+                lambda m: (
+                    m if value(m, "netstack_fsync_probes_skipped_total", path=str(tmp_path)) >= 5 else None
+                )
+            )(scrape(c))
+        )
         assert errors(m, tmp_path)["timeout"] == 1, "one timeout per stuck probe, not one per tick"
         assert len(calls) == 1, "no second probe while the first is stuck"
         assert sum(t.name == "fsync-probe" for t in threading.enumerate()) == 1
         release.set()
-        m = wait_for(lambda: (lambda m: m if samples(
-            m, "netstack_fsync_probe_last_success_timestamp_seconds", path=str(tmp_path)) else None)(scrape(c)))
+        m = wait_for(
+            lambda: (
+                lambda m: (
+                    m
+                    if samples(m, "netstack_fsync_probe_last_success_timestamp_seconds", path=str(tmp_path))
+                    else None
+                )
+            )(scrape(c))
+        )
     assert errors(m, tmp_path)["timeout"] == 1
     # the stuck probe stopped after its one slow sync; that sync is in the histogram
-    assert value(m, "netstack_fsync_duration_seconds_bucket", path=str(tmp_path), le="0.256") < \
-        value(m, "netstack_fsync_duration_seconds_bucket", path=str(tmp_path), le="+Inf")
+    assert value(m, "netstack_fsync_duration_seconds_bucket", path=str(tmp_path), le="0.256") < value(
+        m, "netstack_fsync_duration_seconds_bucket", path=str(tmp_path), le="+Inf"
+    )
 
 
 # --- through the real exporter ------------------------------------------------------------------
@@ -319,14 +390,25 @@ def test_through_the_exporter_failures_do_not_stop_serving(tmp_path):
         d.mkdir()
     with mounted(small, "-t", "tmpfs", "-o", "size=16k", "tmpfs"), mounted(ro, "--bind", str(ro)):
         run(["mount", "-o", "remount,bind,ro", str(ro)])
-        args = ["--collector.disable-defaults", "--collector.fsync",
-                "--collector.fsync.interval=200ms", f"--collector.fsync.writes={WRITES}",
-                *(f"--collector.fsync.directory={d}" for d in (good, small, ro))]
+        args = [
+            "--collector.disable-defaults",
+            "--collector.fsync",
+            "--collector.fsync.interval=200ms",
+            f"--collector.fsync.writes={WRITES}",
+            *(f"--collector.fsync.directory={d}" for d in (good, small, ro)),
+        ]
         with Exporter(*args) as e:
-            m = wait_for(lambda: (lambda m: m if value(m, "netstack_fsync_duration_seconds_count",
-                                                       path=str(good)) >= 2 * WRITES
-                                  and errors(m, small)["no_space"] >= 1
-                                  and errors(m, ro)["read_only"] >= 1 else None)(e.scrape()))
+            m = wait_for(
+                lambda: (
+                    lambda m: (
+                        m
+                        if value(m, "netstack_fsync_duration_seconds_count", path=str(good)) >= 2 * WRITES
+                        and errors(m, small)["no_space"] >= 1
+                        and errors(m, ro)["read_only"] >= 1
+                        else None
+                    )
+                )(e.scrape())
+            )
             assert value(m, "netstack_scrape_collector_success", collector="fsync") == 1
             assert (good / PROBE_FILE).exists()
             e.proc.terminate()
@@ -343,8 +425,12 @@ def test_shutdown_during_a_probe_removes_the_probe_file():
     # (0.1 ms per fdatasync here), long enough to be interrupted by SIGTERM.
     directory = Path(tempfile.mkdtemp(prefix="fsync-shutdown-", dir="/var/tmp"))
     try:
-        args = ["--collector.disable-defaults", "--collector.fsync", "--collector.fsync.writes=40000",
-                f"--collector.fsync.directory={directory}"]
+        args = [
+            "--collector.disable-defaults",
+            "--collector.fsync",
+            "--collector.fsync.writes=40000",
+            f"--collector.fsync.directory={directory}",
+        ]
         with Exporter(*args) as e:
             probe_file = directory / PROBE_FILE
             wait_for(probe_file.exists, what="the probe to start")

@@ -27,8 +27,14 @@ def snapshot(root: Path) -> dict:
             path = Path(dirpath) / name
             st = path.lstat()
             digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else ""
-            out[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns,
-                                                st.st_nlink, st.st_uid, digest)
+            out[str(path.relative_to(root))] = (
+                stat.S_IFMT(st.st_mode),
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_nlink,
+                st.st_uid,
+                digest,
+            )
     return out
 
 
@@ -44,8 +50,10 @@ def outside(tmp_path):
 
 
 def refused(c, path, reason: str) -> dict:
-    return wait_for(lambda: (lambda m: m if errors(m, path)[reason] >= 2 else None)(scrape(c)),
-                    what=f"two probes refused with {reason}")
+    return wait_for(
+        lambda: (lambda m: m if errors(m, path)[reason] >= 2 else None)(scrape(c)),
+        what=f"two probes refused with {reason}",
+    )
 
 
 def no_probe_succeeded(m, path) -> bool:
@@ -90,20 +98,27 @@ def test_planted_probe_file_is_refused_and_left_alone(tmp_path, outside, kind):
     assert snapshot(outside) == before
     # the planted entry is still there, unchanged: not overwritten, truncated or deleted at close
     after = planted.lstat()
-    assert (after.st_ino, after.st_mode, after.st_size, after.st_mtime_ns) == \
-        (planted_before.st_ino, planted_before.st_mode, planted_before.st_size, planted_before.st_mtime_ns)
+    assert (after.st_ino, after.st_mode, after.st_size, after.st_mtime_ns) == (
+        planted_before.st_ino,
+        planted_before.st_mode,
+        planted_before.st_size,
+        planted_before.st_mtime_ns,
+    )
     if content is not None:
         assert planted.read_bytes() == content
     assert os.listdir(probe_dir) == [PROBE_FILE]
 
 
-@pytest.mark.parametrize("mode, owner, allowed", [
-    (0o700, 0, True),
-    (0o1777, 0, True),      # sticky: others may create entries but not replace ours
-    (0o777, 0, False),      # world-writable without the sticky bit
-    (0o770, 0, False),      # group-writable without the sticky bit
-    (0o700, 65534, False),  # another user's directory
-])
+@pytest.mark.parametrize(
+    "mode, owner, allowed",
+    [
+        (0o700, 0, True),
+        (0o1777, 0, True),  # sticky: others may create entries but not replace ours
+        (0o777, 0, False),  # world-writable without the sticky bit
+        (0o770, 0, False),  # group-writable without the sticky bit
+        (0o700, 65534, False),  # another user's directory
+    ],
+)
 def test_directory_owner_and_mode_like_strict_modes(tmp_path, mode, owner, allowed):
     need_root()
     probe_dir = tmp_path / "probe"

@@ -26,6 +26,7 @@ MAC_A, MAC_B = "02:00:00:00:0a:01", "02:00:00:00:0b:01"
 # netstat too: the host-wide IP/UDP counters show what a wrong tunnel MTU or a downed device causes
 ARGS = ("--collector.disable-defaults", "--collector.overlay", "--collector.netstat")
 
+
 def overlay_exporter(ns: Netns, *args: str) -> Exporter:
     """The exporter with the overlay and netstat collectors, running (and scraped) inside ns."""
     return Exporter(*ARGS, *args, netns=ns)
@@ -47,8 +48,7 @@ def send_udp(ns: Netns, dst: str, size: int, count: int, df: bool = True) -> Non
 
 def quiet(ns: Netns) -> None:
     need_tool("sysctl", "procps")
-    ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1")
+    ns.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 
 
 @contextlib.contextmanager
@@ -65,9 +65,19 @@ def two_hosts(mtu_a: int = 1500, mtu_b: int = 1500):
         yield a, b
 
 
-def add_vxlan(ns: Netns, name: str, vni: int, *, remote: str | None = None,
-              local: str | None = None, dev: str | None = None, mtu: int | None = None,
-              port: int = 4789, mac: str | None = None, addr: str | None = None) -> None:
+def add_vxlan(
+    ns: Netns,
+    name: str,
+    vni: int,
+    *,
+    remote: str | None = None,
+    local: str | None = None,
+    dev: str | None = None,
+    mtu: int | None = None,
+    port: int = 4789,
+    mac: str | None = None,
+    addr: str | None = None,
+) -> None:
     args = ["link", "add", name]
     if mtu:
         args += ["mtu", str(mtu)]
@@ -86,10 +96,28 @@ def add_vxlan(ns: Netns, name: str, vni: int, *, remote: str | None = None,
 def overlay_pair(a: Netns, b: Netns, mtu: int | None = None, dev: bool = True) -> None:
     """vx0 on both sides (VNI 42), overlay 198.19.0.1 <-> 198.19.0.2, static neighbours so every
     datagram is exactly one frame (no ARP retries to count)."""
-    add_vxlan(a, "vx0", 42, remote=B_UL, local=A_UL, dev="ula" if dev else None, mtu=mtu,
-              mac=MAC_A, addr="198.19.0.1/24")
-    add_vxlan(b, "vx0", 42, remote=A_UL, local=B_UL, dev="ulb" if dev else None, mtu=mtu,
-              mac=MAC_B, addr="198.19.0.2/24")
+    add_vxlan(
+        a,
+        "vx0",
+        42,
+        remote=B_UL,
+        local=A_UL,
+        dev="ula" if dev else None,
+        mtu=mtu,
+        mac=MAC_A,
+        addr="198.19.0.1/24",
+    )
+    add_vxlan(
+        b,
+        "vx0",
+        42,
+        remote=A_UL,
+        local=B_UL,
+        dev="ulb" if dev else None,
+        mtu=mtu,
+        mac=MAC_B,
+        addr="198.19.0.2/24",
+    )
     a.ip("neigh", "add", "198.19.0.2", "lladdr", MAC_B, "dev", "vx0", "nud", "permanent")
     b.ip("neigh", "add", "198.19.0.1", "lladdr", MAC_A, "dev", "vx0", "nud", "permanent")
 
@@ -130,8 +158,7 @@ def test_correct_configuration_reports_no_mismatch():
         assert value(m, "netstack_overlay_info", device="vx0") == 1
         info = samples(m, "netstack_overlay_info", device="vx0")
         labels = dict(next(iter(info))[1])
-        assert labels == {"device": "vx0", "kind": "vxlan", "vni": "42", "port": "4789",
-                          "underlay": "ula"}
+        assert labels == {"device": "vx0", "kind": "vxlan", "vni": "42", "port": "4789", "underlay": "ula"}
         assert value(m, "netstack_overlay_mtu_bytes", device="vx0") == 1450
         assert value(m, "netstack_overlay_underlay_mtu_bytes", device="vx0") == 1500
         assert value(m, "netstack_overlay_encapsulation_overhead_bytes", device="vx0") == 50
@@ -154,7 +181,10 @@ def test_mismatch_vxlan_without_dev_over_1500_underlay():
 
 def test_mismatch_when_underlay_lowered_after_creation():
     # An hour-long refresh interval: only the link event can make the change visible.
-    with two_hosts() as (a, b), overlay_exporter(a, "--collector.overlay.topology-refresh-interval=1h") as exp:
+    with (
+        two_hosts() as (a, b),
+        overlay_exporter(a, "--collector.overlay.topology-refresh-interval=1h") as exp,
+    ):
         overlay_pair(a, b)
         assert value(exp.scrape(), "netstack_overlay_mtu_mismatch", device="vx0") == 0
         a.ip("link", "set", "ula", "mtu", "1400")
@@ -169,7 +199,7 @@ def test_mismatch_when_underlay_lowered_after_creation():
 def test_kernel_clamps_vxlan_bound_to_a_device():
     # With dev, the kernel itself keeps MTU + 50 within the underlay at creation and refuses a
     # larger MTU later; a mismatch on such a device only arises when the underlay shrinks.
-    with two_hosts(mtu_b=1400) as (a, b), overlay_exporter(b) as exp:
+    with two_hosts(mtu_b=1400) as (_a, b), overlay_exporter(b) as exp:
         add_vxlan(b, "vx0", 42, remote=A_UL, dev="ulb", mtu=1450)
         assert b.ip("link", "set", "vx0", "mtu", "1450", check=False).returncode != 0
         m = exp.scrape()
@@ -180,8 +210,11 @@ def test_kernel_clamps_vxlan_bound_to_a_device():
 def test_mismatch_when_ends_have_different_underlay_mtus():
     # Both ends get the cluster-wide overlay MTU 1450 and find their underlay by route (no dev,
     # so the kernel does not clamp); b's underlay is only 1400: b is misconfigured, a is not.
-    with two_hosts(mtu_a=1500, mtu_b=1400) as (a, b), \
-            overlay_exporter(a) as exp_a, overlay_exporter(b) as exp_b:
+    with (
+        two_hosts(mtu_a=1500, mtu_b=1400) as (a, b),
+        overlay_exporter(a) as exp_a,
+        overlay_exporter(b) as exp_b,
+    ):
         overlay_pair(a, b, mtu=1450, dev=False)
         m_a = exp_a.scrape()
         assert value(m_a, "netstack_overlay_underlay_mtu_bytes", device="vx0") == 1500
@@ -197,8 +230,11 @@ def test_mismatch_when_ends_have_different_underlay_mtus():
 
 
 def test_drops_at_receiver_with_smaller_underlay_mtu():
-    with two_hosts(mtu_a=1500, mtu_b=1400) as (a, b), \
-            overlay_exporter(a) as exp_a, overlay_exporter(b) as exp_b:
+    with (
+        two_hosts(mtu_a=1500, mtu_b=1400) as (a, b),
+        overlay_exporter(a) as exp_a,
+        overlay_exporter(b) as exp_b,
+    ):
         overlay_pair(a, b, mtu=1450, dev=False)
         send_udp(a, "198.19.0.2", 100, 3)  # fits everywhere: delivered
         send_udp(a, "198.19.0.2", 1400, 5)  # 1428 inside, 1478 outside: b's veth (1400) drops it
@@ -215,7 +251,7 @@ def test_drops_at_receiver_with_smaller_underlay_mtu():
 
 
 def test_no_forwarding_entry_counts_transmit_drops():
-    with two_hosts() as (a, b), overlay_exporter(a) as exp:
+    with two_hosts() as (a, _b), overlay_exporter(a) as exp:
         # no remote: no default forwarding entry, so vxlan has nowhere to send
         add_vxlan(a, "vx1", 43, dev="ula", addr="198.19.1.1/24")
         a.ip("neigh", "add", "198.19.1.2", "lladdr", MAC_B, "dev", "vx1", "nud", "permanent")
@@ -227,7 +263,7 @@ def test_no_forwarding_entry_counts_transmit_drops():
 
 
 def test_unroutable_remote_counts_carrier_errors():
-    with two_hosts() as (a, b), overlay_exporter(a) as exp:
+    with two_hosts() as (a, _b), overlay_exporter(a) as exp:
         add_vxlan(a, "vx2", 44, remote="198.18.9.9", addr="198.19.2.1/24")  # no route to it
         a.ip("neigh", "add", "198.19.2.2", "lladdr", MAC_B, "dev", "vx2", "nud", "permanent")
         send_udp(a, "198.19.2.2", 100, 4)
@@ -273,7 +309,10 @@ def test_mtu_mismatch_without_df_fragments_and_is_counted():
 
 
 def test_devices_created_and_deleted_while_scraping():
-    with two_hosts() as (a, b), overlay_exporter(a, "--collector.overlay.topology-refresh-interval=1h") as exp:
+    with (
+        two_hosts() as (a, _b),
+        overlay_exporter(a, "--collector.overlay.topology-refresh-interval=1h") as exp,
+    ):
         stop = threading.Event()
         errors: list[str] = []
         scrapes = [0]
@@ -286,7 +325,7 @@ def test_devices_created_and_deleted_while_scraping():
                     if value(m, "netstack_scrape_collector_success", collector="overlay") != 1:
                         errors.append("collector failed during churn")
                     scrapes[0] += 1
-                except Exception as e:  # noqa: BLE001 - collected and asserted below
+                except Exception as e:
                     errors.append(repr(e))
 
         thread = threading.Thread(target=hammer, daemon=True)
@@ -310,7 +349,7 @@ def test_devices_created_and_deleted_while_scraping():
 
 
 def test_device_include_and_exclude():
-    with two_hosts() as (a, b), overlay_exporter(a, "--collector.overlay.device-exclude=^skip") as exp:
+    with two_hosts() as (a, _b), overlay_exporter(a, "--collector.overlay.device-exclude=^skip") as exp:
         add_vxlan(a, "vxkeep", 50, dev="ula", port=4789)
         add_vxlan(a, "skipme", 51, dev="ula", port=4790)
         m = exp.scrape()
@@ -380,13 +419,17 @@ def code_readable_by_anyone():
     import pyroute2
 
     import collectors
+
     dest = tempfile.mkdtemp(prefix="overlay-unprivileged-")
     try:
         os.chmod(dest, 0o755)
         for package in (collectors, prometheus_client, pyroute2):
             source = os.path.dirname(package.__file__)
-            shutil.copytree(source, os.path.join(dest, os.path.basename(source)),
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                source,
+                os.path.join(dest, os.path.basename(source)),
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         yield dest
     finally:
         shutil.rmtree(dest, ignore_errors=True)
@@ -396,8 +439,17 @@ def test_runs_without_privileges():
     setpriv = need_tool("setpriv", "util-linux")
     with two_hosts() as (a, b), code_readable_by_anyone() as code:
         overlay_pair(a, b)
-        out = a.exec(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-                     "--inh-caps=-all", sys.executable, "-c", UNPRIVILEGED, code).stdout.split()
+        out = a.exec(
+            setpriv,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            sys.executable,
+            "-c",
+            UNPRIVILEGED,
+            code,
+        ).stdout.split()
         assert out[:3] == ["65534", "vx0", "ula"]
         assert int(out[3]) > 20  # the tunnel and underlay families all came back
 

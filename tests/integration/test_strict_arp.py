@@ -69,4 +69,3 @@ def test_strict_arp_both_ways(node):
         m = e.scrape()
         assert value(m, "netstack_ipvs_kube_ipvs0_present") == 0
         assert value(m, "netstack_scrape_collector_success", collector="strict_arp") == 1
-

@@ -39,10 +39,15 @@ def test_in_a_pid_namespace_the_host_proc_describes_the_node():
         os.mkdir(host_proc)
         # New PID and mount namespaces: the host's /proc bind-mounted aside first (as the
         # DaemonSet's /host/proc), then a /proc of the new PID namespace, where we are PID 1.
-        script = (f"mount --bind /proc {host_proc} && mount -t proc proc /proc && "
-                  f"exec {sys.executable} -c '{PROBE}' {host_proc}")
-        out = run(["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
-                   "sh", "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        script = (
+            f"mount --bind /proc {host_proc} && mount -t proc proc /proc && "
+            f"exec {sys.executable} -c '{PROBE}' {host_proc}"
+        )
+        out = run(
+            ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "sh", "-c", script],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     views = json.loads(out.stdout)
     assert views["host"] == ["firecracker", "guest"]
     assert views["own"][1] == "container"  # its own /proc: a PID namespace without kthreadd

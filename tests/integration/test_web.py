@@ -37,15 +37,24 @@ CORE = ("--collector.disable-defaults", "--collector.cpu", "--collector.softirq"
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     ca = make_ca(d, "ca")
-    return {"dir": d, "ca": ca, "server": make_cert(ca, d, "server"),
-            "server2": make_cert(ca, d, "server2"), "client": make_cert(ca, d, "client"),
-            "stranger": make_cert(make_ca(d, "other-ca"), d, "stranger"),
-            "hash": bcrypt_hash("s3cret")}
+    return {
+        "dir": d,
+        "ca": ca,
+        "server": make_cert(ca, d, "server"),
+        "server2": make_cert(ca, d, "server2"),
+        "client": make_cert(ca, d, "client"),
+        "stranger": make_cert(make_ca(d, "other-ca"), d, "stranger"),
+        "hash": bcrypt_hash("s3cret"),
+    }
 
 
 def test_tls_and_basic_auth(pki, tmp_path):
-    config = write_web_config(tmp_path / "web.yml", pair=pki["server"], users={"prometheus": pki["hash"]},
-                              headers={"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"})
+    config = write_web_config(
+        tmp_path / "web.yml",
+        pair=pki["server"],
+        users={"prometheus": pki["hash"]},
+        headers={"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"},
+    )
     ctx = client_context(pki["ca"])
     with TLSExporter(*CORE, f"--web.config.file={config}", ctx=ctx) as e:
         status, headers, body, peer = e.get_tls(headers=basic("prometheus", "s3cret"))
@@ -74,8 +83,7 @@ def test_tls_and_basic_auth(pki, tmp_path):
 
 def test_client_certificates_required(pki, tmp_path):
     config = write_web_config(tmp_path / "web.yml", pair=pki["server"], client_ca=pki["ca"])
-    with TLSExporter(*CORE, f"--web.config.file={config}",
-                     ctx=client_context(pki["ca"], pki["client"])) as e:
+    with TLSExporter(*CORE, f"--web.config.file={config}", ctx=client_context(pki["ca"], pki["client"])) as e:
         assert e.get_tls()[0] == 200
         for ctx in (client_context(pki["ca"]), client_context(pki["ca"], pki["stranger"])):
             with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
@@ -107,9 +115,14 @@ def test_sighup_rotates_the_certificate_and_a_bad_file_keeps_the_old(pki, tmp_pa
 def test_bad_web_config_exits_2_naming_the_key(tmp_path):
     config = tmp_path / "web.yml"
     config.write_text("tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth: x\n")
-    proc = subprocess.run([sys.executable, "-m", "exporter", f"--web.config.file={config}"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", f"--web.config.file={config}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "--web.config.file" in proc.stderr and "tls_server_config.client_auth: unknown key" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -122,8 +135,11 @@ def test_max_requests_answers_503_past_the_limit(tmp_path):
         socks = []
         for user in ("a", "b", "c"):
             s = socket.create_connection(("127.0.0.1", e.port), timeout=10)
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: "
-                      + basic(user, "guess")["Authorization"].encode() + b"\r\n\r\n")
+            s.sendall(
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                + basic(user, "guess")["Authorization"].encode()
+                + b"\r\n\r\n"
+            )
             socks.append(s)
             time.sleep(0.05)
         statuses = [int(s.recv(100).split()[1]) for s in socks]
@@ -157,8 +173,12 @@ def test_idle_and_slowloris_flood_under_a_1024_file_limit(pki, tmp_path, tls):
     _raise_own_fd_limit(4096)
     if tls:
         config = write_web_config(tmp_path / "web.yml", pair=pki["server"])
-        exporter: Exporter = TLSExporter(*CORE, f"--web.config.file={config}", ctx=client_context(pki["ca"]),
-                                         prefix=(prlimit, "--nofile=1024"))
+        exporter: Exporter = TLSExporter(
+            *CORE,
+            f"--web.config.file={config}",
+            ctx=client_context(pki["ca"]),
+            prefix=(prlimit, "--nofile=1024"),
+        )
         head, trickle = b"\x16\x03\x01\x02\x00\x01", b"\x00"  # a ClientHello record never finished
     else:
         exporter = Exporter(*CORE)

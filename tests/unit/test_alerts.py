@@ -66,19 +66,32 @@ def test_alerts_are_routable_and_explained():
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}, rule["alert"]
         assert rule["annotations"]["summary"].strip(), rule["alert"]
         # Runbook style: every description says what to check next.
-        assert "Check:" in rule["annotations"]["description"] or rule["labels"]["severity"] == "info" \
-            or rule["alert"] == "NetstackExporterAbsent", rule["alert"]
+        assert (
+            "Check:" in rule["annotations"]["description"]
+            or rule["labels"]["severity"] == "info"
+            or rule["alert"] == "NetstackExporterAbsent"
+        ), rule["alert"]
 
 
 def test_required_alerts_exist():
     names = {rule["alert"] for rule in alerting_rules()}
-    assert {"NetstackCPUStealHigh", "NetstackCPUStealHighPerCPU", "NetstackSoftnetDropping",
-            "NetstackSoftnetSqueezed", "NetstackConntrackTableNearlyFull",
-            "NetstackConntrackInsertFailed", "NetstackConntrackDropping",
-            "NetstackIPVSServicesWithoutBackends", "NetstackOverlayMTUMismatch",
-            "NetstackOverlayDropping", "NetstackFsyncSlow", "NetstackFsyncProbeFailing",
-            "NetstackFsyncProbeStale", "NetstackCollectorFailing",
-            "NetstackExporterDown"} <= names
+    assert {
+        "NetstackCPUStealHigh",
+        "NetstackCPUStealHighPerCPU",
+        "NetstackSoftnetDropping",
+        "NetstackSoftnetSqueezed",
+        "NetstackConntrackTableNearlyFull",
+        "NetstackConntrackInsertFailed",
+        "NetstackConntrackDropping",
+        "NetstackIPVSServicesWithoutBackends",
+        "NetstackOverlayMTUMismatch",
+        "NetstackOverlayDropping",
+        "NetstackFsyncSlow",
+        "NetstackFsyncProbeFailing",
+        "NetstackFsyncProbeStale",
+        "NetstackCollectorFailing",
+        "NetstackExporterDown",
+    } <= names
 
 
 def test_every_expression_parses():
@@ -109,8 +122,9 @@ def test_fsync_alert_uses_the_histogram():
 
 
 def test_chart_ships_the_same_rules():
-    assert CHART_RULES.read_bytes() == RULES.read_bytes(), \
+    assert CHART_RULES.read_bytes() == RULES.read_bytes(), (
         "charts/netstack-exporter/files/netstack.rules.yml is stale: run dashboards/generate.py"
+    )
 
 
 def _promql_parser():
@@ -142,7 +156,7 @@ def is_exported(name: str, sources: dict[str, str]) -> bool:
                 return True
             # "netstack_conntrack_" + key, or f"netstack_conntrack_{key}"
             for prefix in set(re.findall(r'"(netstack_[a-z0-9_]*_)(?:"|\{)', text)):
-                key = stem[len(prefix):]
+                key = stem[len(prefix) :]
                 if stem.startswith(prefix) and (f'"{key}"' in text or f"'{key}'" in text):
                     return True
     return False

@@ -67,8 +67,10 @@ def test_monotonic_counter_adopts_a_jump_that_the_next_reading_confirms():
     assert m("k", 50_100, 200) == 50_100
 
 
-@pytest.mark.parametrize("text,base,maximum", [("-1", 10, 2**64), ("1" * 400, 10, 2**64),
-                                               ("100000000", 16, 2**32 - 1), ("x", 10, 10)])
+@pytest.mark.parametrize(
+    "text,base,maximum",
+    [("-1", 10, 2**64), ("1" * 400, 10, 2**64), ("100000000", 16, 2**32 - 1), ("x", 10, 10)],
+)
 def test_counters_out_of_their_width_are_not_numbers(text, base, maximum):
     with pytest.raises(ValueError):
         parse_counter(text, base, maximum)

@@ -53,8 +53,9 @@ def peers(name: str, family: str = "ipv4", routes: bool = True):
 # --- reply format -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, version", [("bird1-show-protocols.txt", "1.6.8"),
-                                           ("bird2-show-protocols.txt", "2.0.12")])
+@pytest.mark.parametrize(
+    "name, version", [("bird1-show-protocols.txt", "1.6.8"), ("bird2-show-protocols.txt", "2.0.12")]
+)
 def test_greeting_gives_the_version(name, version):
     assert parse_banner(fixture(name)[0]) == version
 
@@ -63,13 +64,22 @@ def test_bird1_rows_with_calico_names():
     got = peers("bird1-show-protocols-all.txt")
     assert set(got) == {"Mesh_198_18_0_2", "Node_198_18_0_9", "Global_198_18_0_10_port_1790"}
     mesh = got["Mesh_198_18_0_2"]
-    assert (mesh.peer, mesh.type, mesh.family, mesh.state, mesh.info) == \
-        ("198.18.0.2", "mesh", "ipv4", "Established", "")
+    assert (mesh.peer, mesh.type, mesh.family, mesh.state, mesh.info) == (
+        "198.18.0.2",
+        "mesh",
+        "ipv4",
+        "Established",
+        "",
+    )
     assert (mesh.imported, mesh.exported) == (3, 2)
     assert mesh.since == dt.datetime(2026, 12, 1, 9, 50, 2, tzinfo=UTC).timestamp()
     node = got["Node_198_18_0_9"]
-    assert (node.peer, node.type, node.state, node.info) == \
-        ("198.18.0.9", "node", "Connect", "Socket: No route to host")
+    assert (node.peer, node.type, node.state, node.info) == (
+        "198.18.0.9",
+        "node",
+        "Connect",
+        "Socket: No route to host",
+    )
     glob = got["Global_198_18_0_10_port_1790"]
     assert (glob.peer, glob.type) == ("198.18.0.10:1790", "global")
 
@@ -121,17 +131,20 @@ def test_error_replies_raise_bird_error(name):
         parse_protocols(fixture(name)[1], name)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "no final line"),
-    ("2002-name proto\n1002-kernel1 Kernel master up 09:50:00\n", "no final line"),
-    ("HTTP/1.1 400 Bad Request\n", "not a BIRD reply line"),
-    (" continuation first\n0000 \n", "continuation line before"),
-    ("0000 \n1002-late row\n", "text after the end"),
-    ("1002-kernel1 Kernel\n0000 \n", "fewer than 5 columns"),
-    ("1006-  Preference: 10\n0000 \n", "details before any protocol row"),
-    ("1007-  something else\n0000 \n", "unexpected reply code 1007"),
-    ("2002-name\x00\n", "no final line"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "no final line"),
+        ("2002-name proto\n1002-kernel1 Kernel master up 09:50:00\n", "no final line"),
+        ("HTTP/1.1 400 Bad Request\n", "not a BIRD reply line"),
+        (" continuation first\n0000 \n", "continuation line before"),
+        ("0000 \n1002-late row\n", "text after the end"),
+        ("1002-kernel1 Kernel\n0000 \n", "fewer than 5 columns"),
+        ("1006-  Preference: 10\n0000 \n", "details before any protocol row"),
+        ("1007-  something else\n0000 \n", "unexpected reply code 1007"),
+        ("2002-name\x00\n", "no final line"),
+    ],
+)
 def test_malformed_replies_raise_parse_error(text, message):
     with pytest.raises(ParseError, match=message):
         parse_protocols(text)
@@ -150,9 +163,19 @@ def test_reply_lines_keep_the_code_of_continued_rows():
 
 def test_route_counts_with_filtered_routes_and_channel_choice():
     from collectors.bgp import Protocol
-    p = Protocol("x", "BGP", "---", "up", "", "", channels={
-        "ipv4": {"Routes": "5 imported, 2 filtered, 4 exported, 5 preferred"},
-        "ipv6": {"Routes": "1 imported, 1 exported, 1 preferred"}})
+
+    p = Protocol(
+        "x",
+        "BGP",
+        "---",
+        "up",
+        "",
+        "",
+        channels={
+            "ipv4": {"Routes": "5 imported, 2 filtered, 4 exported, 5 preferred"},
+            "ipv6": {"Routes": "1 imported, 1 exported, 1 preferred"},
+        },
+    )
     assert route_counts(p, "ipv4") == (5, 4)
     assert route_counts(p, "ipv6") == (1, 1)
     assert route_counts(p, "other") == (6, 5)
@@ -162,42 +185,50 @@ def test_route_counts_with_filtered_routes_and_channel_choice():
 # --- Calico names, times, socket specs ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("Mesh_198_18_0_2", ("mesh", "198.18.0.2")),
-    ("Node_10_0_0_1", ("node", "10.0.0.1")),
-    ("Global_192_0_2_1", ("global", "192.0.2.1")),
-    ("Global_192_0_2_1_port_1790", ("global", "192.0.2.1:1790")),
-    ("Local_Workload_10_65_0_7", ("local_workload", "10.65.0.7")),
-    ("Mesh_fd00_198_18__2", ("mesh", "fd00:198:18::2")),
-    ("Node_2001_db8__1_port_179", ("node", "[2001:db8::1]:179")),
-    ("Mesh_300_1_1_1", None),       # not an address
-    ("Mesh_", None),
-    ("uplink0", None),
-    ("Mesh_198_18_0_2_extra", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Mesh_198_18_0_2", ("mesh", "198.18.0.2")),
+        ("Node_10_0_0_1", ("node", "10.0.0.1")),
+        ("Global_192_0_2_1", ("global", "192.0.2.1")),
+        ("Global_192_0_2_1_port_1790", ("global", "192.0.2.1:1790")),
+        ("Local_Workload_10_65_0_7", ("local_workload", "10.65.0.7")),
+        ("Mesh_fd00_198_18__2", ("mesh", "fd00:198:18::2")),
+        ("Node_2001_db8__1_port_179", ("node", "[2001:db8::1]:179")),
+        ("Mesh_300_1_1_1", None),  # not an address
+        ("Mesh_", None),
+        ("uplink0", None),
+        ("Mesh_198_18_0_2_extra", None),
+    ],
+)
 def test_calico_peer_names(name, expected):
     assert calico_peer(name) == expected
 
 
 def test_other_bgp_protocols_use_the_neighbor_address():
-    text = ("2002-name proto table state since info\n"
-            "1002-uplink0 BGP master up 09:50:02 Established\n"
-            "1006-  BGP state:          Established\n"
-            "     Neighbor address: 198.18.5.1\n"
-            "0000 \n")
+    text = (
+        "2002-name proto table state since info\n"
+        "1002-uplink0 BGP master up 09:50:02 Established\n"
+        "1006-  BGP state:          Established\n"
+        "     Neighbor address: 198.18.5.1\n"
+        "0000 \n"
+    )
     (p,) = peers_from(parse_protocols(text), "ipv4", NOW, UTC, True)
     assert (p.peer, p.type, p.family) == ("198.18.5.1", "other", "ipv4")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("09:50:02", dt.datetime(2026, 12, 1, 9, 50, 2, tzinfo=UTC)),
-    ("09:50:02.068", dt.datetime(2026, 12, 1, 9, 50, 2, 68000, tzinfo=UTC)),
-    ("10:00:30", dt.datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)),  # clocks a little apart
-    ("23:10:00", dt.datetime(2026, 11, 30, 23, 10, 0, tzinfo=UTC)),  # later than now: yesterday
-    ("2026-11-02", dt.datetime(2026, 11, 2, tzinfo=UTC)),
-    ("2026-11-02 17:01:02", dt.datetime(2026, 11, 2, 17, 1, 2, tzinfo=UTC)),
-    ("2026-11-02 17:01:02.5", dt.datetime(2026, 11, 2, 17, 1, 2, 500000, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("09:50:02", dt.datetime(2026, 12, 1, 9, 50, 2, tzinfo=UTC)),
+        ("09:50:02.068", dt.datetime(2026, 12, 1, 9, 50, 2, 68000, tzinfo=UTC)),
+        ("10:00:30", dt.datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)),  # clocks a little apart
+        ("23:10:00", dt.datetime(2026, 11, 30, 23, 10, 0, tzinfo=UTC)),  # later than now: yesterday
+        ("2026-11-02", dt.datetime(2026, 11, 2, tzinfo=UTC)),
+        ("2026-11-02 17:01:02", dt.datetime(2026, 11, 2, 17, 1, 2, tzinfo=UTC)),
+        ("2026-11-02 17:01:02.5", dt.datetime(2026, 11, 2, 17, 1, 2, 500000, tzinfo=UTC)),
+    ],
+)
 def test_since_forms(text, expected):
     assert parse_since(text, NOW, UTC) == pytest.approx(expected.timestamp())
 
@@ -212,11 +243,14 @@ def test_since_in_birds_time_zone():
     assert parse_since("10:50:02", NOW, berlin) == dt.datetime(2026, 12, 1, 9, 50, 2, tzinfo=UTC).timestamp()
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("/var/run/calico/bird.ctl", ("ipv4", "/var/run/calico/bird.ctl")),
-    ("/var/run/calico/bird6.ctl", ("ipv6", "/var/run/calico/bird6.ctl")),
-    ("ipv6=/run/x.ctl", ("ipv6", "/run/x.ctl")),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("/var/run/calico/bird.ctl", ("ipv4", "/var/run/calico/bird.ctl")),
+        ("/var/run/calico/bird6.ctl", ("ipv6", "/var/run/calico/bird6.ctl")),
+        ("ipv6=/run/x.ctl", ("ipv6", "/run/x.ctl")),
+    ],
+)
 def test_socket_specs(spec, expected):
     assert socket_family(spec) == expected
 
@@ -298,6 +332,7 @@ def fake(tmp_path):
         server = FakeSocket(tmp_path / sock, mode, name)
         servers.append(server)
         return server
+
     yield make
     for s in servers:
         s.close()
@@ -310,13 +345,16 @@ def test_command_reads_greeting_and_reply(fake):
     assert server.commands == [b"show protocols all\n"]
 
 
-@pytest.mark.parametrize("mode, message, fast", [
-    ("silent", "no complete answer within 0.5s .0 bytes of the greeting", False),
-    ("no-reply", "no complete answer within 0.5s .* of the reply to 'show protocols all'", False),
-    ("close-mid-reply", "connection closed after .* before the end of the reply", True),
-    ("garbage", "not a BIRD reply line in the greeting", True),
-    ("garbage-reply", "not a BIRD reply line in the reply", True),
-])
+@pytest.mark.parametrize(
+    "mode, message, fast",
+    [
+        ("silent", "no complete answer within 0.5s .0 bytes of the greeting", False),
+        ("no-reply", "no complete answer within 0.5s .* of the reply to 'show protocols all'", False),
+        ("close-mid-reply", "connection closed after .* before the end of the reply", True),
+        ("garbage", "not a BIRD reply line in the greeting", True),
+        ("garbage-reply", "not a BIRD reply line in the reply", True),
+    ],
+)
 def test_misbehaving_socket_fails_within_the_timeout_with_a_reason(fake, mode, message, fast):
     server = fake(mode)
     start = time.monotonic()
@@ -409,22 +447,25 @@ def test_collector_fails_on_a_silent_socket(fake, tmp_path):
 
 def test_collector_falls_back_to_the_next_path_of_a_family(fake, tmp_path):
     fake(name="bird2-show-protocols-all.txt", sock="fallback.ctl")
-    c = BgpCollector(Context(options={"socket": [str(tmp_path / "bird.ctl"),
-                                                 "ipv4=" + str(tmp_path / "fallback.ctl")]}))
+    c = BgpCollector(
+        Context(options={"socket": [str(tmp_path / "bird.ctl"), "ipv4=" + str(tmp_path / "fallback.ctl")]})
+    )
     got = families(c)
     assert got["netstack_bird_info"] == {(("family", "ipv4"), ("version", "2.0.12")): 1}
 
 
 def test_duplicate_peer_labels_fall_back_to_protocol_names(fake, tmp_path):
-    text = ("0001 BIRD 2.0.12 ready.\n"
-            "2002-Name Proto Table State Since Info\n"
-            "1002-up_a BGP --- up 09:50:02.068 Established\n"
-            "1006-  BGP state:          Established\n"
-            "     Neighbor address: 198.18.5.1\n"
-            "1002-up_b BGP --- up 09:50:02.068 Established\n"
-            "1006-  BGP state:          Established\n"
-            "     Neighbor address: 198.18.5.1\n"
-            "0000 \n")
+    text = (
+        "0001 BIRD 2.0.12 ready.\n"
+        "2002-Name Proto Table State Since Info\n"
+        "1002-up_a BGP --- up 09:50:02.068 Established\n"
+        "1006-  BGP state:          Established\n"
+        "     Neighbor address: 198.18.5.1\n"
+        "1002-up_b BGP --- up 09:50:02.068 Established\n"
+        "1006-  BGP state:          Established\n"
+        "     Neighbor address: 198.18.5.1\n"
+        "0000 \n"
+    )
     path = tmp_path / "dup.txt"
     path.write_text(text)
     server = FakeSocket(tmp_path / "bird.ctl", "replay", str(path))

@@ -40,8 +40,14 @@ def statuses(report: dict) -> dict[str, str]:
 
 
 def test_healthy_tree_is_all_ok_and_skips_say_why(tree, tmp_path):
-    status, report = run_check(tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000",
-                               "--strict", between=tree.quiet_interval, datasync=lambda fd: None)
+    status, report = run_check(
+        tree,
+        f"--check.fsync-dir={tmp_path}",
+        "--check.fsync-size=46000",
+        "--strict",
+        between=tree.quiet_interval,
+        datasync=lambda fd: None,
+    )
     assert status == 0
     got = statuses(report)
     assert set(got) == {c.id for c in field_guide.CHECKS} | {"collectors"}, "a check is missing"
@@ -165,8 +171,9 @@ def test_iptables_mode_needs_no_ipvs_modules(tree):
     (tree.proc / "net" / "ip_vs").unlink()
     (tree.proc / "net" / "ip_vs_stats").unlink()
     modules = tree.proc / "modules"
-    modules.write_text("".join(line + "\n" for line in modules.read_text().splitlines()
-                               if not line.startswith("ip_vs")))
+    modules.write_text(
+        "".join(line + "\n" for line in modules.read_text().splitlines() if not line.startswith("ip_vs"))
+    )
     status, report = run_check(tree, "--strict")
     mode = verdict(report, "ipvs.mode")
     assert (mode["status"], mode["value"]) == ("ok", "iptables or nftables mode (no IPVS table)")
@@ -182,8 +189,9 @@ def test_slow_fsync(tree, tmp_path):
         os.fdatasync(fd)
         time.sleep(0.015)
 
-    status, report = run_check(tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000",
-                               datasync=slow_disk)
+    status, report = run_check(
+        tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000", datasync=slow_disk
+    )
     p99 = verdict(report, "fsync.p99")
     assert p99["status"] == "warn" and p99["value"].endswith(f"ms on {tmp_path}")
     assert number(p99["value"].removesuffix(f" ms on {tmp_path}")) >= 15
@@ -191,8 +199,9 @@ def test_slow_fsync(tree, tmp_path):
     assert report["fsync_probe"]["syncs"] == 20 and report["fsync_probe"]["p99"] >= 0.015
     assert status == 0
     assert check.CHECK_SUBDIR not in os.listdir(tmp_path)
-    status, _ = run_check(tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000", "--strict",
-                          datasync=slow_disk)
+    status, _ = run_check(
+        tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000", "--strict", datasync=slow_disk
+    )
     assert status == 1
 
 
@@ -200,8 +209,9 @@ def test_fsync_directory_missing_is_a_skip_with_the_reason(tree, tmp_path):
     status, report = run_check(tree, f"--check.fsync-dir={tmp_path / 'absent'}", "--strict")
     p99 = verdict(report, "fsync.p99")
     assert p99["status"] == "skip"
-    assert p99["value"] == (f"fsync: unavailable: {tmp_path / 'absent'}: missing_directory "
-                            "(No such file or directory)")
+    assert p99["value"] == (
+        f"fsync: unavailable: {tmp_path / 'absent'}: missing_directory (No such file or directory)"
+    )
     assert verdict(report, "collectors")["status"] == "ok"  # nothing to measure is not a failure
     assert status == 0
 
@@ -210,8 +220,9 @@ def test_a_disk_that_refuses_writes_is_a_failing_probe(tree, tmp_path):
     def broken_disk(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    _, report = run_check(tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000",
-                          datasync=broken_disk)
+    _, report = run_check(
+        tree, f"--check.fsync-dir={tmp_path}", "--check.fsync-size=46000", datasync=broken_disk
+    )
     assert verdict(report, "fsync.p99")["status"] == "skip"
     collectors = verdict(report, "collectors")
     assert collectors["status"] == "warn"
@@ -261,13 +272,16 @@ def test_table_is_coloured_only_on_a_terminal(tree):
     assert "\033[" not in no_colour.getvalue()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--check.duration=soon"], "--check.duration: invalid duration 'soon'"),
-    (["--check.duration=0"], "--check.duration"),
-    (["--check.fsync-size=22q"], "--check.fsync-size: invalid size '22q'"),
-    (["--output=xml"], "--output"),
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--check.duration=soon"], "--check.duration: invalid duration 'soon'"),
+        (["--check.duration=0"], "--check.duration"),
+        (["--check.fsync-size=22q"], "--check.fsync-size: invalid size '22q'"),
+        (["--output=xml"], "--output"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
 def test_bad_usage_exits_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as e:
         check.main(args, environ={}, out=io.StringIO())
@@ -289,12 +303,18 @@ def test_softirq_wait_p99_from_the_ebpf_histogram():
     # p99 is interpolated in its bucket as Prometheus' histogram_quantile does.
     def buckets(*counts: int) -> list:
         bounds = ("0.0001", "0.001", "0.004", "+Inf")
-        return [({"vector": vector, "le": le}, n * (1 if vector == "NET_RX" else 7))
-                for vector in ("NET_RX", "NET_TX") for le, n in zip(bounds, counts)]
+        return [
+            ({"vector": vector, "le": le}, n * (1 if vector == "NET_RX" else 7))
+            for vector in ("NET_RX", "NET_TX")
+            for le, n in zip(bounds, counts)
+        ]
 
-    readings = field_guide.Readings({"netstack_softirq_wait_seconds_bucket": buckets(0, 0, 0, 0)},
-                                    {"netstack_softirq_wait_seconds_bucket": buckets(900, 950, 1000, 1000)},
-                                    10.0, {"ebpf_softirq": ""})
+    readings = field_guide.Readings(
+        {"netstack_softirq_wait_seconds_bucket": buckets(0, 0, 0, 0)},
+        {"netstack_softirq_wait_seconds_bucket": buckets(900, 950, 1000, 1000)},
+        10.0,
+        {"ebpf_softirq": ""},
+    )
     (wait,) = [v for v in field_guide.evaluate(readings) if v.check == "ebpf.softirq_wait"]
     # rank 990 of 1000 lies in (1 ms, 4 ms]: 1 ms + 3 ms x (990 - 950) / 50
     assert (wait.status, wait.value, wait.threshold) == ("warn", "3400 µs", "> 1000 µs")

@@ -24,8 +24,11 @@ def collect_twice(tree: HostTree, change, window: float = 60.0, readings: int = 
     classes = available_collectors()
     config = parse_config(tree.args(), {}, classes)
     paths = Paths(procfs=config.procfs, sysfs=config.sysfs)
-    runners = [CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
-               for cls in classes if config.enabled[cls.name]]
+    runners = [
+        CollectorRunner(cls(Context(paths=paths, options=config.collector_options[cls.name])))
+        for cls in classes
+        if config.enabled[cls.name]
+    ]
     scheduler = Scheduler(runners, list, 5.0)
     history = VerdictHistory(runners, window)
     scheduler.listeners.append(history.add)
@@ -62,8 +65,13 @@ def test_landing_verdicts_are_the_checks(tmp_path):
     assert got["ipvs.without_backends"] == "warn" and got["conntrack.insert_failed"] == "warn"
     assert got["virtualization.kernel"] == "ok" and got["ipvs.modules"] == "ok"
     # only what this tree has no source for is skipped, each with the reason
-    assert {k for k, s in got.items() if s == "skip"} == {"overlay.mtu", "overlay.drops", "fsync.p99",
-                                                          "bgp.peers", "ebpf.softirq_wait"}
+    assert {k for k, s in got.items() if s == "skip"} == {
+        "overlay.mtu",
+        "overlay.drops",
+        "fsync.p99",
+        "bgp.peers",
+        "ebpf.softirq_wait",
+    }
 
 
 def test_the_families_kept_are_the_families_the_checks_read():
@@ -87,8 +95,14 @@ def test_no_collection_yet():
 
 def test_rows_put_the_worst_first_and_escape():
     V = field_guide.Verdict
-    rows = _verdict_rows([V("a", "fine", "ok"), V("b", "<b>skipped</b>", "skip", value="x & y"),
-                          V("c", "warned", "warn", why="<script>", action="act"), V("d", "failed", "fail")])
+    rows = _verdict_rows(
+        [
+            V("a", "fine", "ok"),
+            V("b", "<b>skipped</b>", "skip", value="x & y"),
+            V("c", "warned", "warn", why="<script>", action="act"),
+            V("d", "failed", "fail"),
+        ]
+    )
     order = re.findall(r'<tr class="verdict (\w+)">', rows)
     assert order == ["fail", "warn", "skip", "ok"]
     assert "&lt;b&gt;skipped&lt;/b&gt;" in rows and "x &amp; y" in rows and "&lt;script&gt;" in rows

@@ -35,8 +35,13 @@ def reports(tmp_path_factory) -> dict[str, dict]:
     probe_dir = tmp_path_factory.mktemp("probe")
     return {
         "healthy": run_check(healthy, between=healthy.quiet_interval)[1],
-        "sick": run_check(sick, "--strict", f"--check.fsync-dir={probe_dir}", "--check.fsync-size=23000",
-                          between=lambda: sick.conntrack(cpu=0, drop=9))[1],
+        "sick": run_check(
+            sick,
+            "--strict",
+            f"--check.fsync-dir={probe_dir}",
+            "--check.fsync-size=23000",
+            between=lambda: sick.conntrack(cpu=0, drop=9),
+        )[1],
     }
 
 
@@ -44,8 +49,9 @@ def reports(tmp_path_factory) -> dict[str, dict]:
 def test_reports_validate(reports, name):
     report = reports[name]
     assert errors(report) == []
-    assert report["summary"] == {s: sum(c["status"] == s for c in report["checks"])
-                                 for s in ("ok", "warn", "fail", "skip")}
+    assert report["summary"] == {
+        s: sum(c["status"] == s for c in report["checks"]) for s in ("ok", "warn", "fail", "skip")
+    }
 
 
 def test_sick_report_has_the_probe_and_a_failure(reports):
@@ -54,15 +60,18 @@ def test_sick_report_has_the_probe_and_a_failure(reports):
     assert reports["healthy"]["fsync_probe"] is None
 
 
-@pytest.mark.parametrize("break_it, expected", [
-    (lambda r: r["checks"][0].update(status="bad"), "'bad' is not one of"),
-    (lambda r: r["checks"][0].pop("why"), "'why' is a required property"),
-    (lambda r: r.update(exit_status=2), "2 is not one of"),
-    (lambda r: r.update(schema="netstack-exporter/check/v2"), "was expected"),
-    (lambda r: r["summary"].pop("skip"), "'skip' is a required property"),
-    (lambda r: r.update(extra=1), "Additional properties are not allowed"),
-    (lambda r: r["checks"][0].update(status="skip", value=""), "should be non-empty"),
-])
+@pytest.mark.parametrize(
+    "break_it, expected",
+    [
+        (lambda r: r["checks"][0].update(status="bad"), "'bad' is not one of"),
+        (lambda r: r["checks"][0].pop("why"), "'why' is a required property"),
+        (lambda r: r.update(exit_status=2), "2 is not one of"),
+        (lambda r: r.update(schema="netstack-exporter/check/v2"), "was expected"),
+        (lambda r: r["summary"].pop("skip"), "'skip' is a required property"),
+        (lambda r: r.update(extra=1), "Additional properties are not allowed"),
+        (lambda r: r["checks"][0].update(status="skip", value=""), "should be non-empty"),
+    ],
+)
 def test_schema_rejects_broken_reports(reports, break_it, expected):
     report = copy.deepcopy(reports["healthy"])
     break_it(report)

@@ -84,24 +84,36 @@ def test_thresholds_name_alerts_that_exist_and_cover_the_field_guide(rules_doc):
     named = {t.alert for t in field_guide.THRESHOLDS.values() if t.alert}
     assert named <= set(rules_by_alert(rules_doc))
     # the alerts about what the checks look at all have their threshold here
-    for alert in ("NetstackCPUStealHigh", "NetstackCPUStealHighPerCPU", "NetstackSoftnetDropping",
-                  "NetstackSoftnetSqueezed", "NetstackConntrackTableNearlyFull",
-                  "NetstackConntrackInsertFailed", "NetstackConntrackDropping",
-                  "NetstackIPVSServicesWithoutBackends", "NetstackOverlayMTUMismatch",
-                  "NetstackOverlayDropping", "NetstackFsyncSlow", "NetstackBGPPeerNotEstablished"):
+    for alert in (
+        "NetstackCPUStealHigh",
+        "NetstackCPUStealHighPerCPU",
+        "NetstackSoftnetDropping",
+        "NetstackSoftnetSqueezed",
+        "NetstackConntrackTableNearlyFull",
+        "NetstackConntrackInsertFailed",
+        "NetstackConntrackDropping",
+        "NetstackIPVSServicesWithoutBackends",
+        "NetstackOverlayMTUMismatch",
+        "NetstackOverlayDropping",
+        "NetstackFsyncSlow",
+        "NetstackBGPPeerNotEstablished",
+    ):
         assert alert in named, alert
 
 
-@pytest.mark.parametrize("expr, expected", [
-    ("x > 0.10", [(">", 0.1)]),
-    ("x > 0.010", [(">", 0.01)]),
-    ("histogram_quantile(0.99, sum by (le) (rate(x_bucket[10m]))) > 0.010", [(">", 0.01)]),
-    ("sum by (instance) (rate(a[5m]) + rate(b[5m])) > 0", [(">", 0.0)]),
-    ("a == 1 and on (job, instance) b == 0", [("==", 1.0), ("==", 0.0)]),
-    ("(x > 1)", [(">", 1.0)]),
-    ("time() - x > 600", [(">", 600.0)]),
-    ("absent(up)", []),
-])
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        ("x > 0.10", [(">", 0.1)]),
+        ("x > 0.010", [(">", 0.01)]),
+        ("histogram_quantile(0.99, sum by (le) (rate(x_bucket[10m]))) > 0.010", [(">", 0.01)]),
+        ("sum by (instance) (rate(a[5m]) + rate(b[5m])) > 0", [(">", 0.0)]),
+        ("a == 1 and on (job, instance) b == 0", [("==", 1.0), ("==", 0.0)]),
+        ("(x > 1)", [(">", 1.0)]),
+        ("time() - x > 600", [(">", 600.0)]),
+        ("absent(up)", []),
+    ],
+)
 def test_comparisons_are_parsed_not_pattern_matched(expr, expected):
     assert comparisons(expr) == expected
 
@@ -116,14 +128,17 @@ def _changed(doc: dict, alert: str, **change) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("alert, change, message", [
-    ("NetstackCPUStealHigh", {"expr": lambda e: e.replace("> 0.10", "> 0.15")}, "steal_node"),
-    ("NetstackFsyncSlow", {"expr": lambda e: e.replace("> 0.010", "> 0.1")}, "fsync_p99"),
-    ("NetstackSoftnetSqueezed", {"expr": lambda e: e.replace("> 1", ">= 1")}, "softnet_squeezed"),
-    ("NetstackOverlayMTUMismatch", {"expr": lambda e: e.replace("== 1", "> 0")}, "overlay_mtu_mismatch"),
-    ("NetstackConntrackDropping", {"severity": "warning"}, "conntrack_dropping"),
-    ("NetstackConntrackInsertFailed", {"severity": "critical"}, "conntrack_insert_failed"),
-])
+@pytest.mark.parametrize(
+    "alert, change, message",
+    [
+        ("NetstackCPUStealHigh", {"expr": lambda e: e.replace("> 0.10", "> 0.15")}, "steal_node"),
+        ("NetstackFsyncSlow", {"expr": lambda e: e.replace("> 0.010", "> 0.1")}, "fsync_p99"),
+        ("NetstackSoftnetSqueezed", {"expr": lambda e: e.replace("> 1", ">= 1")}, "softnet_squeezed"),
+        ("NetstackOverlayMTUMismatch", {"expr": lambda e: e.replace("== 1", "> 0")}, "overlay_mtu_mismatch"),
+        ("NetstackConntrackDropping", {"severity": "warning"}, "conntrack_dropping"),
+        ("NetstackConntrackInsertFailed", {"severity": "critical"}, "conntrack_insert_failed"),
+    ],
+)
 def test_a_rule_changed_alone_is_caught(rules_doc, alert, change, message):
     found = disagreements(_changed(rules_doc, alert, **change))
     assert len(found) == 1 and found[0].startswith(message + ":"), found

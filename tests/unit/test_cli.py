@@ -15,8 +15,10 @@ def config(*argv, env=None):
     return parse_config(list(argv), env or {}, CLASSES)
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("1m", 60), ("1m30s", 90), ("500ms", 0.5),
-                                          ("2h", 7200), ("1d", 86400), ("0", 0)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("30s", 30), ("1m", 60), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), ("1d", 86400), ("0", 0)],
+)
 def test_durations_in_prometheus_syntax(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -27,8 +29,15 @@ def test_bad_durations_rejected(text):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text,result", [(":9977", (None, 9977)), ("127.0.0.1:1", ("127.0.0.1", 1)),
-                                         ("[::1]:9977", ("::1", 9977)), ("localhost:80", ("localhost", 80))])
+@pytest.mark.parametrize(
+    "text,result",
+    [
+        (":9977", (None, 9977)),
+        ("127.0.0.1:1", ("127.0.0.1", 1)),
+        ("[::1]:9977", ("::1", 9977)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
 def test_listen_addresses(text, result):
     assert parse_listen_address(text) == result
 
@@ -48,13 +57,21 @@ def test_defaults():
 
 
 def test_flags_beat_environment_and_environment_beats_defaults():
-    env = {"NETSTACK_WEB_LISTEN_ADDRESS": "127.0.0.1:1234", "NETSTACK_PATH_PROCFS": "/host/proc",
-           "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS": "true", "NETSTACK_COLLECTOR_CPU": "false"}
+    env = {
+        "NETSTACK_WEB_LISTEN_ADDRESS": "127.0.0.1:1234",
+        "NETSTACK_PATH_PROCFS": "/host/proc",
+        "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS": "true",
+        "NETSTACK_COLLECTOR_CPU": "false",
+    }
     c = config(env=env)
     assert (c.listen_port, c.procfs, c.enabled["cpu"]) == (1234, "/host/proc", False)
     assert c.collector_options["softirq"]["all-vectors"] is True
     c = config("--web.listen-address=:5555", "--collector.cpu", "--no-collector.softirq.all-vectors", env=env)
-    assert (c.listen_port, c.enabled["cpu"], c.collector_options["softirq"]["all-vectors"]) == (5555, True, False)
+    assert (c.listen_port, c.enabled["cpu"], c.collector_options["softirq"]["all-vectors"]) == (
+        5555,
+        True,
+        False,
+    )
 
 
 def test_disable_defaults_then_enable_one():
@@ -66,33 +83,52 @@ def test_env_names_follow_flags():
     assert env_name("--collector.softirq.all-vectors") == "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS"
 
 
-@pytest.mark.parametrize("argv,env,needle", [
-    (["--web.listen-address=nope"], {}, "--web.listen-address"),
-    (["--web.telemetry-path=metrics"], {}, "--web.telemetry-path"),
-    (["--web.telemetry-path=/healthz"], {}, "--web.telemetry-path"),
-    (["--log.level=loud"], {}, "--log.level"),
-    (["--scrape.timeout=10"], {}, "--scrape.timeout"),
-    ([], {"NETSTACK_COLLECTOR_CPU": "maybe"}, "NETSTACK_COLLECTOR_CPU"),
-    ([], {"NETSTACK_LOG_FORMAT": "xml"}, "NETSTACK_LOG_FORMAT"),
-])
+@pytest.mark.parametrize(
+    "argv,env,needle",
+    [
+        (["--web.listen-address=nope"], {}, "--web.listen-address"),
+        (["--web.telemetry-path=metrics"], {}, "--web.telemetry-path"),
+        (["--web.telemetry-path=/healthz"], {}, "--web.telemetry-path"),
+        (["--log.level=loud"], {}, "--log.level"),
+        (["--scrape.timeout=10"], {}, "--scrape.timeout"),
+        ([], {"NETSTACK_COLLECTOR_CPU": "maybe"}, "NETSTACK_COLLECTOR_CPU"),
+        ([], {"NETSTACK_LOG_FORMAT": "xml"}, "NETSTACK_LOG_FORMAT"),
+    ],
+)
 def test_bad_values_name_the_flag(argv, env, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         config(*argv, env=env)
 
 
 def _run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
 
 
-@pytest.mark.parametrize("args", [
-    ["--web.listen-address=1.2.3.4"], ["--no-such-flag"], ["--scrape.timeout=soon"],
-    # values that used to start (collector "unavailable") or die with a traceback
-    ["--collector.ipvs.source=bogus"], ["--collector.fsync.writes=0"], ["--scrape.timeout=0"],
-    ["--collector.fsync.block-size=1000000000000"], ["--scrape.timeout=" + "9" * 309 + "ms"],
-    ["--collector.fsync.block-size=" + "9" * 5000], ["--collector.overlay.device-include=("],
-    ["--collector.ipvs.max-series=-1"], ["--collector.ipvs.modules=ip_vs;rm"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--web.listen-address=1.2.3.4"],
+        ["--no-such-flag"],
+        ["--scrape.timeout=soon"],
+        # values that used to start (collector "unavailable") or die with a traceback
+        ["--collector.ipvs.source=bogus"],
+        ["--collector.fsync.writes=0"],
+        ["--scrape.timeout=0"],
+        ["--collector.fsync.block-size=1000000000000"],
+        ["--scrape.timeout=" + "9" * 309 + "ms"],
+        ["--collector.fsync.block-size=" + "9" * 5000],
+        ["--collector.overlay.device-include=("],
+        ["--collector.ipvs.max-series=-1"],
+        ["--collector.ipvs.modules=ip_vs;rm"],
+    ],
+)
 def test_bad_flag_exits_2_with_one_line_naming_it(args):
     result = _run(*args)
     assert result.returncode == 2
@@ -104,14 +140,18 @@ def test_bad_flag_exits_2_with_one_line_naming_it(args):
 
 def test_bad_environment_value_exits_2_naming_the_variable():
     import os
+
     env = {**os.environ, "NETSTACK_COLLECTOR_FSYNC_INTERVAL": "-5s"}
     result = _run(env=env)
     assert result.returncode == 2
-    assert "NETSTACK_COLLECTOR_FSYNC_INTERVAL" in result.stderr and "--collector.fsync.interval" in result.stderr
+    assert (
+        "NETSTACK_COLLECTOR_FSYNC_INTERVAL" in result.stderr and "--collector.fsync.interval" in result.stderr
+    )
 
 
 def test_every_option_has_its_default_in_the_context():
     from exporter.contract import Context
+
     c = config()
     for cls in CLASSES:
         assert set(c.collector_options[cls.name]) == {o.name for o in cls.options}
@@ -120,11 +160,17 @@ def test_every_option_has_its_default_in_the_context():
             assert collector.option(opt.name) is not None or opt.default is None
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["--collector.ipvs.source=procfs"], ("ipvs", "source", "procfs")),
-    (["--collector.fsync.interval=1m30s"], ("fsync", "interval", 90)),
-    (["--collector.fsync.directory=/a", "--collector.fsync.directory=/b"], ("fsync", "directory", ["/a", "/b"])),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--collector.ipvs.source=procfs"], ("ipvs", "source", "procfs")),
+        (["--collector.fsync.interval=1m30s"], ("fsync", "interval", 90)),
+        (
+            ["--collector.fsync.directory=/a", "--collector.fsync.directory=/b"],
+            ("fsync", "directory", ["/a", "/b"]),
+        ),
+    ],
+)
 def test_good_values_are_parsed_once(argv, expected):
     name, option, value = expected
     assert config(*argv).collector_options[name][option] == value
@@ -133,9 +179,18 @@ def test_good_values_are_parsed_once(argv, expected):
 def test_help_lists_flags_and_their_environment_variables():
     result = _run("--help")
     assert result.returncode == 0
-    for needle in ("--web.listen-address", "NETSTACK_WEB_LISTEN_ADDRESS", "--collector.cpu",
-                   "--no-collector.cpu", "--collector.disable-defaults", "--collector.softirq.all-vectors",
-                   "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS", "--log.format", "--version", ":9977"):
+    for needle in (
+        "--web.listen-address",
+        "NETSTACK_WEB_LISTEN_ADDRESS",
+        "--collector.cpu",
+        "--no-collector.cpu",
+        "--collector.disable-defaults",
+        "--collector.softirq.all-vectors",
+        "NETSTACK_COLLECTOR_SOFTIRQ_ALL_VECTORS",
+        "--log.format",
+        "--version",
+        ":9977",
+    ):
         assert needle in result.stdout, needle
 
 

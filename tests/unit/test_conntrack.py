@@ -48,18 +48,66 @@ def summed(stats: dict[int, dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
-@pytest.mark.parametrize("name, expected", [
-    # key -> header position in that layout
-    ("stat-6.x.txt", {"clash_resolve": 1, "found": 2, "invalid": 4, "chain_toolong": 7, "insert": 8,
-                      "insert_failed": 9, "drop": 10, "early_drop": 11, "error": 12,
-                      "search_restart": 16}),
-    ("stat-5.x.txt", {"clash_resolve": 1, "found": 2, "invalid": 4, "insert": 8, "insert_failed": 9,
-                      "drop": 10, "early_drop": 11, "error": 12, "search_restart": 16}),
-    ("stat-4.x.txt", {"found": 2, "invalid": 4, "insert": 8, "insert_failed": 9, "drop": 10,
-                      "early_drop": 11, "error": 12, "search_restart": 16}),
-    ("stat-3.x.txt", {"found": 2, "invalid": 4, "insert": 8, "insert_failed": 9, "drop": 10,
-                      "early_drop": 11, "error": 12}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # key -> header position in that layout
+        (
+            "stat-6.x.txt",
+            {
+                "clash_resolve": 1,
+                "found": 2,
+                "invalid": 4,
+                "chain_toolong": 7,
+                "insert": 8,
+                "insert_failed": 9,
+                "drop": 10,
+                "early_drop": 11,
+                "error": 12,
+                "search_restart": 16,
+            },
+        ),
+        (
+            "stat-5.x.txt",
+            {
+                "clash_resolve": 1,
+                "found": 2,
+                "invalid": 4,
+                "insert": 8,
+                "insert_failed": 9,
+                "drop": 10,
+                "early_drop": 11,
+                "error": 12,
+                "search_restart": 16,
+            },
+        ),
+        (
+            "stat-4.x.txt",
+            {
+                "found": 2,
+                "invalid": 4,
+                "insert": 8,
+                "insert_failed": 9,
+                "drop": 10,
+                "early_drop": 11,
+                "error": 12,
+                "search_restart": 16,
+            },
+        ),
+        (
+            "stat-3.x.txt",
+            {
+                "found": 2,
+                "invalid": 4,
+                "insert": 8,
+                "insert_failed": 9,
+                "drop": 10,
+                "early_drop": 11,
+                "error": 12,
+            },
+        ),
+    ],
+)
 def test_procfs_columns_are_mapped_by_header_name(name, expected):
     entries, stats = parse_procfs_stats((DIR / name).read_text(), name)
     assert entries == 0x1F4
@@ -76,12 +124,15 @@ def test_procfs_real_file_from_this_kernel():
     assert len(stats) == 2
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty"),
-    ("cpu found\n00000001 00000002\n", "header without an 'entries' column"),
-    ("entries  found drop\n00000001  00000002\n", "x:2: 2 fields, header has 3"),
-    ("entries  found drop\n00000001  0000000g 00000003\n", "x:2: not hexadecimal"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("cpu found\n00000001 00000002\n", "header without an 'entries' column"),
+        ("entries  found drop\n00000001  00000002\n", "x:2: 2 fields, header has 3"),
+        ("entries  found drop\n00000001  0000000g 00000003\n", "x:2: not hexadecimal"),
+    ],
+)
 def test_procfs_bad_input_is_one_clear_error(text, message):
     with pytest.raises(ParseError) as e:
         parse_procfs_stats(text, "x")
@@ -104,16 +155,36 @@ DONE = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
 
 def test_netlink_replies_map_to_the_same_keys():
     # IPCTNL_MSG_CT_GET_STATS_CPU (one message per CPU) and _GET_STATS, encoded by pyroute2
-    cpu_msgs = [ctnetlink(nfct_stats_cpu, conntrack.CT_GET_STATS_CPU, [
-                    ("CTA_STATS_INSERT_FAILED", 3), ("CTA_STATS_DROP", 5),
-                    ("CTA_STATS_CHAIN_TOOLONG", 1), ("CTA_STATS_ERROR", 2)], res_id=0),
-                ctnetlink(nfct_stats_cpu, conntrack.CT_GET_STATS_CPU, [
-                    ("CTA_STATS_INSERT_FAILED", 4), ("CTA_STATS_SEARCHED", 9)], res_id=1)]
+    cpu_msgs = [
+        ctnetlink(
+            nfct_stats_cpu,
+            conntrack.CT_GET_STATS_CPU,
+            [
+                ("CTA_STATS_INSERT_FAILED", 3),
+                ("CTA_STATS_DROP", 5),
+                ("CTA_STATS_CHAIN_TOOLONG", 1),
+                ("CTA_STATS_ERROR", 2),
+            ],
+            res_id=0,
+        ),
+        ctnetlink(
+            nfct_stats_cpu,
+            conntrack.CT_GET_STATS_CPU,
+            [("CTA_STATS_INSERT_FAILED", 4), ("CTA_STATS_SEARCHED", 9)],
+            res_id=1,
+        ),
+    ]
     assert stats_from_netlink([cpu_msgs[0], cpu_msgs[1] + DONE]) == {
         0: {"insert_failed": 3, "drop": 5, "chain_toolong": 1, "error": 2},
-        1: {"insert_failed": 4}}
-    count = [ctnetlink(nfct_stats, conntrack.CT_GET_STATS, [
-        ("CTA_STATS_GLOBAL_ENTRIES", 17), ("CTA_STATS_GLOBAL_MAX_ENTRIES", 65536)])]
+        1: {"insert_failed": 4},
+    }
+    count = [
+        ctnetlink(
+            nfct_stats,
+            conntrack.CT_GET_STATS,
+            [("CTA_STATS_GLOBAL_ENTRIES", 17), ("CTA_STATS_GLOBAL_MAX_ENTRIES", 65536)],
+        )
+    ]
     assert count_from_netlink(count) == (17, 65536)
     old = [ctnetlink(nfct_stats, conntrack.CT_GET_STATS, [("CTA_STATS_GLOBAL_ENTRIES", 17)])]
     assert count_from_netlink(old) == (17, None)
@@ -122,8 +193,13 @@ def test_netlink_replies_map_to_the_same_keys():
 def test_dump_from_the_kernel_counts_protocols_and_tcp_states():
     counts: Counter = Counter()
     assert count_dump([(DIR / "dump-6.18.bin").read_bytes()], counts) is True
-    assert counts == {("tcp", "ESTABLISHED"): 4, ("tcp", "SYN_SENT"): 1, ("tcp", "TIME_WAIT"): 2,
-                      ("udp", "none"): 4, ("icmp", "none"): 1}
+    assert counts == {
+        ("tcp", "ESTABLISHED"): 4,
+        ("tcp", "SYN_SENT"): 1,
+        ("tcp", "TIME_WAIT"): 2,
+        ("udp", "none"): 4,
+        ("icmp", "none"): 1,
+    }
 
 
 def test_dump_errors_are_reported_not_guessed():
@@ -154,8 +230,9 @@ def procfs_tree(tmp_path, stat: str | None, count=12, limit=65536, buckets=16384
 
 
 def collector(tmp_path, per_cpu=False, by_state=False) -> ConntrackCollector:
-    return COLLECTOR(Context(paths=Paths(procfs=str(tmp_path)),
-                             options={"per-cpu": per_cpu, "by-state": by_state}))
+    return COLLECTOR(
+        Context(paths=Paths(procfs=str(tmp_path)), options={"per-cpu": per_cpu, "by-state": by_state})
+    )
 
 
 def by_name(families) -> dict:
@@ -175,7 +252,8 @@ def test_procfs_snapshot_becomes_gauges_and_summed_counters(tmp_path):
     insert_failed = fams["netstack_conntrack_insert_failed"]
     assert isinstance(insert_failed, CounterMetricFamily)
     assert [(s.name, s.labels, s.value) for s in insert_failed.samples] == [
-        ("netstack_conntrack_insert_failed_total", {}, column_sum(9))]
+        ("netstack_conntrack_insert_failed_total", {}, column_sum(9))
+    ]
     assert fams["netstack_conntrack_chain_toolong"].samples[0].value == column_sum(7)
 
 
@@ -204,8 +282,12 @@ def test_kernel_without_procfs_stats_still_gives_count_and_max(tmp_path):
     snap = c.read_procfs()
     assert (snap.entries, snap.limit, snap.stats) == (42, 65536, {})
     names = set(by_name(c.families(snap)))
-    assert names == {"netstack_conntrack_source_info", "netstack_conntrack_entries",
-                     "netstack_conntrack_entries_limit", "netstack_conntrack_buckets"}
+    assert names == {
+        "netstack_conntrack_source_info",
+        "netstack_conntrack_entries",
+        "netstack_conntrack_entries_limit",
+        "netstack_conntrack_buckets",
+    }
 
 
 def test_bad_procfs_file_fails_the_collection_with_a_parse_error(tmp_path):
@@ -224,23 +306,29 @@ def test_probe_without_nf_conntrack_is_unavailable_and_does_not_touch_netlink(tm
 def test_options_and_name():
     assert COLLECTOR.name == "conntrack" and COLLECTOR.default_enabled
     assert {(o.name, o.kind, o.default) for o in COLLECTOR.options} == {
-        ("per-cpu", "bool", False), ("by-state", "bool", False), ("source", "str", "auto")}
+        ("per-cpu", "bool", False),
+        ("by-state", "bool", False),
+        ("source", "str", "auto"),
+    }
 
 
 def sourced(tmp_path, source: str) -> ConntrackCollector:
-    return COLLECTOR(Context(paths=Paths(procfs=str(procfs_tree(tmp_path, "stat-6.18.txt"))),
-                             options={"source": source}))
+    return COLLECTOR(
+        Context(paths=Paths(procfs=str(procfs_tree(tmp_path, "stat-6.18.txt"))), options={"source": source})
+    )
 
 
 def refuse_netlink(monkeypatch) -> None:
     def refused():
         raise conntrack.NetlinkRefused("ctnetlink: Operation not permitted (needs CAP_NET_ADMIN)")
+
     monkeypatch.setattr(conntrack, "read_netlink", refused)
 
 
 def test_source_procfs_never_asks_netlink(tmp_path, monkeypatch):
     def asked():
         raise AssertionError("ctnetlink was asked")
+
     monkeypatch.setattr(conntrack, "read_netlink", asked)
     c = sourced(tmp_path, "procfs")
     c.probe()
@@ -259,16 +347,21 @@ def test_source_auto_falls_back_to_procfs(tmp_path, monkeypatch):
     refuse_netlink(monkeypatch)
     c = sourced(tmp_path, "auto")
     c.probe()
-    assert by_name(c.collect())["netstack_conntrack_source_info"].samples[0].labels == {
-        "source": "procfs"}
+    assert by_name(c.collect())["netstack_conntrack_source_info"].samples[0].labels == {"source": "procfs"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--collector.conntrack.source=bogus"], "invalid value 'bogus'"),
-    (["--collector.conntrack.source=procfs", "--collector.conntrack.by-state"],
-     "by-state needs ctnetlink"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--collector.conntrack.source=bogus"], "invalid value 'bogus'"),
+        (
+            ["--collector.conntrack.source=procfs", "--collector.conntrack.by-state"],
+            "by-state needs ctnetlink",
+        ),
+    ],
+)
 def test_unusable_source_is_a_command_line_error(argv, message):
     from exporter.cli import ConfigError, parse_config
+
     with pytest.raises(ConfigError, match=message):
         parse_config(argv, {}, [ConntrackCollector])

@@ -1,7 +1,7 @@
 import pytest
 
-from exporter.contract import Context, ParseError, Paths
 from collectors.cpu import CpuCollector, parse_proc_stat
+from exporter.contract import Context, ParseError, Paths
 from tests.helpers import FIXTURES
 
 
@@ -9,8 +9,16 @@ def test_parse_keeps_cpu_numbers_when_a_cpu_is_offline():
     cpus = parse_proc_stat((FIXTURES / "procfs/stat").read_text())
     assert [cpu for cpu, _ in cpus] == ["0", "1", "3"]
     assert cpus[2][1]["steal"] == 22151
-    assert cpus[0][1] == {"user": 1178912, "nice": 710, "system": 398412, "idle": 24047215,
-                          "iowait": 18901, "irq": 0, "softirq": 49875, "steal": 22301}
+    assert cpus[0][1] == {
+        "user": 1178912,
+        "nice": 710,
+        "system": 398412,
+        "idle": 24047215,
+        "iowait": 18901,
+        "irq": 0,
+        "softirq": 49875,
+        "steal": 22301,
+    }
 
 
 def test_parse_old_kernel_without_steal_column():
@@ -18,13 +26,16 @@ def test_parse_old_kernel_without_steal_column():
     assert "steal" not in cpus[0][1] and cpus[0][1]["softirq"] == 7
 
 
-@pytest.mark.parametrize("text", [
-    "cpu0 1 2 x 4 5 6 7 8\n",      # garbage value
-    "cpu0 1 2\n",                  # truncated line
-    "cpuX 1 2 3 4 5 6 7 8\n",      # not a cpu number
-    "intr 1 2 3\n",                # no per-CPU lines
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cpu0 1 2 x 4 5 6 7 8\n",  # garbage value
+        "cpu0 1 2\n",  # truncated line
+        "cpuX 1 2 3 4 5 6 7 8\n",  # not a cpu number
+        "intr 1 2 3\n",  # no per-CPU lines
+        "",
+    ],
+)
 def test_parse_rejects_malformed_input(text):
     with pytest.raises(ParseError):
         parse_proc_stat(text, "stat")
@@ -109,5 +120,6 @@ def test_a_cpu_set_that_disagrees_with_the_online_cpus_fails(tmp_path):
 @pytest.mark.parametrize("text", ["0-100000000", "5-1", "x", "0-3,", "1" * 50])
 def test_cpu_lists_are_bounded(text):
     from collectors.cpu import parse_cpu_list
+
     with pytest.raises(ParseError):
         parse_cpu_list(text)

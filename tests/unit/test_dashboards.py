@@ -13,8 +13,7 @@ from tests.helpers import ROOT, need, run
 DASHBOARD = ROOT / "dashboards" / "netstack-node.json"
 
 # Grafana replaces these before the query reaches Prometheus; give the parser what Grafana would.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "1h",
-                     "$instance": "node-1"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "1h", "$instance": "node-1"}
 
 
 def load() -> dict:
@@ -85,7 +84,7 @@ def test_template_variables():
     assert variables["instance"]["type"] == "query"
     assert variables["instance"]["datasource"]["uid"] == "${datasource}"
     assert variables["instance"]["query"].startswith("label_values(netstack_")
-    _promql_parser().parse(variables["instance"]["query"][len("label_values("):].rsplit(",", 1)[0])
+    _promql_parser().parse(variables["instance"]["query"][len("label_values(") :].rsplit(",", 1)[0])
 
 
 def test_ids_unique_and_layout_without_overlap():
@@ -95,7 +94,7 @@ def test_ids_unique_and_layout_without_overlap():
     cells = set()
     for p in dashboard["panels"]:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"panel {p['title']!r} overlaps another"
@@ -108,11 +107,18 @@ def test_every_area_has_a_row_with_panels():
     for area in ("Exporter", "CPU steal", "SoftIRQ", "Conntrack", "Overlay", "IPVS", "fsync", "eBPF"):
         assert any(area in row for row in rows), f"no row for {area}"
     text = json.dumps(dashboard)
-    for metric in ("netstack_cpu_seconds_total", "netstack_softnet_times_squeezed_total",
-                   "netstack_softirqs_total", "netstack_conntrack_entries_limit",
-                   "netstack_overlay_mtu_mismatch", "netstack_ipvs_services_without_backends",
-                   "netstack_fsync_duration_seconds_bucket", "netstack_softirq_wait_seconds_bucket",
-                   "netstack_skb_drops_total", "netstack_scrape_collector_success"):
+    for metric in (
+        "netstack_cpu_seconds_total",
+        "netstack_softnet_times_squeezed_total",
+        "netstack_softirqs_total",
+        "netstack_conntrack_entries_limit",
+        "netstack_overlay_mtu_mismatch",
+        "netstack_ipvs_services_without_backends",
+        "netstack_fsync_duration_seconds_bucket",
+        "netstack_softirq_wait_seconds_bucket",
+        "netstack_skb_drops_total",
+        "netstack_scrape_collector_success",
+    ):
         assert metric in text, metric
 
 

@@ -35,12 +35,12 @@ def _body(source: str, name: str) -> str:
 
 def _maps(source: str) -> dict[str, str]:
     """{map name: map type} from either program's map declarations."""
-    found = dict((name, kind) for kind, name in
-                 re.findall(r"BPF_(PERCPU_ARRAY|PERCPU_HASH)\((\w+),", source))
-    found.update((name, kind) for kind, name in re.findall(
-        r"__uint\(type, BPF_MAP_TYPE_(\w+)\);.*?\} (\w+) SEC", source, re.S))
-    found.update((name, "PERCPU_ARRAY") for name in
-                 re.findall(r"^PERCPU_ARRAY\((\w+),", source, re.M))
+    found = dict((name, kind) for kind, name in re.findall(r"BPF_(PERCPU_ARRAY|PERCPU_HASH)\((\w+),", source))
+    found.update(
+        (name, kind)
+        for kind, name in re.findall(r"__uint\(type, BPF_MAP_TYPE_(\w+)\);.*?\} (\w+) SEC", source, re.S)
+    )
+    found.update((name, "PERCPU_ARRAY") for name in re.findall(r"^PERCPU_ARRAY\((\w+),", source, re.M))
     found.pop("name", None)  # the macro's own parameter in softirq.bpf.c
     return found
 
@@ -59,8 +59,12 @@ def test_slot_function_and_recording_are_the_same_code():
     assert _body(bcc, "slot_of") == _body(core, "slot_of")
     assert _body(bcc, "wanted") == _body(core, "wanted")
     # record(): the same index arithmetic, the same increments
-    for line in ("(kind * NR_VECS + vec) * NR_SLOTS + slot_of(ns)", "idx = kind * NR_VECS + vec",
-                 "*count += 1", "*sum += ns"):
+    for line in (
+        "(kind * NR_VECS + vec) * NR_SLOTS + slot_of(ns)",
+        "idx = kind * NR_VECS + vec",
+        "*count += 1",
+        "*sum += ns",
+    ):
         assert line in _body(bcc, "record") and line in _body(core, "record")
 
 
@@ -81,20 +85,27 @@ def test_possible_cpus():
 
 
 def test_verifier_verdict_skips_the_statistics():
-    log = ("func#0 @0\n0: R1=ctx() R10=fp0\n; *count += 1;\n7: (79) r1 = *(u64 *)(r0 +0)\n"
-           "R0 invalid mem access 'map_value_or_null'\n"
-           "processed 7 insns (limit 1000000) max_states_per_insn 0 total_states 0\n\n")
+    log = (
+        "func#0 @0\n0: R1=ctx() R10=fp0\n; *count += 1;\n7: (79) r1 = *(u64 *)(r0 +0)\n"
+        "R0 invalid mem access 'map_value_or_null'\n"
+        "processed 7 insns (limit 1000000) max_states_per_insn 0 total_states 0\n\n"
+    )
     tail = verifier_tail(log, 3)
-    assert tail == ["7: (79) r1 = *(u64 *)(r0 +0)", "R0 invalid mem access 'map_value_or_null'",
-                    "processed 7 insns (limit 1000000) max_states_per_insn 0 total_states 0"]
+    assert tail == [
+        "7: (79) r1 = *(u64 *)(r0 +0)",
+        "R0 invalid mem access 'map_value_or_null'",
+        "processed 7 insns (limit 1000000) max_states_per_insn 0 total_states 0",
+    ]
     assert verifier_verdict(tail) == "R0 invalid mem access 'map_value_or_null'"
     assert verifier_verdict([]) == ""
 
 
 def test_failed_program_from_libbpf_messages():
-    messages = ["libbpf: map 'drops': created successfully, fd=4",
-                "libbpf: prog 'tracepoint__skb__kfree_skb': BPF program load failed: Permission denied",
-                "libbpf: failed to load object 'drops.bpf.o'"]
+    messages = [
+        "libbpf: map 'drops': created successfully, fd=4",
+        "libbpf: prog 'tracepoint__skb__kfree_skb': BPF program load failed: Permission denied",
+        "libbpf: failed to load object 'drops.bpf.o'",
+    ]
     assert _failed_program(messages) == "tracepoint__skb__kfree_skb"
     assert _failed_program(messages[:1]) == ""
 
@@ -120,16 +131,23 @@ def test_choose_loader(tmp_path, monkeypatch):
 
 
 def test_missing_object_names_the_build(tmp_path):
-    with pytest.raises(SourceUnavailable, match=r"no BPF object .*drops.bpf.o: this installation "
-                                                r"was built without clang"):
+    with pytest.raises(
+        SourceUnavailable,
+        match=r"no BPF object .*drops.bpf.o: this installation "
+        r"was built without clang",
+    ):
         LibbpfLoader(str(tmp_path)).check_available("drops")
 
 
 def test_build_script_names_the_missing_tool(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_bpf.py"), "--out",
-                             str(tmp_path)], env={"PATH": str(tmp_path)}, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_bpf.py"), "--out", str(tmp_path)],
+        env={"PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
-    assert result.stderr.strip() == ("build_bpf: clang not found: building the BPF objects needs "
-                                     "it (Debian: apt-get install clang llvm)")
+    assert result.stderr.strip() == (
+        "build_bpf: clang not found: building the BPF objects needs it (Debian: apt-get install clang llvm)"
+    )
     assert list(tmp_path.iterdir()) == []

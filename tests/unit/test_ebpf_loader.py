@@ -63,20 +63,34 @@ def test_print_symbolic_softirq_vectors():
     fmt = parse_format((SOFTIRQ / "softirq_raise_format_6.18").read_text())
     assert fmt.fields["vec"].type == "unsigned int"
     assert print_symbolic(fmt, "vec") == {
-        0: "HI", 1: "TIMER", 2: "NET_TX", 3: "NET_RX", 4: "BLOCK", 5: "IRQ_POLL",
-        6: "TASKLET", 7: "SCHED", 8: "HRTIMER", 9: "RCU"}
+        0: "HI",
+        1: "TIMER",
+        2: "NET_TX",
+        3: "NET_RX",
+        4: "BLOCK",
+        5: "IRQ_POLL",
+        6: "TASKLET",
+        7: "SCHED",
+        8: "HRTIMER",
+        9: "RCU",
+    }
 
 
 def test_print_symbolic_table_ends_at_its_own_parenthesis():
-    fmt = parse_format('name: x\nformat:\nprint fmt: "%s %d", __print_symbolic(REC->a, '
-                       '{ 1, "A)" }, { 2, "B" }), __print_symbolic(REC->b, { 3, "C" })\n')
+    fmt = parse_format(
+        'name: x\nformat:\nprint fmt: "%s %d", __print_symbolic(REC->a, '
+        '{ 1, "A)" }, { 2, "B" }), __print_symbolic(REC->b, { 3, "C" })\n'
+    )
     assert print_symbolic(fmt, "a") == {1: "A)", 2: "B"}
     assert print_symbolic(fmt, "b") == {3: "C"}
 
 
 def test_print_symbolic_rejects_unresolved_enum_names():
-    text = (SOFTIRQ / "softirq_raise_format_6.18").read_text().replace(
-        '{ 3, "NET_RX" }', '{ NET_RX_SOFTIRQ, "NET_RX" }')
+    text = (
+        (SOFTIRQ / "softirq_raise_format_6.18")
+        .read_text()
+        .replace('{ 3, "NET_RX" }', '{ NET_RX_SOFTIRQ, "NET_RX" }')
+    )
     with pytest.raises(ParseError, match=r"not a number"):
         print_symbolic(parse_format(text), "vec")
 
@@ -141,13 +155,12 @@ def test_bucket_boundaries_are_two_to_the_s_minus_one_ns():
 
 
 def test_capabilities():
-    root = effective_capabilities("Name:\tpython\nCapPrm:\t000001ffffffffff\n"
-                                  "CapEff:\t000001ffffffffff\n")
+    root = effective_capabilities("Name:\tpython\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n")
     assert can_trace(root)
     assert not can_trace(effective_capabilities("CapEff:\t0000000000000000\n"))
-    assert can_trace((1 << 39) | (1 << 38))      # CAP_BPF + CAP_PERFMON
-    assert not can_trace(1 << 39)                # CAP_BPF alone cannot attach tracepoints
-    assert can_trace(1 << 21)                    # CAP_SYS_ADMIN
+    assert can_trace((1 << 39) | (1 << 38))  # CAP_BPF + CAP_PERFMON
+    assert not can_trace(1 << 39)  # CAP_BPF alone cannot attach tracepoints
+    assert can_trace(1 << 21)  # CAP_SYS_ADMIN
     with pytest.raises(ParseError):
         effective_capabilities("Name:\tx\n")
 
@@ -155,15 +168,16 @@ def test_capabilities():
 def test_kernel_headers_discovery(tmp_path):
     tree = tmp_path / "tree"
     (tree / "include").mkdir(parents=True)
-    assert find_kernel_headers("6.18.0", {"BCC_KERNEL_SOURCE": str(tree)},
-                               str(tmp_path / "nomodules"), str(tmp_path / "nokh")) == str(tree)
+    assert find_kernel_headers(
+        "6.18.0", {"BCC_KERNEL_SOURCE": str(tree)}, str(tmp_path / "nomodules"), str(tmp_path / "nokh")
+    ) == str(tree)
     with pytest.raises(SourceUnavailable, match=r"BCC_KERNEL_SOURCE=.* is not a kernel header tree"):
-        find_kernel_headers("6.18.0", {"BCC_KERNEL_SOURCE": str(tmp_path)},
-                            str(tmp_path), str(tmp_path / "nokh"))
+        find_kernel_headers(
+            "6.18.0", {"BCC_KERNEL_SOURCE": str(tmp_path)}, str(tmp_path), str(tmp_path / "nokh")
+        )
     build = tmp_path / "modules" / "6.18.0" / "build"
     (build / "include").mkdir(parents=True)
-    assert find_kernel_headers("6.18.0", {}, str(tmp_path / "modules"),
-                               str(tmp_path / "nokh")) == str(build)
+    assert find_kernel_headers("6.18.0", {}, str(tmp_path / "modules"), str(tmp_path / "nokh")) == str(build)
     with pytest.raises(SourceUnavailable, match=r"no kernel headers for 6.19.0: .*kernel-headers.sh"):
         find_kernel_headers("6.19.0", {}, str(tmp_path / "modules"), str(tmp_path / "nokh"))
 

@@ -50,11 +50,13 @@ def test_decode_array_layout():
     hist = {_idx(KIND_WAIT, 3, 0): 3, _idx(KIND_SERVICE, 9, 64): 1, _idx(KIND_WAIT, 0, 1): 2}
     sums = {1 * 10 + 9: 123, 0 * 10 + 3: 0}
     slots, totals = decode(hist, sums, 10)
-    assert slots == {(KIND_WAIT, 3, None): {0: 3}, (KIND_SERVICE, 9, None): {64: 1},
-                     (KIND_WAIT, 0, None): {1: 2}}
+    assert slots == {
+        (KIND_WAIT, 3, None): {0: 3},
+        (KIND_SERVICE, 9, None): {64: 1},
+        (KIND_WAIT, 0, None): {1: 2},
+    }
     assert totals == {(KIND_SERVICE, 9, None): 123, (KIND_WAIT, 3, None): 0}
-    per_cpu, per_cpu_totals = decode({_idx(KIND_WAIT, 3, 9): {0: 1, 1: 4}},
-                                     {3: {0: 300, 1: 1200}}, 10)
+    per_cpu, per_cpu_totals = decode({_idx(KIND_WAIT, 3, 9): {0: 1, 1: 4}}, {3: {0: 300, 1: 1200}}, 10)
     assert per_cpu == {(KIND_WAIT, 3, 0): {9: 1}, (KIND_WAIT, 3, 1): {9: 4}}
     assert per_cpu_totals == {(KIND_WAIT, 3, 0): 300, (KIND_WAIT, 3, 1): 1200}
 
@@ -63,8 +65,12 @@ def test_histograms_from_maps():
     vectors = {2: "NET_TX", 3: "NET_RX"}
     # NET_RX waits: 3 x 0 ns (slot 0), 2 x 300 ns (slot 9), 1 x 10 s (slot 34: above the last
     # bucket, only in +Inf). NET_RX service: 4 x 5 us (slot 13).
-    hist = {_idx(KIND_WAIT, 3, 0): 3, _idx(KIND_WAIT, 3, 9): 2, _idx(KIND_WAIT, 3, 34): 1,
-            _idx(KIND_SERVICE, 3, 13): 4}
+    hist = {
+        _idx(KIND_WAIT, 3, 0): 3,
+        _idx(KIND_WAIT, 3, 9): 2,
+        _idx(KIND_WAIT, 3, 34): 1,
+        _idx(KIND_SERVICE, 3, 13): 4,
+    }
     sums = {KIND_WAIT * 10 + 3: 600 + 10_000_000_000, KIND_SERVICE * 10 + 3: 20_000}
     wait, service = histograms(*decode(hist, sums, 10), vectors, None)
     assert wait.name == "netstack_softirq_wait_seconds" and wait.type == "histogram"
@@ -133,7 +139,10 @@ def test_probe_reports_missing_tracefs(tmp_path, monkeypatch):
 
 def test_options_declared():
     assert {o.name: (o.kind, o.default) for o in EbpfSoftirq.options} == {
-        "backend": ("str", "auto"), "all-vectors": ("bool", False), "per-cpu": ("bool", False)}
+        "backend": ("str", "auto"),
+        "all-vectors": ("bool", False),
+        "per-cpu": ("bool", False),
+    }
     assert EbpfSoftirq.default_enabled is False
 
 

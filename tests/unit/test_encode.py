@@ -53,13 +53,14 @@ def test_openmetrics_round_trips_through_the_reference_parser():
 
 
 def test_large_integers_are_exact():
-    assert b"x_things_total{dev=\"eth0\"} 1.5" in encode_text(families())
+    assert b'x_things_total{dev="eth0"} 1.5' in encode_text(families())
     assert b"12345678901234\n" in encode_text(families())
 
 
 def test_compact_family_rows_encode_like_samples():
-    from exporter.exposition import CompactFamily
     from prometheus_client.core import GaugeMetricFamily
+
+    from exporter.exposition import CompactFamily
 
     shared = {"protocol": "TCP", "address": "10.0.0.1", "port": "80", "scheduler": "rr"}
     compact = CompactFamily("x_backends", "Backends.", "gauge")
@@ -80,8 +81,14 @@ def test_compact_family_rows_encode_like_samples():
 
 def test_whole_numbers_print_as_integers():
     g = GaugeMetricFamily("x_loaded", "A 0/1 gauge.", labels=["module"])
-    for module, value in (("ip_vs", 0.0), ("nf_conntrack", 1.0), ("neg", -3.0), ("half", 0.5),
-                          ("big", 2.0**60), ("tiny", 1e-7)):
+    for module, value in (
+        ("ip_vs", 0.0),
+        ("nf_conntrack", 1.0),
+        ("neg", -3.0),
+        ("half", 0.5),
+        ("big", 2.0**60),
+        ("tiny", 1e-7),
+    ):
         g.add_metric([module], value)
     for encode in (encode_text, encode_openmetrics):
         lines = encode([g]).decode().splitlines()

@@ -7,12 +7,20 @@ import math
 
 import pytest
 
+from collectors.fsync import (
+    BUCKETS,
+    ETCD_WAL_BUCKETS,
+    REASONS,
+    FsyncCollector,
+    Histogram,
+    error_reason,
+    find_mount,
+    nearest_rank_quantiles,
+    parse_mountinfo,
+    parse_uevent_devname,
+)
 from exporter.cli import ConfigError, parse_config
-
-from exporter.contract import Context, ParseError, Paths, SourceUnavailable
-from collectors.fsync import (BUCKETS, ETCD_WAL_BUCKETS, REASONS, FsyncCollector, Histogram,
-                              error_reason, find_mount, nearest_rank_quantiles, parse_mountinfo,
-                              parse_uevent_devname)
+from exporter.contract import Context, ParseError, Paths
 from tests.helpers import FIXTURES, collector_metrics, samples
 
 FIX = FIXTURES / "fsync"
@@ -41,15 +49,18 @@ def test_mountinfo_bad_line_names_file_and_line():
         parse_mountinfo((FIX / "mountinfo.truncated").read_text(), "mountinfo.truncated")
 
 
-@pytest.mark.parametrize("path, want", [
-    ("/var/lib/etcd", (259, 5)),
-    ("/var/lib/etcd/member/wal", (259, 5)),
-    ("/var/lib/etcdbackup", (259, 2)),        # a string prefix is not a path prefix
-    ("/", (259, 2)),
-    ("/mnt/data disk/probe", (253, 0)),
-    ("/var/lib/kubelet/pods", (0, 81)),       # two mounts on one point: the later is on top
-    ("/var/lib/kubelet/pods/1b2f/volumes/kubernetes.io~empty-dir/cache", (0, 61)),
-])
+@pytest.mark.parametrize(
+    "path, want",
+    [
+        ("/var/lib/etcd", (259, 5)),
+        ("/var/lib/etcd/member/wal", (259, 5)),
+        ("/var/lib/etcdbackup", (259, 2)),  # a string prefix is not a path prefix
+        ("/", (259, 2)),
+        ("/mnt/data disk/probe", (253, 0)),
+        ("/var/lib/kubelet/pods", (0, 81)),  # two mounts on one point: the later is on top
+        ("/var/lib/kubelet/pods/1b2f/volumes/kubernetes.io~empty-dir/cache", (0, 61)),
+    ],
+)
 def test_find_mount_longest_path_prefix(path, want):
     m = find_mount(mounts(), path)
     assert (m.major, m.minor) == want
@@ -60,15 +71,19 @@ def test_uevent_devname():
     assert parse_uevent_devname("MAJOR=7\nMINOR=0\n") is None
 
 
-@pytest.mark.parametrize("directory, device, fstype", [
-    ("/var/lib/etcd", "nvme1n1p1", "xfs"),
-    ("/mnt/data disk", "dm-0", "ext4"),                    # device-mapper: kernel name, as diskstats
-    ("/var/lib/kubelet/pods", "scratch", "tmpfs"),         # no block device: the mount source
-    ("/mnt/nfs", "198.18.0.10:/export", "nfs4"),
-])
+@pytest.mark.parametrize(
+    "directory, device, fstype",
+    [
+        ("/var/lib/etcd", "nvme1n1p1", "xfs"),
+        ("/mnt/data disk", "dm-0", "ext4"),  # device-mapper: kernel name, as diskstats
+        ("/var/lib/kubelet/pods", "scratch", "tmpfs"),  # no block device: the mount source
+        ("/mnt/nfs", "198.18.0.10:/export", "nfs4"),
+    ],
+)
 def test_labels_from_fixture_tree(directory, device, fstype):
-    c = FsyncCollector(Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")),
-                               {"directory": [directory]}))
+    c = FsyncCollector(
+        Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")), {"directory": [directory]})
+    )
     c.probe()  # resolves labels; probes nothing yet
     got = samples(collector_metrics(c), "netstack_fsync_duration_seconds_count", path=directory)
     assert len(got) == 1
@@ -77,8 +92,9 @@ def test_labels_from_fixture_tree(directory, device, fstype):
 
 
 def test_labels_empty_and_collector_alive_when_mountinfo_unreadable(tmp_path):
-    c = FsyncCollector(Context(Paths(procfs=str(tmp_path), sysfs=str(tmp_path)),
-                               {"directory": ["/var/lib/etcd"]}))
+    c = FsyncCollector(
+        Context(Paths(procfs=str(tmp_path), sysfs=str(tmp_path)), {"directory": ["/var/lib/etcd"]})
+    )
     c.probe()
     m = collector_metrics(c)
     assert samples(m, "netstack_fsync_duration_seconds_count", device="", fstype="")
@@ -104,39 +120,51 @@ def test_histogram_bounds_are_inclusive_and_cumulative():
         h.observe(v)
     cum = dict(h.cumulative())
     assert cum["0.0001"] == 1
-    assert cum["0.001"] == 2          # le="0.001" includes 0.001 itself
+    assert cum["0.001"] == 2  # le="0.001" includes 0.001 itself
     assert cum["0.002"] == 3
     assert cum["8.192"] == 3 and cum["+Inf"] == 4 == h.count
     assert math.isclose(h.sum, 0.00005 + 0.001 + 0.0010001 + 9.0)
 
 
-@pytest.mark.parametrize("code, reason", [
-    (errno.ENOSPC, "no_space"), (errno.EDQUOT, "no_space"), (errno.EROFS, "read_only"),
-    (errno.EACCES, "permission_denied"), (errno.EPERM, "permission_denied"),
-    (errno.EIO, "io_error"), (errno.ENOENT, "missing_directory"),
-    (errno.ENOTDIR, "missing_directory"), (errno.EBADF, "other"),
-])
+@pytest.mark.parametrize(
+    "code, reason",
+    [
+        (errno.ENOSPC, "no_space"),
+        (errno.EDQUOT, "no_space"),
+        (errno.EROFS, "read_only"),
+        (errno.EACCES, "permission_denied"),
+        (errno.EPERM, "permission_denied"),
+        (errno.EIO, "io_error"),
+        (errno.ENOENT, "missing_directory"),
+        (errno.ENOTDIR, "missing_directory"),
+        (errno.EBADF, "other"),
+    ],
+)
 def test_error_reasons(code, reason):
     assert error_reason(OSError(code, "x")) == reason
     assert reason in REASONS
 
 
-@pytest.mark.parametrize("argv, env, message", [
-    ([], {"NETSTACK_COLLECTOR_FSYNC_DIRECTORY": ""}, "at least one directory"),
-    (["--collector.fsync.directory=relative/dir"], {}, "must be an absolute path"),
-    (["--collector.fsync.writes=0"], {}, "writes: 0 is below the minimum 1"),
-    (["--collector.fsync.block-size=0"], {}, "block-size: 0 is below the minimum 1"),
-    (["--collector.fsync.timeout=0"], {}, "timeout: 0s is below the minimum"),
-    (["--collector.fsync.writes=1000000"], {}, "probe file is limited to 256 MiB"),
-])
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        ([], {"NETSTACK_COLLECTOR_FSYNC_DIRECTORY": ""}, "at least one directory"),
+        (["--collector.fsync.directory=relative/dir"], {}, "must be an absolute path"),
+        (["--collector.fsync.writes=0"], {}, "writes: 0 is below the minimum 1"),
+        (["--collector.fsync.block-size=0"], {}, "block-size: 0 is below the minimum 1"),
+        (["--collector.fsync.timeout=0"], {}, "timeout: 0s is below the minimum"),
+        (["--collector.fsync.writes=1000000"], {}, "probe file is limited to 256 MiB"),
+    ],
+)
 def test_unusable_configuration_is_a_command_line_error(argv, env, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(argv, env, [FsyncCollector])
 
 
 def test_every_reason_series_exists_before_any_error():
-    c = FsyncCollector(Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")),
-                               {"directory": ["/var/lib/etcd"]}))
+    c = FsyncCollector(
+        Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")), {"directory": ["/var/lib/etcd"]})
+    )
     c.probe()
     m = collector_metrics(c)
     errors = samples(m, "netstack_fsync_probe_errors_total", path="/var/lib/etcd")

@@ -3,8 +3,10 @@ from exporter.snapshot import OPENMETRICS, TEXT
 
 
 def test_prometheus_accept_header_gets_openmetrics():
-    prom = ("application/openmetrics-text;version=1.0.0;q=0.5,"
-            "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+    prom = (
+        "application/openmetrics-text;version=1.0.0;q=0.5,"
+        "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+    )
     assert negotiate_format(prom) == OPENMETRICS
 
 
@@ -52,9 +54,14 @@ def test_a_snapshot_is_encoded_once_per_format():
         snapshot = Counting([Outcome("x", [GaugeMetricFamily("x", "X.", value=1)], True, 0.001, True)])
         worker = Worker("test")
         try:
-            bodies = await asyncio.gather(*(snapshot.encoded(fmt, gz, worker)
-                                            for fmt in (TEXT, OPENMETRICS) for gz in (False, True)
-                                            for _ in range(5)))
+            bodies = await asyncio.gather(
+                *(
+                    snapshot.encoded(fmt, gz, worker)
+                    for fmt in (TEXT, OPENMETRICS)
+                    for gz in (False, True)
+                    for _ in range(5)
+                )
+            )
         finally:
             worker.stop()
         return bodies

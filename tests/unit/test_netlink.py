@@ -98,8 +98,11 @@ def test_datagram_larger_than_the_receive_bound_is_an_error_not_a_silent_cut():
 
     nl = Small(NETLINK_ROUTE)
     try:
-        with pytest.raises(NetlinkFormatError, match=r"datagram of \d+ bytes is larger than the "
-                                                     r"64-byte receive buffer"):
+        with pytest.raises(
+            NetlinkFormatError,
+            match=r"datagram of \d+ bytes is larger than the "
+            r"64-byte receive buffer",
+        ):
             nl.dump(RTM_GETLINK, link_request())
     finally:
         nl.close()
@@ -157,7 +160,7 @@ class Scripted:
 
     def recv_into(self, buffer: bytearray, size: int, flags: int = 0) -> int:
         data = self.pending.pop(0)
-        buffer[:min(size, len(data))] = data[:size]
+        buffer[: min(size, len(data))] = data[:size]
         return len(data)
 
     def close(self) -> None:
@@ -165,23 +168,25 @@ class Scripted:
 
 
 def test_stale_replies_are_skipped_even_inside_a_datagram():
-    sock = Scripted(lambda seq: [done(seq - 1), message(RTM_NEWLINK, seq - 1) + message(20, seq)
-                                 + done(seq)])
+    sock = Scripted(lambda seq: [done(seq - 1), message(RTM_NEWLINK, seq - 1) + message(20, seq) + done(seq)])
     chunks = NetlinkSocket(NETLINK_ROUTE, sock=sock).dump(RTM_GETLINK)
-    assert [(k, s) for c in chunks for k, _f, s, _a, _b in netlink.messages(c)] == [
-        (20, 1), (NLMSG_DONE, 1)]
+    assert [(k, s) for c in chunks for k, _f, s, _a, _b in netlink.messages(c)] == [(20, 1), (NLMSG_DONE, 1)]
 
 
 def test_interrupted_dump_runs_again_with_a_fresh_decode():
-    intr = lambda seq: [message(RTM_NEWLINK, seq, flags=2 | NLM_F_DUMP_INTR),  # noqa: E731
-                        done(seq, flags=2 | NLM_F_DUMP_INTR)]
+    def intr(seq):
+        return [
+            message(RTM_NEWLINK, seq, flags=2 | NLM_F_DUMP_INTR),
+            done(seq, flags=2 | NLM_F_DUMP_INTR),
+        ]
+
     clean = lambda seq: [message(RTM_NEWLINK, seq, b"ok", flags=2), done(seq)]  # noqa: E731
     sock = Scripted(intr, intr, clean)
     calls = []
 
     def decode(chunks):
         calls.append(1)
-        return [bytes(b[s + 16:e]) for b, _k, s, e in netlink.data_messages(chunks)]
+        return [bytes(b[s + 16 : e]) for b, _k, s, e in netlink.data_messages(chunks)]
 
     assert NetlinkSocket(NETLINK_ROUTE, sock=sock).dump(RTM_GETLINK, decode=decode) == [b"ok"]
     assert len(calls) == 3 and sock.sent == [1, 2, 3]
@@ -196,8 +201,10 @@ def test_dump_interrupted_every_time_is_a_clear_error():
 
 
 def test_done_carrying_an_errno_fails_the_dump():
-    nl = NetlinkSocket(NETLINK_ROUTE, sock=Scripted(lambda seq: [message(RTM_NEWLINK, seq, flags=2)
-                                                                 + done(seq, errno.EMSGSIZE)]))
+    nl = NetlinkSocket(
+        NETLINK_ROUTE,
+        sock=Scripted(lambda seq: [message(RTM_NEWLINK, seq, flags=2) + done(seq, errno.EMSGSIZE)]),
+    )
     with pytest.raises(NetlinkKernelError, match="dump failed part-way") as e:
         nl.dump(RTM_GETLINK)
     assert e.value.errno == errno.EMSGSIZE
@@ -236,8 +243,11 @@ def test_error_code_reads_acks_and_errnos():
 
 
 def test_attribute_spans_match_the_generator_walk():
-    payload = (netlink.attribute(1, b"abc") + netlink.attribute(2 | 0x8000, b"")
-               + netlink.attribute(3, struct.pack("=Q", 7)))
+    payload = (
+        netlink.attribute(1, b"abc")
+        + netlink.attribute(2 | 0x8000, b"")
+        + netlink.attribute(3, struct.pack("=Q", 7))
+    )
     spans = netlink.attribute_spans(payload, 0, len(payload))
     assert spans == {k: (s, e) for k, s, e in netlink.attributes(payload)}
     assert spans == {1: (4, 7), 2: (12, 12), 3: (16, 24)}
@@ -250,7 +260,8 @@ def test_kernel_error_classes_are_reused():
     assert type(first) is type(second) and isinstance(first, PermissionError)
     assert type(netlink.kernel_error(errno.EMSGSIZE)) is NetlinkKernelError
     assert str(netlink.kernel_error(errno.EPERM, "ctnetlink: ")) == (
-        "[Errno 1] ctnetlink: Operation not permitted")
+        "[Errno 1] ctnetlink: Operation not permitted"
+    )
 
 
 def test_socket_open_failure_is_a_kernel_error():

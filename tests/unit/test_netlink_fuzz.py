@@ -32,10 +32,13 @@ from tests.unit.test_ipvs import FAMILY, TABLE, done, encode, error
 
 # The deadline and the time bound catch super-linear work, not noise: on a busy 2-core machine a
 # call of microseconds is sometimes descheduled for a tenth of a second.
-FUZZ = settings(max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "300")),
-                deadline=timedelta(seconds=2), database=None,
-                derandomize=os.environ.get("CI") == "true",
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "300")),
+    deadline=timedelta(seconds=2),
+    database=None,
+    derandomize=os.environ.get("CI") == "true",
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TIME_BOUND = 1.0  # seconds per call; the seeds decode in microseconds
 
 
@@ -78,15 +81,20 @@ def route_seeds() -> list[bytes]:
     try:
         chunks = nl.dump(rtnl.RTM_GETADDR, rtnl.IFADDRMSG.pack(0, 0, 0, 0, 0))
         body = rtnl.RTMSG.pack(socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0) + netlink.attribute(
-            rtnl.RTA_DST, socket.inet_aton("127.0.0.1"))
+            rtnl.RTA_DST, socket.inet_aton("127.0.0.1")
+        )
         try:
             chunks += nl.request(rtnl.RTM_GETROUTE, body)
         except netlink.NetlinkKernelError:  # no route to 127.0.0.1 (lo down in this netns)
             pass
     finally:
         nl.close()
-    return found + [m for chunk in chunks for m in split(chunk)
-                    if netlink.NLMSGHDR.unpack_from(m)[1] >= netlink.NLMSG_MIN_TYPE]
+    return found + [
+        m
+        for chunk in chunks
+        for m in split(chunk)
+        if netlink.NLMSGHDR.unpack_from(m)[1] >= netlink.NLMSG_MIN_TYPE
+    ]
 
 
 @cache
@@ -98,11 +106,23 @@ def overlay_seeds() -> list[bytes]:
 @cache
 def conntrack_seeds() -> list[bytes]:
     dump = (FIXTURES / "conntrack" / "dump-6.18.bin").read_bytes()
-    cpu = ctnetlink(nfct_stats_cpu, conntrack.CT_GET_STATS_CPU, [
-        ("CTA_STATS_FOUND", 1), ("CTA_STATS_INSERT_FAILED", 3), ("CTA_STATS_DROP", 5),
-        ("CTA_STATS_CLASH_RESOLVE", 2), ("CTA_STATS_CHAIN_TOOLONG", 1)], res_id=1)
-    count = ctnetlink(nfct_stats, conntrack.CT_GET_STATS, [
-        ("CTA_STATS_GLOBAL_ENTRIES", 17), ("CTA_STATS_GLOBAL_MAX_ENTRIES", 65536)])
+    cpu = ctnetlink(
+        nfct_stats_cpu,
+        conntrack.CT_GET_STATS_CPU,
+        [
+            ("CTA_STATS_FOUND", 1),
+            ("CTA_STATS_INSERT_FAILED", 3),
+            ("CTA_STATS_DROP", 5),
+            ("CTA_STATS_CLASH_RESOLVE", 2),
+            ("CTA_STATS_CHAIN_TOOLONG", 1),
+        ],
+        res_id=1,
+    )
+    count = ctnetlink(
+        nfct_stats,
+        conntrack.CT_GET_STATS,
+        [("CTA_STATS_GLOBAL_ENTRIES", 17), ("CTA_STATS_GLOBAL_MAX_ENTRIES", 65536)],
+    )
     return [*split(dump)[:4], dump[-20:], cpu, count]
 
 
@@ -168,7 +188,7 @@ def mutated(draw, seeds) -> bytes:
         elif op == 2 and at + 4 <= len(data):
             struct.pack_into("=I", data, at, draw(WIDE))
         elif op == 3:
-            del data[at:at + draw(st.integers(1, 24))]
+            del data[at : at + draw(st.integers(1, 24))]
         elif op == 4:
             data[at:at] = draw(st.binary(min_size=1, max_size=24))
         else:
@@ -279,7 +299,7 @@ class Replaying:
         if not self.pending:
             raise TimeoutError("timed out")
         data = self.pending.pop(0)
-        buffer[:min(size, len(data))] = data[:size]
+        buffer[: min(size, len(data))] = data[:size]
         return len(data)
 
     def close(self) -> None:

@@ -8,12 +8,17 @@ import struct
 
 import pytest
 
-from exporter.contract import Context
-from collectors import overlay
-from collectors import netlink
+from collectors import netlink, overlay
 from collectors import overlay_rtnl as rtnl
-from collectors.overlay import (TunnelConfig, build_topology, encapsulation_overhead, mtu_mismatch,
-                                needs_refresh, tunnel_config)
+from collectors.overlay import (
+    TunnelConfig,
+    build_topology,
+    encapsulation_overhead,
+    mtu_mismatch,
+    needs_refresh,
+    tunnel_config,
+)
+from exporter.contract import Context
 from tests.helpers import FIXTURES
 
 FX = FIXTURES / "overlay"
@@ -26,40 +31,50 @@ def fixture_link(name: str) -> rtnl.LinkSummary:
 # --- MTU arithmetic ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg, expected", [
-    # vxlan: outer IP + UDP 8 + VXLAN 8 + inner Ethernet 14 (the kernel's VXLAN_HEADROOM)
-    (TunnelConfig("vxlan", outer_family=4), 50),
-    (TunnelConfig("vxlan", outer_family=6), 70),
-    (TunnelConfig("vxlan"), 50),  # family unknown: IPv4, as the kernel assumes
-    (TunnelConfig("vxlan", outer_family=4, no_inner_ethernet=True), 36),  # VXLAN-GPE
-    (TunnelConfig("geneve", outer_family=4), 50),
-    (TunnelConfig("geneve", outer_family=6), 70),
-    (TunnelConfig("wireguard", outer_family=4), 60),
-    (TunnelConfig("wireguard", outer_family=6), 80),
-    (TunnelConfig("ipip", outer_family=4), 20),
-    (TunnelConfig("sit", outer_family=4), 20),
-    (TunnelConfig("ipip", outer_family=4, encap_type=overlay.ENCAP_FOU), 28),
-    (TunnelConfig("ipip", outer_family=4, encap_type=overlay.ENCAP_GUE), 32),
-    (TunnelConfig("ip6tnl", outer_family=6), 48),  # + 8 byte encapsulation limit option
-    (TunnelConfig("ip6tnl", outer_family=6, ignore_encap_limit=True), 40),
-    (TunnelConfig("gre", outer_family=4), 24),
-    (TunnelConfig("gre", outer_family=4, gre_oflags=overlay.GRE_KEY), 28),
-    (TunnelConfig("gre", outer_family=4,
-                  gre_oflags=overlay.GRE_KEY | overlay.GRE_CSUM | overlay.GRE_SEQ), 36),
-    (TunnelConfig("gretap", outer_family=4), 38),
-    (TunnelConfig("ip6gre", outer_family=6), 52),
-    (TunnelConfig("ip6gretap", outer_family=6, ignore_encap_limit=True), 58),
-])
+@pytest.mark.parametrize(
+    "cfg, expected",
+    [
+        # vxlan: outer IP + UDP 8 + VXLAN 8 + inner Ethernet 14 (the kernel's VXLAN_HEADROOM)
+        (TunnelConfig("vxlan", outer_family=4), 50),
+        (TunnelConfig("vxlan", outer_family=6), 70),
+        (TunnelConfig("vxlan"), 50),  # family unknown: IPv4, as the kernel assumes
+        (TunnelConfig("vxlan", outer_family=4, no_inner_ethernet=True), 36),  # VXLAN-GPE
+        (TunnelConfig("geneve", outer_family=4), 50),
+        (TunnelConfig("geneve", outer_family=6), 70),
+        (TunnelConfig("wireguard", outer_family=4), 60),
+        (TunnelConfig("wireguard", outer_family=6), 80),
+        (TunnelConfig("ipip", outer_family=4), 20),
+        (TunnelConfig("sit", outer_family=4), 20),
+        (TunnelConfig("ipip", outer_family=4, encap_type=overlay.ENCAP_FOU), 28),
+        (TunnelConfig("ipip", outer_family=4, encap_type=overlay.ENCAP_GUE), 32),
+        (TunnelConfig("ip6tnl", outer_family=6), 48),  # + 8 byte encapsulation limit option
+        (TunnelConfig("ip6tnl", outer_family=6, ignore_encap_limit=True), 40),
+        (TunnelConfig("gre", outer_family=4), 24),
+        (TunnelConfig("gre", outer_family=4, gre_oflags=overlay.GRE_KEY), 28),
+        (
+            TunnelConfig(
+                "gre", outer_family=4, gre_oflags=overlay.GRE_KEY | overlay.GRE_CSUM | overlay.GRE_SEQ
+            ),
+            36,
+        ),
+        (TunnelConfig("gretap", outer_family=4), 38),
+        (TunnelConfig("ip6gre", outer_family=6), 52),
+        (TunnelConfig("ip6gretap", outer_family=6, ignore_encap_limit=True), 58),
+    ],
+)
 def test_encapsulation_overhead_per_kind(cfg, expected):
     assert encapsulation_overhead(cfg) == expected
 
 
-@pytest.mark.parametrize("cfg", [
-    TunnelConfig("erspan", outer_family=4),
-    TunnelConfig("bareudp"),
-    TunnelConfig("xfrm"),
-    TunnelConfig("ipip", outer_family=4, encap_type=3),  # MPLS encapsulation: not fixed
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TunnelConfig("erspan", outer_family=4),
+        TunnelConfig("bareudp"),
+        TunnelConfig("xfrm"),
+        TunnelConfig("ipip", outer_family=4, encap_type=3),  # MPLS encapsulation: not fixed
+    ],
+)
 def test_overhead_unknown_when_config_does_not_fix_it(cfg):
     assert encapsulation_overhead(cfg) is None
 
@@ -107,7 +122,7 @@ def test_parse_stats64_accepts_shorter_struct_of_older_kernels():
     # cut the attribute to the 23 fields of kernels before 4.6 (no rx_nohandler, no otherhost)
     attr_at = rtnl.NLMSGHDR.size + rtnl.IFSTATSMSG.size
     netlink.NLA.pack_into(msg, attr_at, 4 + 23 * 8, rtnl.IFLA_STATS_LINK_64)
-    short = msg[:attr_at + 4 + 23 * 8]
+    short = msg[: attr_at + 4 + 23 * 8]
     rtnl.NLMSGHDR.pack_into(short, 0, len(short), rtnl.RTM_NEWSTATS, 0, 0, 0)
     stats = rtnl.parse_stats64(bytes(short))
     assert len(stats) == 23 and stats["tx_carrier_errors"] == 4
@@ -183,8 +198,7 @@ def _event(kind: str | None, index: int, mtype: int = rtnl.RTM_NEWLINK) -> rtnl.
 
 
 def test_refresh_only_for_relevant_events():
-    topo = build_topology([fixture_link("ul0"), fixture_link("vx0")], lambda n: True,
-                          no_lookup, no_lookup)
+    topo = build_topology([fixture_link("ul0"), fixture_link("vx0")], lambda n: True, no_lookup, no_lookup)
     vx_index = topo.tunnels[0].index
     assert not needs_refresh(topo, [])
     assert not needs_refresh(topo, [_event("veth", 500), _event(None, 501, rtnl.RTM_DELLINK)])
@@ -201,8 +215,9 @@ def test_refresh_only_for_relevant_events():
 
 
 def test_include_exclude_are_unanchored_regexes():
-    c = overlay.OverlayCollector(Context(options={"device-include": re.compile("vx|flannel"),
-                                                  "device-exclude": re.compile("^vx9")}))
+    c = overlay.OverlayCollector(
+        Context(options={"device-include": re.compile("vx|flannel"), "device-exclude": re.compile("^vx9")})
+    )
     assert c.selected("flannel.1") and c.selected("vx0")
     assert not c.selected("vx9") and not c.selected("tunl0")
     default = overlay.OverlayCollector(Context())
@@ -211,15 +226,20 @@ def test_include_exclude_are_unanchored_regexes():
 
 def test_options_are_declared_for_the_cli():
     names = {(o.name, o.kind) for o in overlay.OverlayCollector.options}
-    assert names == {("device-include", "regex"), ("device-exclude", "regex"),
-                     ("topology-refresh-interval", "duration")}
+    assert names == {
+        ("device-include", "regex"),
+        ("device-exclude", "regex"),
+        ("topology-refresh-interval", "duration"),
+    }
 
 
 def synthesized_link(kind: str, index: int, data: list[tuple[int, bytes]]) -> rtnl.LinkSummary:
     """An RTM_NEWLINK laid out as in linux/if_link.h and if_tunnel.h. Only for kinds whose module
     this test kernel lacks (ip_gre, ip6_gre): vxlan and veth fixtures above are captured."""
     info = netlink.attribute(rtnl.IFLA_INFO_KIND, kind.encode() + b"\0")
-    info += netlink.attribute(overlay.IFLA_INFO_DATA | 0x8000, b"".join(netlink.attribute(t, p) for t, p in data))
+    info += netlink.attribute(
+        overlay.IFLA_INFO_DATA | 0x8000, b"".join(netlink.attribute(t, p) for t, p in data)
+    )
     body = rtnl.IFINFOMSG.pack(0, 778, index, 0, 0)
     body += netlink.attribute(rtnl.IFLA_IFNAME, f"{kind}1".encode() + b"\0")
     body += netlink.attribute(rtnl.IFLA_MTU, struct.pack("=I", 1400))
@@ -230,8 +250,11 @@ def synthesized_link(kind: str, index: int, data: list[tuple[int, bytes]]) -> rt
 
 def test_gre_key_and_checksum_flags_are_read_big_endian():
     flags = struct.pack(">H", overlay.GRE_KEY | overlay.GRE_CSUM)
-    gre = synthesized_link("gre", 9, [(1, struct.pack("=I", 3)), (3, flags),
-                                      (6, bytes([198, 18, 0, 1])), (7, bytes([198, 18, 0, 2]))])
+    gre = synthesized_link(
+        "gre",
+        9,
+        [(1, struct.pack("=I", 3)), (3, flags), (6, bytes([198, 18, 0, 1])), (7, bytes([198, 18, 0, 2]))],
+    )
     cfg = tunnel_config(gre)
     assert (cfg.link, cfg.remote, cfg.local, cfg.outer_family) == (3, "198.18.0.2", "198.18.0.1", 4)
     assert cfg.gre_oflags == overlay.GRE_KEY | overlay.GRE_CSUM

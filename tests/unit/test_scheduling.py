@@ -23,8 +23,9 @@ class Fake(Collector):
     """A collector whose probe and collection take as long as a test says, and whose source is
     present or not. A sleep ends early when the test sets `release` (so no thread outlives it)."""
 
-    def __init__(self, name: str, *, present: bool = True, probe_seconds: float = 0.0,
-                 collect_seconds: float = 0.0):
+    def __init__(
+        self, name: str, *, present: bool = True, probe_seconds: float = 0.0, collect_seconds: float = 0.0
+    ):
         super().__init__(Context())
         self.name = name
         self.present = present
@@ -112,13 +113,18 @@ def harness():
 
 
 def events(caplog, msg: str, collector: str | None = None) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.getMessage() == msg
-            and (collector is None or getattr(r, "kv", {}).get("collector") == collector)]
+    return [
+        r
+        for r in caplog.records
+        if r.getMessage() == msg and (collector is None or getattr(r, "kv", {}).get("collector") == collector)
+    ]
 
 
 def status(m: dict, name: str) -> tuple[float, float]:
-    return (value(m, "netstack_scrape_collector_success", collector=name),
-            value(m, "netstack_collector_available", collector=name))
+    return (
+        value(m, "netstack_scrape_collector_success", collector=name),
+        value(m, "netstack_collector_available", collector=name),
+    )
 
 
 def test_a_collection_serves_every_collectors_families_and_their_status(harness):

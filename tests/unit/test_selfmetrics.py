@@ -48,6 +48,7 @@ def test_by_default_the_real_proc_self():
 
 def test_each_collection_reads_anew(tmp_path):
     import shutil
+
     tree = tmp_path / "proc"
     shutil.copytree(FIXTURES / "selfproc", tree)
     metrics = SelfMetrics(str(tree))

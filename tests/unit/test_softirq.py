@@ -1,7 +1,7 @@
 import pytest
 
-from exporter.contract import Context, ParseError, Paths
 from collectors.softirq import SoftirqCollector, parse_softirqs, parse_softnet_stat
+from exporter.contract import Context, ParseError, Paths
 from tests.helpers import FIXTURES
 
 SOFTNET = FIXTURES / "softnet"
@@ -14,13 +14,16 @@ def test_parse_softirqs_uses_header_cpus():
     assert len(vectors) == 10 and "IRQ_POLL" in vectors
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "garbage header\n  NET_RX: 1 2\n",
-    "  CPU0 CPU1\n  NET_RX: 1\n",          # truncated row
-    "  CPU0 CPU1\n  NET_RX: 1 x\n",        # garbage value
-    "  CPU0 CPU1\n  NET_RX 1 2\n",         # no colon
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage header\n  NET_RX: 1 2\n",
+        "  CPU0 CPU1\n  NET_RX: 1\n",  # truncated row
+        "  CPU0 CPU1\n  NET_RX: 1 x\n",  # garbage value
+        "  CPU0 CPU1\n  NET_RX 1 2\n",  # no colon
+    ],
+)
 def test_parse_softirqs_rejects_malformed(text):
     with pytest.raises(ParseError):
         parse_softirqs(text, "softirqs")
@@ -28,7 +31,10 @@ def test_parse_softirqs_rejects_malformed(text):
 
 def test_softnet_9_columns_row_number_is_cpu():
     rows = parse_softnet_stat((SOFTNET / "softnet_stat.9").read_text())
-    assert [(r.cpu, r.processed, r.dropped, r.time_squeeze) for r in rows] == [("0", 0x1f0a2, 0, 3), ("1", 0x1a121, 1, 0)]
+    assert [(r.cpu, r.processed, r.dropped, r.time_squeeze) for r in rows] == [
+        ("0", 0x1F0A2, 0, 3),
+        ("1", 0x1A121, 1, 0),
+    ]
     assert rows[0].received_rps is None and rows[0].flow_limit_count is None and rows[0].backlog is None
 
 
@@ -40,7 +46,7 @@ def test_softnet_10_columns_adds_rps():
 def test_softnet_11_columns_adds_flow_limit():
     rows = parse_softnet_stat((SOFTNET / "softnet_stat.11").read_text())
     assert rows[1].flow_limit_count == 5 and rows[1].backlog is None
-    assert rows[0].processed == 0x6dcad223
+    assert rows[0].processed == 0x6DCAD223
 
 
 def test_softnet_13_columns_cpu_id_skips_offline_cpu():
@@ -55,11 +61,14 @@ def test_softnet_15_columns():
     assert rows[1].backlog == 3 and rows[1].dropped == 7 and rows[2].flow_limit_count == 2
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "0001 0002 0003\n",                                       # truncated: fewer than 9 columns
-    "zz01f0a2 00000000 00000003 00000000 00000000 00000000 00000000 00000000 00000000\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "0001 0002 0003\n",  # truncated: fewer than 9 columns
+        "zz01f0a2 00000000 00000003 00000000 00000000 00000000 00000000 00000000 00000000\n",
+    ],
+)
 def test_softnet_rejects_malformed(text):
     with pytest.raises(ParseError):
         parse_softnet_stat(text, "softnet_stat")
@@ -96,21 +105,27 @@ def test_old_kernel_layout_omits_missing_columns(tmp_path):
     assert len(fams["netstack_softnet_processed"].samples) == 2
 
 
-@pytest.mark.parametrize("text", [
-    "CPU0 CPU0\nNET_RX: 1 2\n",  # a CPU twice
-    "CPU0\nNET_RX: 1\nNET_RX: 2\n",  # a vector twice
-    "CPU0\nNET_RX: 4294967296\n",  # wider than the kernel's unsigned int
-    "CPU0\nNET_RX: " + "9" * 5000 + "\n",  # int() of this many digits is slow
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CPU0 CPU0\nNET_RX: 1 2\n",  # a CPU twice
+        "CPU0\nNET_RX: 1\nNET_RX: 2\n",  # a vector twice
+        "CPU0\nNET_RX: 4294967296\n",  # wider than the kernel's unsigned int
+        "CPU0\nNET_RX: " + "9" * 5000 + "\n",  # int() of this many digits is slow
+    ],
+)
 def test_softirqs_rejects_duplicates_and_impossible_counts(text):
     with pytest.raises(ParseError):
         parse_softirqs(text, "softirqs")
 
 
-@pytest.mark.parametrize("text", [
-    "0000000a " * 12 + "00000000\n" + "0000000a " * 12 + "00000000\n",  # cpu 0 twice
-    "f" * 3600 + " 0 0 0 0 0 0 0 0\n",  # a ~3,600-digit hex value
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0000000a " * 12 + "00000000\n" + "0000000a " * 12 + "00000000\n",  # cpu 0 twice
+        "f" * 3600 + " 0 0 0 0 0 0 0 0\n",  # a ~3,600-digit hex value
+    ],
+)
 def test_softnet_rejects_duplicates_and_impossible_counts(text):
     with pytest.raises(ParseError):
         parse_softnet_stat(text, "softnet_stat")

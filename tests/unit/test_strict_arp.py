@@ -36,15 +36,27 @@ def test_kernel_defaults_are_not_strict():
 
 def test_device_filters():
     import re
-    got = collect(ARP / "strict" / "proc", **{"device-exclude": re.compile("^$"),
-                                              "device-include": re.compile("^(eth|cali)")})
+
+    got = collect(
+        ARP / "strict" / "proc",
+        **{"device-exclude": re.compile("^$"), "device-include": re.compile("^(eth|cali)")},
+    )
     assert set(got["netstack_arp_ignore"]) == {(("device", d),) for d in ("all", "eth0", "cali1a2b3c4d5e6")}
 
 
-@pytest.mark.parametrize("ignore, announce, strict", [
-    (1, 2, True), (2, 2, True), (8, 2, True), (0, 2, False), (3, 2, False), (4, 2, False),
-    (1, 1, False), (1, 0, False),
-])
+@pytest.mark.parametrize(
+    "ignore, announce, strict",
+    [
+        (1, 2, True),
+        (2, 2, True),
+        (8, 2, True),
+        (0, 2, False),
+        (3, 2, False),
+        (4, 2, False),
+        (1, 1, False),
+        (1, 0, False),
+    ],
+)
 def test_strict_values(ignore, announce, strict):
     assert strict_arp(ignore, announce) is strict
 

@@ -31,19 +31,22 @@ def collect(tree) -> dict:
     return {f.name: {tuple(s.labels.items()): s.value for s in f.samples} for f in c.collect()}
 
 
-@pytest.mark.parametrize("tree, kind, role, reason", [
-    ("kvm", "kvm", "guest", "none"),
-    ("xen", "xen", "guest", "none"),
-    ("xen-dom0", "none", "none", "none"),
-    ("vmware", "vmware", "guest", "none"),
-    ("hyperv", "hyperv", "guest", "none"),
-    ("firecracker", "firecracker", "guest", "no_module_support"),
-    ("openvz", "openvz", "container", "shared_kernel"),
-    ("lxc", "lxc", "container", "shared_kernel"),
-    ("docker", "docker", "container", "shared_kernel"),
-    ("docker-cgroup-v1", "docker", "container", "shared_kernel"),
-    ("none", "none", "none", "none"),
-])
+@pytest.mark.parametrize(
+    "tree, kind, role, reason",
+    [
+        ("kvm", "kvm", "guest", "none"),
+        ("xen", "xen", "guest", "none"),
+        ("xen-dom0", "none", "none", "none"),
+        ("vmware", "vmware", "guest", "none"),
+        ("hyperv", "hyperv", "guest", "none"),
+        ("firecracker", "firecracker", "guest", "no_module_support"),
+        ("openvz", "openvz", "container", "shared_kernel"),
+        ("lxc", "lxc", "container", "shared_kernel"),
+        ("docker", "docker", "container", "shared_kernel"),
+        ("docker-cgroup-v1", "docker", "container", "shared_kernel"),
+        ("none", "none", "none", "none"),
+    ],
+)
 def test_fixture_trees(tree, kind, role, reason):
     got = collect(TREES / tree)
     assert got["netstack_virtualization_info"] == {(("type", kind), ("role", role)): 1}

@@ -69,14 +69,22 @@ def test_loop_errors_are_logged_once_a_second_with_a_count(caplog):
         loop = asyncio.get_running_loop()
         handler = LoopErrorLog(loop)
         for _ in range(500):
-            handler(loop, {"message": "socket.accept() out of system resource",
-                           "exception": OSError(24, "Too many open files")})
+            handler(
+                loop,
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files"),
+                },
+            )
         await asyncio.sleep(1.2)
         handler(loop, {"message": "another error"})
 
     with caplog.at_level(logging.ERROR, logger="netstack.web"):
         asyncio.run(flood())
     lines = [(r.getMessage(), r.kv["count"]) for r in caplog.records]
-    assert lines == [("socket.accept() out of system resource", 1),
-                     ("socket.accept() out of system resource", 499), ("another error", 1)]
+    assert lines == [
+        ("socket.accept() out of system resource", 1),
+        ("socket.accept() out of system resource", 499),
+        ("another error", 1),
+    ]
     assert caplog.records[0].kv["error"] == "Too many open files"

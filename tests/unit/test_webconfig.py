@@ -33,7 +33,8 @@ def test_empty_file_is_plain_http_without_auth():
 
 
 def test_full_toolkit_file():
-    config = parse_web_config(f"""
+    config = parse_web_config(
+        f"""
 tls_server_config:
   cert_file: server.crt
   key_file: /etc/tls/server.key
@@ -53,7 +54,9 @@ http_server_config:
     Content-Security-Policy: ""
 basic_auth_users:
   prometheus: '{HASH}'
-""", base_dir="/etc/netstack")
+""",
+        base_dir="/etc/netstack",
+    )
     tls = config.tls
     assert tls.cert_file == "/etc/netstack/server.crt"  # relative to the file's directory
     assert tls.key_file == "/etc/tls/server.key"
@@ -64,8 +67,11 @@ basic_auth_users:
     assert tls.prefer_server_cipher_suites is False
     assert config.users == {"prometheus": HASH.encode()}
     # a blank header value means unset, as in the toolkit
-    assert config.headers == {"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff",
-                              "Strict-Transport-Security": "max-age=31536000"}
+    assert config.headers == {
+        "X-Frame-Options": "deny",
+        "X-Content-Type-Options": "nosniff",
+        "Strict-Transport-Security": "max-age=31536000",
+    }
     assert config.http2 is False
 
 
@@ -73,41 +79,46 @@ TLS = "tls_server_config:\n  cert_file: a\n  key_file: b\n"
 COST3 = "$2y$03$e53WoZ1qoyqqtKK7Vtz1i.xF0wwYIlJU1luNCXlDh5wZkx6VoiJly"
 
 
-@pytest.mark.parametrize("text, message", [
-    (TLS + "  cert_fil: c\n", "tls_server_config.cert_fil: unknown key"),
-    ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown key"),
-    ("tls_server_config:\n  cert_file: a\n", "tls_server_config.key_file: required"),
-    ("tls_server_config:\n  min_version: TLS12\n", "tls_server_config.cert_file: required"),
-    (TLS + "  min_version: TLS14\n", "unknown TLS version 'TLS14'"),
-    (TLS + "  min_version: TLS13\n  max_version: TLS12\n",
-     "min_version TLS13 is above max_version TLS12"),
-    (TLS + "  client_auth_type: Maybe\n", "unknown client auth type 'Maybe'"),
-    (TLS + "  client_auth_type: RequireAnyClientCert\n",
-     "never verified) is not supported"),
-    (TLS + "  client_auth_type: RequireAndVerifyClientCert\n",
-     "client_ca_file: required"),
-    (TLS + "  client_ca_file: ca\n", "client CA given but client_auth_type is NoClientCert"),
-    (TLS + "  client_allowed_sans: [x]\n", "needs client_auth_type"),
-    (TLS + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n", "unknown cipher"),
-    (TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n", "must be a list"),
-    (TLS + "  curve_preferences: [X25519]\n", "cannot set a list of curves"),
-    ("tls_server_config:\n  cert: PEM\n  key_file: b\n", "inline certificates are not supported"),
-    ("tls_server_config:\n  cert_file: ''\n  key_file: b\n", "must not be empty"),
-    ("tls_server_config:\n  cert_file: 5\n  key_file: b\n", "must be a string"),
-    ("rate_limit:\n  burst: 1\n", "--web.max-requests"),
-    ("basic_auth_users:\n  alice: secret\n", "basic_auth_users.alice: not a bcrypt hash"),
-    (f"basic_auth_users:\n  alice: '{COST3}'\n", "cost 03 out of range"),
-    ("basic_auth_users:\n  'a:b': '" + HASH + "'\n", "without ':'"),
-    ("basic_auth_users: [alice]\n", "basic_auth_users: must be a mapping"),
-    ("http_server_config:\n  headers:\n    Server: x\n", "this header cannot be configured"),
-    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "invalid value 'allow'"),
-    ("http_server_config:\n  http2: maybe\n", "must be true or false"),
-    ("http_server_config:\n  headers:\n    Content-Security-Policy: \"a\\r\\nSet-Cookie: x\"\n",
-     "line breaks"),
-    ("basic_auth_users:\n  a: '" + HASH + "'\n  a: '" + HASH + "'\n", "key 'a' given twice"),
-    ("tls_server_config: [\n", "not valid YAML"),
-    ("- 1\n", "the file: must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (TLS + "  cert_fil: c\n", "tls_server_config.cert_fil: unknown key"),
+        ("basic_auth_user:\n  a: b\n", "basic_auth_user: unknown key"),
+        ("tls_server_config:\n  cert_file: a\n", "tls_server_config.key_file: required"),
+        ("tls_server_config:\n  min_version: TLS12\n", "tls_server_config.cert_file: required"),
+        (TLS + "  min_version: TLS14\n", "unknown TLS version 'TLS14'"),
+        (
+            TLS + "  min_version: TLS13\n  max_version: TLS12\n",
+            "min_version TLS13 is above max_version TLS12",
+        ),
+        (TLS + "  client_auth_type: Maybe\n", "unknown client auth type 'Maybe'"),
+        (TLS + "  client_auth_type: RequireAnyClientCert\n", "never verified) is not supported"),
+        (TLS + "  client_auth_type: RequireAndVerifyClientCert\n", "client_ca_file: required"),
+        (TLS + "  client_ca_file: ca\n", "client CA given but client_auth_type is NoClientCert"),
+        (TLS + "  client_allowed_sans: [x]\n", "needs client_auth_type"),
+        (TLS + "  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n", "unknown cipher"),
+        (TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n", "must be a list"),
+        (TLS + "  curve_preferences: [X25519]\n", "cannot set a list of curves"),
+        ("tls_server_config:\n  cert: PEM\n  key_file: b\n", "inline certificates are not supported"),
+        ("tls_server_config:\n  cert_file: ''\n  key_file: b\n", "must not be empty"),
+        ("tls_server_config:\n  cert_file: 5\n  key_file: b\n", "must be a string"),
+        ("rate_limit:\n  burst: 1\n", "--web.max-requests"),
+        ("basic_auth_users:\n  alice: secret\n", "basic_auth_users.alice: not a bcrypt hash"),
+        (f"basic_auth_users:\n  alice: '{COST3}'\n", "cost 03 out of range"),
+        ("basic_auth_users:\n  'a:b': '" + HASH + "'\n", "without ':'"),
+        ("basic_auth_users: [alice]\n", "basic_auth_users: must be a mapping"),
+        ("http_server_config:\n  headers:\n    Server: x\n", "this header cannot be configured"),
+        ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "invalid value 'allow'"),
+        ("http_server_config:\n  http2: maybe\n", "must be true or false"),
+        (
+            'http_server_config:\n  headers:\n    Content-Security-Policy: "a\\r\\nSet-Cookie: x"\n',
+            "line breaks",
+        ),
+        ("basic_auth_users:\n  a: '" + HASH + "'\n  a: '" + HASH + "'\n", "key 'a' given twice"),
+        ("tls_server_config: [\n", "not valid YAML"),
+        ("- 1\n", "the file: must be a mapping"),
+    ],
+)
 def test_bad_files_name_the_key(text, message):
     with pytest.raises(WebConfigError) as e:
         parse_web_config(text)
@@ -118,8 +129,14 @@ def test_basic_auth_header_parsing():
     token = base64.b64encode(b"alice:pa:ss").decode()
     assert parse_basic_auth(f"Basic {token}") == ("alice", "pa:ss")
     assert parse_basic_auth(f"basic {token}") == ("alice", "pa:ss")
-    for bad in (None, "", "Bearer x", "Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(),
-                "Basic " + base64.b64encode(b"\xff\xfe:x").decode()):
+    for bad in (
+        None,
+        "",
+        "Bearer x",
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"nocolon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    ):
         assert parse_basic_auth(bad) is None
 
 
@@ -165,7 +182,9 @@ def pki(tmp_path):
     ca = make_ca(tmp_path, "ca")
     other_ca = make_ca(tmp_path, "other-ca")
     return {
-        "dir": tmp_path, "ca": ca, "other_ca": other_ca,
+        "dir": tmp_path,
+        "ca": ca,
+        "other_ca": other_ca,
         "server": make_cert(ca, tmp_path, "server"),
         "server2": make_cert(ca, tmp_path, "server2"),
         "client": make_cert(ca, tmp_path, "client", sans="DNS:prometheus.example"),
@@ -174,8 +193,11 @@ def pki(tmp_path):
 
 
 def write_config(pki, name="web.yml", **extra) -> str:
-    lines = ["tls_server_config:", f"  cert_file: {pki['server'].cert.name}",
-             f"  key_file: {pki['server'].key.name}"]
+    lines = [
+        "tls_server_config:",
+        f"  cert_file: {pki['server'].cert.name}",
+        f"  key_file: {pki['server'].key.name}",
+    ]
     lines += [f"  {k}: {v}" for k, v in extra.items()]
     path = pki["dir"] / name
     path.write_text("\n".join(lines) + "\n")
@@ -186,17 +208,20 @@ def test_load_reports_file_problems(pki):
     path = write_config(pki)
     assert load_web_config(path).context is not None
     (pki["dir"] / "bad.yml").write_text(
-        f"tls_server_config:\n  cert_file: missing.crt\n  key_file: {pki['server'].key}\n")
+        f"tls_server_config:\n  cert_file: missing.crt\n  key_file: {pki['server'].key}\n"
+    )
     with pytest.raises(WebConfigError, match=r"missing\.crt"):
         load_web_config(str(pki["dir"] / "bad.yml"))
     # certificate and key that do not belong together
     (pki["dir"] / "mix.yml").write_text(
-        f"tls_server_config:\n  cert_file: {pki['server'].cert}\n  key_file: {pki['client'].key}\n")
+        f"tls_server_config:\n  cert_file: {pki['server'].cert}\n  key_file: {pki['client'].key}\n"
+    )
     with pytest.raises(WebConfigError, match="cannot load cert_file"):
         load_web_config(str(pki["dir"] / "mix.yml"))
     (pki["dir"] / "junk.pem").write_text("not a certificate\n")
-    bad_ca = write_config(pki, "ca.yml", client_auth_type="RequireAndVerifyClientCert",
-                          client_ca_file="junk.pem")
+    bad_ca = write_config(
+        pki, "ca.yml", client_auth_type="RequireAndVerifyClientCert", client_ca_file="junk.pem"
+    )
     with pytest.raises(WebConfigError, match="client CA"):
         load_web_config(bad_ca)
     with pytest.raises(WebConfigError, match="cannot read"):
@@ -240,8 +265,10 @@ class TLSServer:
         """The server certificate's serial number, or the exception's class name."""
         ctx = client_context(ca, client)
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s, \
-                    ctx.wrap_socket(s, server_hostname="localhost") as t:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=5) as s,
+                ctx.wrap_socket(s, server_hostname="localhost") as t,
+            ):
                 # TLS 1.3: a refused client certificate shows up at the first read
                 if t.recv(2) != b"ok":
                     return "closed"
@@ -266,7 +293,8 @@ def test_reload_rotates_certificate_and_client_ca(pki):
         # new server certificate and a different client CA
         pki["dir"].joinpath("web.yml").write_text(
             "tls_server_config:\n  cert_file: server2.crt\n  key_file: server2.key\n"
-            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: other-ca.crt\n")
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: other-ca.crt\n"
+        )
         assert live.changed()
         assert server.reload()
         assert server.connect(pki["ca"], pki["other_client"]) == serial_of(pki["server2"])
@@ -274,7 +302,8 @@ def test_reload_rotates_certificate_and_client_ca(pki):
 
         # client certificates turned off: a client without one gets in
         pki["dir"].joinpath("web.yml").write_text(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        )
         assert server.reload()
         assert server.connect(pki["ca"]) == serial_of(pki["server"])
     finally:
@@ -288,7 +317,8 @@ def test_bad_reload_keeps_the_old_config(pki, caplog):
     try:
         good = serial_of(pki["server"])
         pki["dir"].joinpath("web.yml").write_text(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: nope.key\n")
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: nope.key\n"
+        )
         assert not server.reload()
         failed = [r for r in caplog.records if "keeping the previous one" in r.getMessage()]
         assert len(failed) == 1 and "nope.key" in failed[0].kv["error"]
@@ -325,8 +355,10 @@ def _negotiated(server: TLSServer, ca, maximum=None) -> tuple[str, str] | str:
     if maximum is not None:
         ctx.maximum_version = maximum
     try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s, \
-                ctx.wrap_socket(s, server_hostname="localhost") as t:
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as s,
+            ctx.wrap_socket(s, server_hostname="localhost") as t,
+        ):
             cipher = t.cipher()
             return t.version(), cipher[0] if cipher else ""
     except (ssl.SSLError, OSError) as e:
@@ -334,8 +366,7 @@ def _negotiated(server: TLSServer, ca, maximum=None) -> tuple[str, str] | str:
 
 
 def test_versions_and_cipher_suites_are_enforced(pki):
-    path = write_config(pki, max_version="TLS12",
-                        cipher_suites="[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]")
+    path = write_config(pki, max_version="TLS12", cipher_suites="[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]")
     server = TLSServer(LiveWebConfig(path))
     try:
         assert _negotiated(server, pki["ca"]) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
