@@ -459,7 +459,8 @@ class OverlayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             topo = self.topology()
-            stats = {}
+            assert self._rtnl is not None  # topology() opened it
+            stats: dict[int, dict[str, int] | None] = {}
             for index in sorted(
                 {t.index for t in topo.tunnels} | {t.underlay_index for t in topo.tunnels if t.underlay_index}
             ):
@@ -496,7 +497,7 @@ class OverlayCollector(Collector):
             info.add_metric([t.name, t.config.kind, t.config.vni, t.config.port, t.underlay], 1)
             if t.mtu is not None:
                 mtu.add_metric([t.name], t.mtu)
-            if t.underlay_mtu is not None and stats.get(t.underlay_index) is not None:
+            if t.underlay_mtu is not None and t.underlay_index and stats.get(t.underlay_index) is not None:
                 underlay_mtu.add_metric([t.name], t.underlay_mtu)
                 if t.overhead is not None and t.mtu is not None:
                     mismatch.add_metric([t.name], int(mtu_mismatch(t.mtu, t.overhead, t.underlay_mtu)))
@@ -507,7 +508,7 @@ class OverlayCollector(Collector):
         for suffix, field, help_text in DEVICE_COUNTERS:
             family = CounterMetricFamily(f"netstack_overlay_{suffix}_total", help_text, labels=["device"])
             for t in tunnels:
-                family.add_metric([t.name], stats[t.index].get(field, 0))
+                family.add_metric([t.name], (stats[t.index] or {}).get(field, 0))
             families.append(family)
 
         underlays = {
@@ -520,7 +521,7 @@ class OverlayCollector(Collector):
                 f"netstack_overlay_underlay_{suffix}_total", help_text, labels=["device"]
             )
             for index, name in sorted(underlays.items(), key=lambda kv: kv[1]):
-                family.add_metric([name], stats[index].get(field, 0))
+                family.add_metric([name], (stats[index] or {}).get(field, 0))
             families.append(family)
         # a host without tunnels gets no empty HELP/TYPE blocks, like node_exporter
         yield from (f for f in families if f.samples)

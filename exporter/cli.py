@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .contract import Option
+from .contract import Collector, Option
 
 DEFAULT_PORT = 9977
 PROG = "netstack-exporter"
@@ -200,7 +200,7 @@ class _Setting:
 
 
 def _add(
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     settings: list[_Setting],
     flag: str,
     option: Option,
@@ -248,7 +248,7 @@ def _show(value: Any, kind: str) -> str:
 
 
 def build_parser(
-    collector_classes: Sequence[type], extra: Sequence[Flag] = (), prog: str = PROG
+    collector_classes: Sequence[type[Collector]], extra: Sequence[Flag] = (), prog: str = PROG
 ) -> tuple[argparse.ArgumentParser, list[_Setting]]:
     parser = _Parser(
         prog=prog,
@@ -419,7 +419,7 @@ def _parse(setting: _Setting, raw: Any) -> Any:
 def parse_config(
     argv: Sequence[str],
     environ: Mapping[str, str],
-    collector_classes: Sequence[type],
+    collector_classes: Sequence[type[Collector]],
     extra: Sequence[Flag] = (),
     prog: str = PROG,
 ) -> Config:
@@ -466,7 +466,7 @@ def parse_config(
 def load_config(
     argv: Sequence[str],
     environ: Mapping[str, str],
-    collector_classes: Sequence[type],
+    collector_classes: Sequence[type[Collector]],
     extra: Sequence[Flag] = (),
     prog: str = PROG,
 ) -> Config:

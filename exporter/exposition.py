@@ -36,6 +36,7 @@ class LabelSet(dict):
     Do not modify it after first use."""
 
     __slots__ = ("_text",)
+    _text: str
 
     @property
     def text(self) -> str:
