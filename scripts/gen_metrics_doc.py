@@ -110,7 +110,15 @@ class Live:
 
 
 # collector -> how to make it produce every family it has. {tmp} is a scratch directory.
+def _kube_ipvs0(ns) -> None:
+    """kube-proxy's device with one service address (a bridge: not every kernel has dummy)."""
+    ns.ip("link", "add", "kube-ipvs0", "type", "bridge")
+    ns.ip("addr", "add", "198.18.7.10/32", "dev", "kube-ipvs0")
+
+
 LIVE_COLLECTORS: dict[str, Live] = {
+    "virtualization": Live((), None, "netstack_virtualization_info"),
+    "strict_arp": Live((), _kube_ipvs0, "netstack_ipvs_kube_ipvs0_addresses"),
     "overlay": Live((), _vxlan_pair, "netstack_overlay_info"),
     "conntrack": Live(
         ("--collector.conntrack.source=netlink", "--collector.conntrack.by-state"),
@@ -151,9 +159,46 @@ def _ipvs_netlink_families() -> list:
     return build_metrics(Table("netlink", [svc], totals=(1, 2, 3, 4, 5)), True, 1000)
 
 
+def _bgp_families() -> list:
+    """The bgp families, from the collector reading a captured BIRD conversation replayed on a
+    real unix socket (a live BIRD needs the namespaces of tests/integration/test_bgp.py)."""
+    import socket
+    import tempfile
+    import threading
+
+    from collectors.bgp import BgpCollector
+    from exporter.contract import Context
+
+    conversation = (ROOT / "tests/fixtures/bgp/bird1-show-protocols-all.txt").read_bytes()
+    greeting, _, reply = conversation.partition(b"\n")
+    with tempfile.TemporaryDirectory(prefix="nse-metrics-doc-") as tmp:
+        path = os.path.join(tmp, "bird.ctl")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(1)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(greeting + b"\n")
+                conn.recv(4096)  # the command
+                conn.sendall(reply)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        try:
+            collector = BgpCollector(Context(options={"socket": [f"ipv4={path}"]}))
+            families = list(collector.collect())
+        finally:
+            thread.join(5)
+            server.close()
+    return families
+
+
 # collector -> families of a source the test kernel does not have, built by the collector's code.
 SOURCELESS: dict[str, Callable[[], Iterable]] = {
     "ipvs": _ipvs_netlink_families,
+    "bgp": _bgp_families,
 }
 
 
