@@ -22,6 +22,8 @@ APT_PACKAGES=(
 )
 
 log() { echo "test.sh: $*" >&2; }
+phase_start=$SECONDS
+phase() { log "$1 took $((SECONDS - phase_start)) s"; phase_start=$SECONDS; }
 
 if [[ $(id -u) == 0 ]]; then
   missing=()
@@ -68,5 +70,17 @@ if [[ -z ${BCC_KERNEL_SOURCE:-} ]] && headers=$(sh scripts/kernel-headers.sh 2>/
 fi
 
 bash scripts/tools.sh   # helm, kubernetes-validate, CRD models, Grafana SDK, promql-parser
+phase "installing (Debian packages, venv, tools)"
 
-exec .venv/bin/python -m pytest -ra "$@"
+# Lint, format and types on a full run (CI's); a run of chosen tests goes straight to pytest.
+if (($# == 0)); then
+  .venv/bin/ruff check .
+  .venv/bin/ruff format --check .
+  .venv/bin/mypy
+  phase "ruff and mypy"
+fi
+
+status=0
+.venv/bin/python -m pytest -ra --durations=25 "$@" || status=$?
+phase "pytest"
+exit $status
