@@ -48,6 +48,21 @@ def parse_counter(text: str, base: int = 10, maximum: int = U64_MAX) -> int:
     return value
 
 
+def parse_cpu_list(text: str, source: str = "cpu list", limit: int = 65536) -> list[int]:
+    """The CPUs of a sysfs CPU list ("0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11]), sorted; a list
+    naming more than `limit` CPUs is an error, so that "0-100000000" costs nothing."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()) or len(first) > 6 or len(last) > 6:
+            raise ParseError(f"{source}: not a CPU list")
+        low, high = int(first), int(last or first)
+        if high < low or high - low + len(cpus) >= limit:
+            raise ParseError(f"{source}: not a CPU list (or more than {limit} CPUs)")
+        cpus.update(range(low, high + 1))
+    return sorted(cpus)
+
+
 def require_file(path: str, what: str) -> None:
     """Probe helper: SourceUnavailable with a readable reason when path cannot be read."""
     try:

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from exporter.contract import Collector, ParseError
 from exporter.exposition import CompactFamily, LabelSets
 
-from .common import MonotonicCounters, parse_counter, read_text, require_file
+from .common import MonotonicCounters, parse_counter, parse_cpu_list, read_text, require_file
 
 # Column order of the per-CPU lines of /proc/stat (guest and guest_nice are already counted in
 # user and nice, so they are not exported).
@@ -52,20 +52,6 @@ def parse_proc_stat(text: str, source: str = "/proc/stat") -> list[tuple[str, di
         cpus.append((cpu, dict(zip(MODES, values))))
     if not cpus:
         raise ParseError(f"{source}: no per-CPU lines")
-    return cpus
-
-
-def parse_cpu_list(text: str, source: str = "online", limit: int = 65536) -> set[str]:
-    """The CPUs of a sysfs CPU list ('0-3,5'); ranges beyond `limit` CPUs are an error."""
-    cpus: set[str] = set()
-    for part in text.strip().split(","):
-        first, _, last = part.partition("-")
-        if not first.isdigit() or (last and not last.isdigit()) or len(first) > 6 or len(last) > 6:
-            raise ParseError(f"{source}: not a CPU list")
-        low, high = int(first), int(last or first)
-        if high < low or high - low + len(cpus) >= limit:
-            raise ParseError(f"{source}: not a CPU list")
-        cpus.update(str(c) for c in range(low, high + 1))
     return cpus
 
 
@@ -127,7 +113,7 @@ class CpuCollector(Collector):
             return
         online_path = self.paths.sys("devices", "system", "cpu", "online")
         try:
-            online = parse_cpu_list(read_text(online_path, 4096), online_path)
+            online = {str(c) for c in parse_cpu_list(read_text(online_path, 4096), online_path)}
         except OSError:
             online = None  # no sysfs (a fixture tree, an old container): trust the file
         if online is not None and cpus != online:

@@ -82,7 +82,7 @@ class TracepointFormat:
     print_fmt: str
 
 
-_FIELD = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);")
+_FIELD = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(?P<off>\d{1,9});\s*size:(?P<size>\d{1,9});")
 _DECL = re.compile(r"^(?P<type>.*?)\s*\b(?P<name>\w+)(?:\[[^\]]*\])?$")
 
 
@@ -100,7 +100,7 @@ def parse_format(text: str, source: str = "format") -> TracepointFormat:
             m = _FIELD.match(line)
             decl = m and _DECL.match(m.group("decl").strip())
             if not m or not decl:
-                raise ParseError(f"{source}:{lineno}: unexpected field line {line.strip()[:60]!r}")
+                raise ParseError(f"{source}:{lineno}: unexpected field line")
             fields[decl.group("name")] = Field(
                 decl.group("type"), decl.group("name"), int(m.group("off")), int(m.group("size"))
             )
@@ -109,7 +109,9 @@ def parse_format(text: str, source: str = "format") -> TracepointFormat:
     return TracepointFormat(name, fields, print_fmt)
 
 
-_SYMBOL = re.compile(r'\{\s*([^,{}]+?)\s*,\s*"([^"]*)"\s*\}')
+# A value is one token (a number, or an enum the kernel did not resolve); no part of the pattern
+# can match the same characters two ways, so a hostile table costs linear time.
+_SYMBOL = re.compile(r'\{\s*([^,{}\s]+)\s*,\s*"([^"]*)"\s*\}')
 
 
 def print_symbolic(fmt: TracepointFormat, field: str, source: str = "format") -> dict[int, str]:
@@ -192,7 +194,10 @@ def log2_buckets(slots: dict[int, int], first_slot: int, last_slot: int) -> list
 def effective_capabilities(status_text: str) -> int:
     for line in status_text.splitlines():
         if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
+            value = line[len("CapEff:") :].strip()
+            if 0 < len(value) <= 16 and all(c in "0123456789abcdefABCDEF" for c in value):
+                return int(value, 16)
+            raise ParseError("/proc/self/status: CapEff is not a 64-bit hex mask")
     raise ParseError("/proc/self/status: no CapEff line")
 
 

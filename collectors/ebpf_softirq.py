@@ -18,7 +18,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 
 from exporter.contract import Option, ParseError, SourceUnavailable
 
-from .common import read_text
+from .common import parse_cpu_list, read_text
 from .ebpf_loader import (
     BACKEND_OPTION,
     TracepointCollector,
@@ -111,20 +111,6 @@ def histograms(
                     sums.get(key, 0) / 1e9,
                 )
     return families[KIND_WAIT], families[KIND_SERVICE]
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """/sys/devices/system/cpu/online: "0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11]."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        first, _, last = part.partition("-")
-        try:
-            cpus.extend(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise ParseError(f"cpu list: unexpected {part!r}") from None
-    return cpus
 
 
 class EbpfSoftirq(TracepointCollector):

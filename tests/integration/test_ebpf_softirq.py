@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from collectors.ebpf_softirq import parse_cpu_list
+from collectors.common import parse_cpu_list
 from tests.helpers import Exporter, Netns, samples, value
 from tests.integration.test_ebpf_loader import backend_env, ebpf_env, wait_success  # noqa: F401
 

@@ -119,7 +119,7 @@ def test_a_cpu_set_that_disagrees_with_the_online_cpus_fails(tmp_path):
 
 @pytest.mark.parametrize("text", ["0-100000000", "5-1", "x", "0-3,", "1" * 50])
 def test_cpu_lists_are_bounded(text):
-    from collectors.cpu import parse_cpu_list
+    from collectors.common import parse_cpu_list
 
     with pytest.raises(ParseError):
         parse_cpu_list(text)

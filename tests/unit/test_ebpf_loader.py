@@ -265,3 +265,33 @@ def test_close_while_loading_detaches_when_load_finishes():
     assert program.closed == 1
     with pytest.raises(SourceUnavailable, match=r"closed"):  # never handed out after close
         load.program()
+
+
+def test_hostile_print_symbolic_table_is_linear():
+    """A table that made the old pattern backtrack for seconds ('{' + 2000 spaces + 'x')."""
+    import time
+
+    from collectors.ebpf_loader import TracepointFormat
+
+    for tail in (" " * 2000 + "x", ("{ 1" + " " * 50) * 200, "{" * 3000):
+        fmt = TracepointFormat("kfree_skb", {}, '"%s", __print_symbolic(REC->reason, {' + tail + "))")
+        start = time.process_time()
+        with pytest.raises(ParseError):
+            print_symbolic(fmt, "reason")
+        assert time.process_time() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    "status", ["CapEff:\tzz\n", "CapEff:\n", "CapEff:\t" + "f" * 400 + "\n", "Name: x\n"]
+)
+def test_bad_capability_lines_are_parse_errors(status):
+    from collectors.ebpf_loader import effective_capabilities
+
+    with pytest.raises(ParseError):
+        effective_capabilities(status)
+
+
+def test_field_offsets_with_thousands_of_digits_are_parse_errors():
+    text = "name: x\n\tfield:int a;\toffset:" + "9" * 5000 + ';\tsize:4;\tsigned:1;\nprint fmt: ""\n'
+    with pytest.raises(ParseError):
+        parse_format(text)

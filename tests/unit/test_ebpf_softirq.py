@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from collectors.common import parse_cpu_list
 from collectors.ebpf_loader import parse_format, print_symbolic
 from collectors.ebpf_softirq import (
     FIRST_SLOT,
@@ -17,7 +18,6 @@ from collectors.ebpf_softirq import (
     EbpfSoftirq,
     decode,
     histograms,
-    parse_cpu_list,
     vector_selection,
 )
 from exporter.contract import Context, ParseError, SourceUnavailable
