@@ -33,26 +33,32 @@ NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
 def ip_vs_text(services: int, backends: int) -> str:
     """/proc/net/ip_vs as ip_vs_info_seq_show() prints it."""
-    out = ["IP Virtual Server version 1.2.1 (size=4096)\n",
-           "Prot LocalAddress:Port Scheduler Flags\n",
-           "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"]
+    out = [
+        "IP Virtual Server version 1.2.1 (size=4096)\n",
+        "Prot LocalAddress:Port Scheduler Flags\n",
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n",
+    ]
     for i in range(services):
         proto = "UDP" if i % 10 == 9 else "TCP"
         vip = 0x0A600000 + i  # 10.96.0.0/12 service range
-        out.append("%s  %08X:%04X %s %s \n" % (proto, vip, 80 + i % 3, "rr", ""))
+        out.append("{}  {:08X}:{:04X} {} {} \n".format(proto, vip, 80 + i % 3, "rr", ""))
         for b in range(backends):
             pod = 0x0AF40000 + i * backends + b  # 10.244.0.0/16 pod range
-            out.append("  -> %08X:%04X      %-7s %-6d %-10d %-10d\n"
-                       % (pod, 8080, "Masq", 1, (i * 7 + b) % 50, (i * 3 + b) % 20))
+            out.append(
+                "  -> %08X:%04X      %-7s %-6d %-10d %-10d\n"  # noqa: UP031 (the kernel's own format)
+                % (pod, 8080, "Masq", 1, (i * 7 + b) % 50, (i * 3 + b) % 20)
+            )
     return "".join(out)
 
 
 def ip_vs_stats_text() -> str:
-    return ("   Total Incoming Outgoing         Incoming         Outgoing\n"
-            "   Conns  Packets  Packets            Bytes            Bytes\n"
-            "%8X %8X %8X %16X %16X\n\n" % (123456, 9876543, 8765432, 123456789012, 98765432101) +
-            " Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s\n"
-            "%8X %8X %8X %16X %16X\n" % (1, 2, 3, 4, 5))
+    return (
+        "   Total Incoming Outgoing         Incoming         Outgoing\n"
+        "   Conns  Packets  Packets            Bytes            Bytes\n"
+        f"{123456:8X} {9876543:8X} {8765432:8X} {123456789012:16X} {98765432101:16X}\n\n"
+        + " Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s\n"
+        f"{1:8X} {2:8X} {3:8X} {4:16X} {5:16X}\n"
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -87,7 +93,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 def collector_seconds(body: bytes) -> float:
     key = b'netstack_scrape_collector_duration_seconds{collector="ipvs"} '
     start = body.index(key) + len(key)
-    return float(body[start:body.index(b"\n", start)])
+    return float(body[start : body.index(b"\n", start)])
 
 
 def series(body: bytes, prefix: bytes) -> int:
@@ -96,11 +102,21 @@ def series(body: bytes, prefix: bytes) -> int:
 
 def start_ours(tree: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--collector.disable-defaults", "--collector.ipvs",
-         "--collector.ipvs.source=procfs", f"--path.procfs={tree}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--collector.disable-defaults",
+            "--collector.ipvs",
+            "--collector.ipvs.source=procfs",
+            f"--path.procfs={tree}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def baseline_rss(empty_tree: str, scrapes: int) -> int:
@@ -121,12 +137,21 @@ def compare(tree: str, scrapes: int) -> None:
     ours_port, node_port = free_port(), free_port()
     ours = start_ours(tree, ours_port)
     node = subprocess.Popen(
-        [NODE_EXPORTER, "--collector.disable-defaults", "--collector.ipvs", f"--path.procfs={tree}",
-         f"--web.listen-address=127.0.0.1:{node_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            NODE_EXPORTER,
+            "--collector.disable-defaults",
+            "--collector.ipvs",
+            f"--path.procfs={tree}",
+            f"--web.listen-address=127.0.0.1:{node_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        targets = {"netstack-exporter": (f"http://127.0.0.1:{ours_port}/metrics", ours, b"netstack_ipvs"),
-                   "node_exporter": (f"http://127.0.0.1:{node_port}/metrics", node, b"node_ipvs")}
+        targets = {
+            "netstack-exporter": (f"http://127.0.0.1:{ours_port}/metrics", ours, b"netstack_ipvs"),
+            "node_exporter": (f"http://127.0.0.1:{node_port}/metrics", node, b"node_ipvs"),
+        }
         for url, proc, _ in targets.values():
             wait_ready(url, proc)
             for _ in range(3):  # warm up
@@ -143,24 +168,34 @@ def compare(tree: str, scrapes: int) -> None:
                 times[name].append(seconds)
                 if name == "netstack-exporter":
                     own.append(collector_seconds(bodies[name]))
-        print(f"{'':18} {'median s':>9} {'min s':>7} {'p90 s':>7} {'series':>7} {'ipvs series':>11} "
-              f"{'bytes':>9} {'RSS MiB':>8} {'peak MiB':>8}")
+        print(
+            f"{'':18} {'median s':>9} {'min s':>7} {'p90 s':>7} {'series':>7} {'ipvs series':>11} "
+            f"{'bytes':>9} {'RSS MiB':>8} {'peak MiB':>8}"
+        )
         rows = {}
-        for name, (url, proc, prefix) in targets.items():
+        for name, (_url, proc, prefix) in targets.items():
             rss, hwm = rss_kib(proc.pid)
             t = sorted(times[name])
             rows[name] = (statistics.median(t), rss, hwm)
             body = bodies[name]
             total = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
-            print(f"{name:18} {statistics.median(t):9.4f} {t[0]:7.4f} {t[int(len(t) * 0.9) - 1]:7.4f} "
-                  f"{total:7d} {series(body, prefix):11d} {len(body):9d} {rss / 1024:8.1f} "
-                  f"{hwm / 1024:8.1f}")
-        print(f"netstack-exporter: median duration of the ipvs collection itself "
-              f"{statistics.median(own) * 1e3:.1f} ms (netstack_scrape_collector_duration_seconds)")
+            print(
+                f"{name:18} {statistics.median(t):9.4f} {t[0]:7.4f} {t[int(len(t) * 0.9) - 1]:7.4f} "
+                f"{total:7d} {series(body, prefix):11d} {len(body):9d} {rss / 1024:8.1f} "
+                f"{hwm / 1024:8.1f}"
+            )
+        print(
+            f"netstack-exporter: median duration of the ipvs collection itself "
+            f"{statistics.median(own) * 1e3:.1f} ms (netstack_scrape_collector_duration_seconds)"
+        )
         (ours_t, ours_rss, ours_hwm), (node_t, node_rss, node_hwm) = (
-            rows["netstack-exporter"], rows["node_exporter"])
-        print(f"speed-up {node_t / ours_t:.1f}x (target >= 10x); RSS ratio {ours_rss / node_rss:.2f}, "
-              f"peak RSS ratio {ours_hwm / node_hwm:.2f} (target <= 0.5)")
+            rows["netstack-exporter"],
+            rows["node_exporter"],
+        )
+        print(
+            f"speed-up {node_t / ours_t:.1f}x (target >= 10x); RSS ratio {ours_rss / node_rss:.2f}, "
+            f"peak RSS ratio {ours_hwm / node_hwm:.2f} (target <= 0.5)"
+        )
     finally:
         stop_process(ours)
         stop_process(node)
@@ -189,10 +224,12 @@ def breakdown(tree: str, repeats: int) -> None:
         build.append(t2 - t1)
         encode.append(t3 - t2)
     parse_only = statistics.median(_timed(lambda: ipvs.parse_ip_vs(text), repeats))
-    print(f"in-process medians over {repeats}: read+parse {statistics.median(parse) * 1e3:.1f} ms "
-          f"(parse_ip_vs without its service-line cache: {parse_only * 1e3:.1f} ms), build families "
-          f"{statistics.median(build) * 1e3:.1f} ms, exporter.exposition.encode_text "
-          f"{statistics.median(encode) * 1e3:.1f} ms")
+    print(
+        f"in-process medians over {repeats}: read+parse {statistics.median(parse) * 1e3:.1f} ms "
+        f"(parse_ip_vs without its service-line cache: {parse_only * 1e3:.1f} ms), build families "
+        f"{statistics.median(build) * 1e3:.1f} ms, exporter.exposition.encode_text "
+        f"{statistics.median(encode) * 1e3:.1f} ms"
+    )
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -224,19 +261,39 @@ def netlink_decoders(services: int, backends: int, repeats: int) -> None:
     counters = ("CONNS", "INPKTS", "OUTPKTS", "INBYTES", "OUTBYTES")
     stats = {"attrs": [(f"IPVS_STATS_ATTR_{n}", 1) for n in counters]}
     done = struct.pack("=IHHIIi", 20, 3, 2, 0, 0, 0)
-    svc_msgs = [message(1, "IPVS_CMD_ATTR_SERVICE", [
-        ("IPVS_SVC_ATTR_AF", 2), ("IPVS_SVC_ATTR_PROTOCOL", 6),
-        ("IPVS_SVC_ATTR_ADDR", socket.inet_ntoa(struct.pack(">I", 0x0A600000 + i))),
-        ("IPVS_SVC_ATTR_PORT", 80), ("IPVS_SVC_ATTR_SCHED_NAME", "rr"),
-        ("IPVS_SVC_ATTR_FLAGS", {"flags": 2, "mask": 0xFFFFFFFF}),
-        ("IPVS_SVC_ATTR_STATS", stats), ("IPVS_SVC_ATTR_STATS64", stats)]) for i in range(services)]
-    dest_msg = message(5, "IPVS_CMD_ATTR_DEST", [
-        ("IPVS_DEST_ATTR_ADDR", "10.244.0.1"), ("IPVS_DEST_ATTR_PORT", 8080),
-        ("IPVS_DEST_ATTR_FWD_METHOD", 0), ("IPVS_DEST_ATTR_WEIGHT", 1),
-        ("IPVS_DEST_ATTR_ACTIVE_CONNS", 3), ("IPVS_DEST_ATTR_INACT_CONNS", 1),
-        ("IPVS_DEST_ATTR_STATS", stats), ("IPVS_DEST_ATTR_STATS64", stats),
-        ("IPVS_DEST_ATTR_ADDR_FAMILY", 2)])
-    svc_chunks = [b"".join(svc_msgs[i:i + 100]) for i in range(0, services, 100)] + [done]
+    svc_msgs = [
+        message(
+            1,
+            "IPVS_CMD_ATTR_SERVICE",
+            [
+                ("IPVS_SVC_ATTR_AF", 2),
+                ("IPVS_SVC_ATTR_PROTOCOL", 6),
+                ("IPVS_SVC_ATTR_ADDR", socket.inet_ntoa(struct.pack(">I", 0x0A600000 + i))),
+                ("IPVS_SVC_ATTR_PORT", 80),
+                ("IPVS_SVC_ATTR_SCHED_NAME", "rr"),
+                ("IPVS_SVC_ATTR_FLAGS", {"flags": 2, "mask": 0xFFFFFFFF}),
+                ("IPVS_SVC_ATTR_STATS", stats),
+                ("IPVS_SVC_ATTR_STATS64", stats),
+            ],
+        )
+        for i in range(services)
+    ]
+    dest_msg = message(
+        5,
+        "IPVS_CMD_ATTR_DEST",
+        [
+            ("IPVS_DEST_ATTR_ADDR", "10.244.0.1"),
+            ("IPVS_DEST_ATTR_PORT", 8080),
+            ("IPVS_DEST_ATTR_FWD_METHOD", 0),
+            ("IPVS_DEST_ATTR_WEIGHT", 1),
+            ("IPVS_DEST_ATTR_ACTIVE_CONNS", 3),
+            ("IPVS_DEST_ATTR_INACT_CONNS", 1),
+            ("IPVS_DEST_ATTR_STATS", stats),
+            ("IPVS_DEST_ATTR_STATS64", stats),
+            ("IPVS_DEST_ATTR_ADDR_FAMILY", 2),
+        ],
+    )
+    svc_chunks = [b"".join(svc_msgs[i : i + 100]) for i in range(0, services, 100)] + [done]
     dest_chunk = [dest_msg * backends + done]
 
     def ours():
@@ -261,9 +318,11 @@ def netlink_decoders(services: int, backends: int, repeats: int) -> None:
 
     ours_t = statistics.median(_timed(ours, repeats))
     theirs_t = statistics.median(_timed(theirs, 1))
-    print(f"netlink decode of {services} service + {services * backends} destination messages: "
-          f"collectors.ipvs {ours_t * 1e3:.0f} ms (median of {repeats}), pyroute2 nla classes "
-          f"{theirs_t * 1e3:.0f} ms (1 run), {theirs_t / ours_t:.0f}x")
+    print(
+        f"netlink decode of {services} service + {services * backends} destination messages: "
+        f"collectors.ipvs {ours_t * 1e3:.0f} ms (median of {repeats}), pyroute2 nla classes "
+        f"{theirs_t * 1e3:.0f} ms (1 run), {theirs_t / ours_t:.0f}x"
+    )
 
 
 def main() -> None:
@@ -280,8 +339,10 @@ def main() -> None:
         Path(tree, "net/ip_vs").write_text(ip_vs_text(args.services, args.backends))
         Path(tree, "net/ip_vs_stats").write_text(ip_vs_stats_text())
         size = os.path.getsize(os.path.join(tree, "net/ip_vs"))
-        print(f"/proc/net/ip_vs: {args.services} services x {args.backends} backends, {size} bytes; "
-              f"{args.scrapes} scrapes each, one exporter at a time")
+        print(
+            f"/proc/net/ip_vs: {args.services} services x {args.backends} backends, {size} bytes; "
+            f"{args.scrapes} scrapes each, one exporter at a time"
+        )
         empty = os.path.join(tree, "empty")
         os.makedirs(os.path.join(empty, "net"))
         Path(empty, "net/ip_vs").write_text(ip_vs_text(0, 0))

@@ -60,8 +60,7 @@ def started(name: str, argv: list[str], timeout: float = 300):
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -88,8 +87,10 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=5)
     opts = parser.parse_args()
     if not os.uname().release.startswith("6.1.") or os.environ.get("KERNELLAB_GUEST") != "1":
-        print("run inside the kernel lab: python -m tests.kernellab --command python "
-              "bench/bench_ipvs_guest.py", file=sys.stderr)
+        print(
+            "run inside the kernel lab: python -m tests.kernellab --command python bench/bench_ipvs_guest.py",
+            file=sys.stderr,
+        )
         return 2
 
     subprocess.run(["modprobe", "ip_vs"], check=True)
@@ -97,20 +98,21 @@ def main() -> int:
     text = rules(opts.services, opts.backends)
     start = time.perf_counter()
     subprocess.run(["ipvsadm", "-R"], input=text, text=True, check=True)
-    print(f"table: {opts.services} services x {opts.backends} backends "
-          f"({text.count(chr(10))} ipvsadm -R lines, {time.perf_counter() - start:.1f} s)")
+    print(
+        f"table: {opts.services} services x {opts.backends} backends "
+        f"({text.count(chr(10))} ipvsadm -R lines, {time.perf_counter() - start:.1f} s)"
+    )
 
     ours = [sys.executable, "-m", "exporter", "--web.listen-address=127.0.0.1:{port}", *IPVS_ONLY]
     with ExitStack() as stack:
         targets = [
             stack.enter_context(started("netstack (default: auto)", ours)),
-            stack.enter_context(started("netstack source=netlink",
-                                        [*ours, "--collector.ipvs.source=netlink"])),
-            stack.enter_context(started("node_exporter --collector.ipvs",
-                                        node_exporter(*IPVS_ONLY))),
+            stack.enter_context(
+                started("netstack source=netlink", [*ours, "--collector.ipvs.source=netlink"])
+            ),
+            stack.enter_context(started("node_exporter --collector.ipvs", node_exporter(*IPVS_ONLY))),
         ]
-        conns = {t.name: http.client.HTTPConnection("127.0.0.1", t.port, timeout=300)
-                 for t in targets}
+        conns = {t.name: http.client.HTTPConnection("127.0.0.1", t.port, timeout=300) for t in targets}
         bodies = {t.name: scrape(conns[t.name], headers={}) for t in targets}  # warm-up
         latencies: dict[str, list[float]] = {t.name: [] for t in targets}
         for _ in range(opts.scrapes):  # interleaved: each sees the same guest
@@ -120,18 +122,21 @@ def main() -> int:
                 latencies[t.name].append(time.perf_counter() - begin)
         rss = {t.name: peak_rss(t.proc.pid) for t in targets}
 
-    print(f"\nIPVS scrape in the kernel lab ({os.uname().release}, TCG), "
-          f"median of {opts.scrapes} scrapes")
+    print(f"\nIPVS scrape in the kernel lab ({os.uname().release}, TCG), median of {opts.scrapes} scrapes")
     print(f"{'exporter':<34}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MB':>13}{'series':>8}")
     for t in targets:
         lat = latencies[t.name]
-        print(f"{t.name:<34}{statistics.median(lat):>10.3f}{min(lat):>8.3f}{max(lat):>8.3f}"
-              f"{rss[t.name] / 2**20:>13.1f}{series_count(bodies[t.name]):>8}")
+        print(
+            f"{t.name:<34}{statistics.median(lat):>10.3f}{min(lat):>8.3f}{max(lat):>8.3f}"
+            f"{rss[t.name] / 2**20:>13.1f}{series_count(bodies[t.name]):>8}"
+        )
     ne = targets[-1].name
     for t in targets[:-1]:
-        print(f"{t.name} / node_exporter: scrape "
-              f"{statistics.median(latencies[t.name]) / statistics.median(latencies[ne]):.3f}, "
-              f"peak RSS {rss[t.name] / rss[ne]:.2f}")
+        print(
+            f"{t.name} / node_exporter: scrape "
+            f"{statistics.median(latencies[t.name]) / statistics.median(latencies[ne]):.3f}, "
+            f"peak RSS {rss[t.name] / rss[ne]:.2f}"
+        )
     print(f"node_exporter: {NODE_EXPORTER}")
     subprocess.run(["ipvsadm", "-C"], check=True)
     return 0

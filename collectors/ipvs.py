@@ -88,7 +88,7 @@ class Service:
     inactive: int = 0
     weight_zero: int = 0
     # (connections, in packets, out packets, in bytes, out bytes); netlink only
-    stats: tuple[int, int, int, int, int] | None = None
+    stats: tuple[int, ...] | None = None  # the five IPVS counters
     # [(address, port, forward, weight, active, inactive)] when per-backend series are wanted
     dests: list[tuple[str, int, str, int, int, int]] | None = None
     key: bytes = b""  # netlink: the service's identifying attributes, for its destination dump
@@ -135,14 +135,19 @@ def parse_service_line(line: str) -> tuple:
     return protocol, address, port, fwmark, f[2], "persistent" in flags, "ops" in flags
 
 
-def parse_ip_vs(text: str, path: str = "/proc/net/ip_vs", want_dests: bool = False,
-                known: dict[str, tuple] | None = None) -> list[Service]:
+def parse_ip_vs(
+    text: str, path: str = "/proc/net/ip_vs", want_dests: bool = False, known: dict[str, tuple] | None = None
+) -> list[Service]:
     """Services of /proc/net/ip_vs text; see parse_ip_vs_lines."""
     return parse_ip_vs_lines(iter(text.split("\n")), path, want_dests, known)
 
 
-def parse_ip_vs_lines(lines: Iterator[str], path: str = "/proc/net/ip_vs", want_dests: bool = False,
-                      known: dict[str, tuple] | None = None) -> list[Service]:
+def parse_ip_vs_lines(
+    lines: Iterator[str],
+    path: str = "/proc/net/ip_vs",
+    want_dests: bool = False,
+    known: dict[str, tuple] | None = None,
+) -> list[Service]:
     """Services of /proc/net/ip_vs lines (an open file works), backends summed per service
     (listed when want_dests).
 
@@ -159,10 +164,10 @@ def parse_ip_vs_lines(lines: Iterator[str], path: str = "/proc/net/ip_vs", want_
     services: list[Service] = []
     current = None  # (identity, labels) of the service whose backends follow
     backends = active = inactive = weight_zero = 0
-    dests = None
+    dests: list[tuple] | None = None
     number, line = 0, ""
     try:
-        for number, line in enumerate(itertools.islice(lines, 2, None), 4):  # 3 header lines
+        for number, line in enumerate(itertools.islice(lines, 2, None), 4):  # noqa: B007 (named in errors)
             if line[:5] == "  -> ":
                 # "  -> %08X:%04X      %-7s %-6d %-10d %-10d": only the last three matter here
                 head, weight, act, inact = line.rsplit(None, 3)
@@ -176,11 +181,21 @@ def parse_ip_vs_lines(lines: Iterator[str], path: str = "/proc/net/ip_vs", want_
                 if want_dests:
                     _, address_port, forward = head.split()
                     address, port = _proc_address_port(address_port)
+                    assert dests is not None  # a list whenever want_dests
                     dests.append((address, port, forward.lower(), int(weight), int(act), int(inact)))
             elif line and line != "\n":
                 if current is not None:
-                    services.append(Service(*current[0], backends, active, inactive, weight_zero,
-                                            dests=dests, labels=current[1]))
+                    services.append(
+                        Service(  # type: ignore[misc, call-arg]
+                            *current[0],
+                            backends,
+                            active,
+                            inactive,
+                            weight_zero,
+                            dests=dests,
+                            labels=current[1],
+                        )
+                    )
                 current = previous.get(line)
                 if current is None:
                     identity = parse_service_line(line)
@@ -191,8 +206,9 @@ def parse_ip_vs_lines(lines: Iterator[str], path: str = "/proc/net/ip_vs", want_
     except (ValueError, IndexError):
         raise ParseError(f"{path}:{number}: unexpected line {line.rstrip()[:80]!r}") from None
     if current is not None:
-        services.append(Service(*current[0], backends, active, inactive, weight_zero,
-                                dests=dests, labels=current[1]))
+        services.append(
+            Service(*current[0], backends, active, inactive, weight_zero, dests=dests, labels=current[1])  # type: ignore[misc, call-arg]
+        )
     return services
 
 
@@ -248,8 +264,13 @@ def _stats(buf: bytes, span: tuple[int, int]) -> tuple[int, ...]:
     for kind in STATS_COUNTERS:
         start, end = a.get(kind, (0, 0))
         size = end - start
-        values.append(_U64.unpack_from(buf, start)[0] if size == 8
-                      else _U32.unpack_from(buf, start)[0] if size == 4 else 0)
+        values.append(
+            _U64.unpack_from(buf, start)[0]
+            if size == 8
+            else _U32.unpack_from(buf, start)[0]
+            if size == 4
+            else 0
+        )
     return tuple(values)
 
 
@@ -258,10 +279,10 @@ def _nl_address(buf: bytes, start: int, end: int, family: int) -> str:
     if family == socket.AF_INET6:
         if end - start < 16:
             raise ValueError(f"IPv6 address attribute of {end - start} bytes")
-        return socket.inet_ntop(socket.AF_INET6, bytes(buf[start:start + 16]))
+        return socket.inet_ntop(socket.AF_INET6, bytes(buf[start : start + 16]))
     if end - start < 4:
         raise ValueError(f"IPv4 address attribute of {end - start} bytes")
-    return socket.inet_ntoa(bytes(buf[start:start + 4]))
+    return socket.inet_ntoa(bytes(buf[start : start + 4]))
 
 
 def _malformed(what: str, e: Exception) -> NetlinkFormatError:
@@ -293,9 +314,13 @@ def _service_at(buf: bytes, off: int, end: int) -> tuple[Service, dict] | None:
         svc = Service("", "", 0, u32(buf[slice(*a[SVC_FWMARK])])[0], scheduler)
     else:
         proto = u16(buf[slice(*a[SVC_PROTOCOL])])[0]
-        svc = Service(PROTOCOL_NAMES.get(proto, f"IP_{proto}"),
-                      _nl_address(buf, *a[SVC_ADDR], family),
-                      _BE16.unpack(buf[slice(*a[SVC_PORT])])[0], 0, scheduler)
+        svc = Service(
+            PROTOCOL_NAMES.get(proto, f"IP_{proto}"),
+            _nl_address(buf, *a[SVC_ADDR], family),
+            _BE16.unpack(buf[slice(*a[SVC_PORT])])[0],
+            0,
+            scheduler,
+        )
     if SVC_FLAGS in a:  # struct ip_vs_flags: flags, mask
         flags = _U32.unpack_from(buf[slice(*a[SVC_FLAGS])])[0]
         svc.persistent = bool(flags & IP_VS_SVC_F_PERSISTENT)
@@ -315,8 +340,11 @@ def decode_services(chunks: Iterable[bytes], family_id: int) -> list[Service]:
             if found is None:
                 continue
             svc, a = found
-            svc.key = b"".join(bytes(buf[a[k][0] - 4:a[k][1]]) + b"\0" * (-(a[k][1] - a[k][0]) % 4)
-                               for k in SVC_KEY_ATTRS if k in a)
+            svc.key = b"".join(
+                bytes(buf[a[k][0] - 4 : a[k][1]]) + b"\0" * (-(a[k][1] - a[k][0]) % 4)
+                for k in SVC_KEY_ATTRS
+                if k in a
+            )
             services.append(svc)
     except _DECODE_ERRORS as e:
         if isinstance(e, ParseError):
@@ -359,7 +387,7 @@ class TrafficDecoder:
                     size, shape, headers = layout
                     values = shape.unpack_from(buf, off + size)
                     if values[0::2] == headers:
-                        identity = buf[off:off + size]
+                        identity = buf[off : off + size]
                         key = previous.get(identity) or self.keys.get(identity)
                         if key is not None:
                             self.keys[identity] = key
@@ -379,15 +407,17 @@ class TrafficDecoder:
 
     def _learn(self, buf: bytes, off: int, end: int) -> tuple[tuple, tuple[int, ...]] | None:
         found = _service_at(buf, off, end)
-        if found is None or found[0].stats is None:
+        if found is None:
             return None
         svc, a = found
+        stats = svc.stats
+        if stats is None:
+            return None
         key = _traffic_key(svc)
         if SVC_STATS64 in a and SVC_STATS in a:
             nest = a[SVC_STATS][0] - 4  # identity attributes end where the STATS nest starts
             counters = _attrs(buf, *a[SVC_STATS64])
-            if all(counters.get(k, (0, 0))[1] - counters.get(k, (0, 0))[0] == 8
-                   for k in STATS_COUNTERS):
+            if all(counters.get(k, (0, 0))[1] - counters.get(k, (0, 0))[0] == 8 for k in STATS_COUNTERS):
                 offsets = [counters[k][0] - 4 - nest for k in STATS_COUNTERS]  # attribute headers
                 if offsets == sorted(offsets) and offsets[0] >= 0:
                     fmt, at = "=", 0
@@ -398,7 +428,7 @@ class TrafficDecoder:
                     headers = shape.unpack_from(buf, nest)[0::2]
                     self.layouts[end - off] = (nest - off, shape, headers)
                     self.keys[bytes(buf[off:nest])] = key
-        return key, svc.stats
+        return key, stats
 
 
 def decode_dests(chunks: Iterable[bytes], family_id: int, svc: Service, want_dests: bool) -> None:
@@ -419,12 +449,24 @@ def decode_dests(chunks: Iterable[bytes], family_id: int, svc: Service, want_des
             inactive = u32(buf[slice(*a[DEST_INACT_CONNS])])[0]
             svc.add_backend(weight, active, inactive)
             if dests is not None:
-                family = (_U16.unpack(buf[slice(*a[DEST_ADDR_FAMILY])])[0] if DEST_ADDR_FAMILY in a
-                          else socket.AF_INET6 if ":" in svc.address else socket.AF_INET)
+                family = (
+                    _U16.unpack(buf[slice(*a[DEST_ADDR_FAMILY])])[0]
+                    if DEST_ADDR_FAMILY in a
+                    else socket.AF_INET6
+                    if ":" in svc.address
+                    else socket.AF_INET
+                )
                 forward = u32(buf[slice(*a[DEST_FWD_METHOD])])[0] if DEST_FWD_METHOD in a else 0
-                dests.append((_nl_address(buf, *a[DEST_ADDR], family),
-                              _BE16.unpack(buf[slice(*a[DEST_PORT])])[0],
-                              FORWARD_NAMES.get(forward, "masq"), weight, active, inactive))
+                dests.append(
+                    (
+                        _nl_address(buf, *a[DEST_ADDR], family),
+                        _BE16.unpack(buf[slice(*a[DEST_PORT])])[0],
+                        FORWARD_NAMES.get(forward, "masq"),
+                        weight,
+                        active,
+                        inactive,
+                    )
+                )
     except _DECODE_ERRORS as e:
         if isinstance(e, ParseError):
             raise
@@ -449,16 +491,22 @@ class GenlSocket:
             return self.nl.dump(kind, body, flags=flags)
         return self.nl.request(kind, body, flags=flags)
 
-    def dump(self, kind: int, cmd: int, version: int, attrs: bytes,
-             decode: Callable[[Iterator[bytes]], T]) -> T:
+    def dump(
+        self, kind: int, cmd: int, version: int, attrs: bytes, decode: Callable[[Iterator[bytes]], T]
+    ) -> T:
         """decode(the reply chunks, as they arrive) of one dump."""
         return self.nl.dump(kind, self._body(cmd, version, attrs), decode)
 
     def family_id(self, name: str) -> int:
         """The numeric id of a generic netlink family; NetlinkUnavailable when not registered."""
         try:
-            chunks = self.request(GENL_ID_CTRL, NLM_F_REQUEST, CTRL_CMD_GETFAMILY, 1,
-                                  attribute(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"))
+            chunks = self.request(
+                GENL_ID_CTRL,
+                NLM_F_REQUEST,
+                CTRL_CMD_GETFAMILY,
+                1,
+                attribute(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"),
+            )
             for buf, off, end in genl_messages(chunks, GENL_ID_CTRL):
                 start, stop = _attrs(buf, off, end).get(CTRL_ATTR_FAMILY_ID, (0, 0))
                 if stop - start >= 2:
@@ -498,24 +546,37 @@ class IpvsNetlink:
     def dump_services(self) -> list[Service]:
         """The services with their traffic counters, without destinations (one request)."""
         with _needs_privilege():
-            return self.genl.dump(self.family, IPVS_CMD_GET_SERVICE, IPVS_GENL_VERSION, b"",
-                                  lambda chunks: decode_services(chunks, self.family))
+            return self.genl.dump(
+                self.family,
+                IPVS_CMD_GET_SERVICE,
+                IPVS_GENL_VERSION,
+                b"",
+                lambda chunks: decode_services(chunks, self.family),
+            )
 
     def dump_traffic(self, decoder: TrafficDecoder) -> dict[tuple, tuple[int, ...]]:
         """Per-service traffic counters (one request), keyed like /proc/net/ip_vs services."""
         with _needs_privilege():
-            return self.genl.dump(self.family, IPVS_CMD_GET_SERVICE, IPVS_GENL_VERSION, b"",
-                                  lambda chunks: decoder.decode(chunks, self.family))
+            return self.genl.dump(
+                self.family,
+                IPVS_CMD_GET_SERVICE,
+                IPVS_GENL_VERSION,
+                b"",
+                lambda chunks: decoder.decode(chunks, self.family),
+            )
 
     def services(self, want_dests: bool) -> list[Service]:
         """The services and, one dump per service, their destinations."""
         services = self.dump_services()
         with _needs_privilege():
             for svc in services:
-                self.genl.dump(self.family, IPVS_CMD_GET_DEST, IPVS_GENL_VERSION,
-                               attribute(IPVS_CMD_ATTR_SERVICE, svc.key),
-                               functools.partial(decode_dests, family_id=self.family, svc=svc,
-                                                 want_dests=want_dests))
+                self.genl.dump(
+                    self.family,
+                    IPVS_CMD_GET_DEST,
+                    IPVS_GENL_VERSION,
+                    attribute(IPVS_CMD_ATTR_SERVICE, svc.key),
+                    functools.partial(decode_dests, family_id=self.family, svc=svc, want_dests=want_dests),
+                )
         return services
 
     def close(self) -> None:
@@ -564,17 +625,31 @@ class IpvsCollector(Collector):
     default_enabled = True
     help = "IPVS virtual services (kube-proxy IPVS mode): table shape, black holes, traffic."
     options = (
-        Option("backends", "Also export one series per backend (active, inactive, weight).",
-               False, "bool"),
-        Option("max-series", "Cap on per-service plus per-backend series; above it those are "
-               "dropped (backends first) and netstack_ipvs_series_capped is 1.",
-               DEFAULT_MAX_SERIES, "int", min=0, max=10_000_000),
-        Option("source", "Where to read the table: auto (traffic from one netlink service dump, "
-               "backends from /proc/net/ip_vs; /proc/net/ip_vs alone without CAP_NET_ADMIN), "
-               "netlink (one netlink request per service) or procfs.", "auto",
-               choices=("auto", "netlink", "procfs")),
-        Option("modules", "Kernel modules reported by netstack_kernel_module_loaded.",
-               DEFAULT_MODULES, "list", validate=_module_names),
+        Option("backends", "Also export one series per backend (active, inactive, weight).", False, "bool"),
+        Option(
+            "max-series",
+            "Cap on per-service plus per-backend series; above it those are "
+            "dropped (backends first) and netstack_ipvs_series_capped is 1.",
+            DEFAULT_MAX_SERIES,
+            "int",
+            min=0,
+            max=10_000_000,
+        ),
+        Option(
+            "source",
+            "Where to read the table: auto (traffic from one netlink service dump, "
+            "backends from /proc/net/ip_vs; /proc/net/ip_vs alone without CAP_NET_ADMIN), "
+            "netlink (one netlink request per service) or procfs.",
+            "auto",
+            choices=("auto", "netlink", "procfs"),
+        ),
+        Option(
+            "modules",
+            "Kernel modules reported by netstack_kernel_module_loaded.",
+            DEFAULT_MODULES,
+            "list",
+            validate=_module_names,
+        ),
     )
 
     def __init__(self, ctx):
@@ -599,8 +674,7 @@ class IpvsCollector(Collector):
                 raise SourceUnavailable(f"IPVS not available: {why}")
         if os.access(table, os.R_OK):
             if why:
-                log_event(log, logging.INFO, "IPVS netlink unavailable, reading /proc/net/ip_vs",
-                          reason=why)
+                log_event(log, logging.INFO, "IPVS netlink unavailable, reading /proc/net/ip_vs", reason=why)
             self.source = "procfs"
             return
         missing = f"{table} does not exist" if not os.path.exists(table) else f"cannot read {table}"
@@ -615,8 +689,10 @@ class IpvsCollector(Collector):
         if not self.ip_vs_loaded():
             # Looking the family up would make the kernel load ip_vs (MODULE_ALIAS_GENL_FAMILY)
             # on every node that does not use IPVS, and report it loaded from then on.
-            return (f"netlink: not asked, ip_vs is not loaded (not in {self.paths.proc('modules')} "
-                    f"or {self.paths.sys('module')})")
+            return (
+                f"netlink: not asked, ip_vs is not loaded (not in {self.paths.proc('modules')} "
+                f"or {self.paths.sys('module')})"
+            )
         try:
             self.netlink = IpvsNetlink()
             self.netlink.dump_services()  # proves the privilege (CAP_NET_ADMIN) too
@@ -640,7 +716,7 @@ class IpvsCollector(Collector):
         if self.source in ("netlink", NETLINK_AND_PROCFS):
             # after a failure, connect again: the family id changes when ip_vs is reloaded
             why = self.open_netlink() if self.netlink is None else ""
-            if not why:
+            if not why and self.netlink is not None:
                 try:
                     if self.source == "netlink":
                         table = Table("netlink", self.netlink.services(want_dests))
@@ -681,8 +757,10 @@ class IpvsCollector(Collector):
         except FileNotFoundError:  # CONFIG_MODULES=n: everything is built in
             loaded = set()
         # /sys/module/<m> exists for loaded modules and for built-in ones that have parameters
-        return {m: m in loaded or os.path.isdir(self.paths.sys("module", m))
-                for m in modules or self.option("modules")}
+        return {
+            m: m in loaded or os.path.isdir(self.paths.sys("module", m))
+            for m in modules or self.option("modules")
+        }
 
     def read_sysctls(self) -> dict[str, int]:
         out = {}
@@ -694,8 +772,7 @@ class IpvsCollector(Collector):
         return out
 
     def collect(self) -> Iterable[Metric]:
-        return build_metrics(self.read_table(), self.option("backends"),
-                             self.option("max-series"))
+        return build_metrics(self.read_table(), self.option("backends"), self.option("max-series"))
 
     def unavailable_families(self) -> Iterable[Metric]:
         # Without IPVS, which of its modules are missing is exactly what an IPVS-mode node needs.
@@ -760,15 +837,22 @@ def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]
             unweighted += 1
     out += [
         _gauge("netstack_ipvs_services", "Virtual services in the IPVS table.", len(services)),
-        _gauge("netstack_ipvs_backends", "Backends (real servers) over all virtual services.",
-               n_backends),
-        _gauge("netstack_ipvs_services_without_backends",
-               "Virtual services with no backend: IPVS drops their traffic.", without),
-        _gauge("netstack_ipvs_services_without_weighted_backends",
-               "Virtual services whose backends all have weight 0: new connections are dropped.",
-               unweighted),
-        _gauge("netstack_ipvs_backends_weight_zero",
-               "Backends with weight 0 (draining or disabled).", weight_zero),
+        _gauge("netstack_ipvs_backends", "Backends (real servers) over all virtual services.", n_backends),
+        _gauge(
+            "netstack_ipvs_services_without_backends",
+            "Virtual services with no backend: IPVS drops their traffic.",
+            without,
+        ),
+        _gauge(
+            "netstack_ipvs_services_without_weighted_backends",
+            "Virtual services whose backends all have weight 0: new connections are dropped.",
+            unweighted,
+        ),
+        _gauge(
+            "netstack_ipvs_backends_weight_zero",
+            "Backends with weight 0 (draining or disabled).",
+            weight_zero,
+        ),
     ]
 
     has_traffic = any(svc.stats is not None for svc in services)
@@ -777,9 +861,13 @@ def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]
     emit_backends = backends and service_series + backend_series <= max_series
     emit_services = service_series <= max_series
     capped = (backends and not emit_backends) or not emit_services
-    out.append(_gauge("netstack_ipvs_series_capped",
-                      "1 when per-service or per-backend series were dropped by "
-                      "--collector.ipvs.max-series.", 1.0 if capped else 0.0))
+    out.append(
+        _gauge(
+            "netstack_ipvs_series_capped",
+            "1 when per-service or per-backend series were dropped by --collector.ipvs.max-series.",
+            1.0 if capped else 0.0,
+        )
+    )
 
     listed = _merge_fwmark_duplicates(services) if emit_services else []
     if emit_services:
@@ -793,9 +881,10 @@ def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]
 
 def prerequisite_families(loaded: dict[str, bool], sysctls: dict[str, int]) -> list[Metric]:
     """The kernel modules and sysctls IPVS mode needs; reported with or without an IPVS table."""
-    modules = _gauge("netstack_kernel_module_loaded",
-                     "1 when the kernel module is loaded or built in (visible in /proc/modules "
-                     "or /sys/module).")
+    modules = _gauge(
+        "netstack_kernel_module_loaded",
+        "1 when the kernel module is loaded or built in (visible in /proc/modules or /sys/module).",
+    )
     for module, present in loaded.items():
         modules.samples.append(Sample(modules.name, {"module": module}, 1.0 if present else 0.0))
     out: list[Metric] = [modules]
@@ -808,16 +897,19 @@ def prerequisite_families(loaded: dict[str, bool], sysctls: dict[str, int]) -> l
 
 
 def _service_families(services: list[Service], has_traffic: bool) -> list[Metric]:
-    backends = CompactFamily("netstack_ipvs_service_backends", "Backends of this virtual service.",
-                             "gauge")
-    active = CompactFamily("netstack_ipvs_service_connections_active",
-                           "Active (established) connections, summed over the service's backends.",
-                           "gauge")
-    inactive = CompactFamily("netstack_ipvs_service_connections_inactive",
-                             "Inactive connections, summed over the service's backends.", "gauge")
+    backends = CompactFamily("netstack_ipvs_service_backends", "Backends of this virtual service.", "gauge")
+    active = CompactFamily(
+        "netstack_ipvs_service_connections_active",
+        "Active (established) connections, summed over the service's backends.",
+        "gauge",
+    )
+    inactive = CompactFamily(
+        "netstack_ipvs_service_connections_inactive",
+        "Inactive connections, summed over the service's backends.",
+        "gauge",
+    )
     b, a, i = backends.rows.append, active.rows.append, inactive.rows.append
-    traffic = [CompactFamily(name, doc + " Netlink source only.", "counter")
-               for name, doc in SERVICE_TRAFFIC]
+    traffic = [CompactFamily(name, doc + " Netlink source only.", "counter") for name, doc in SERVICE_TRAFFIC]
     for svc in services:
         labels = service_labels(svc)
         b((labels, svc.backends))
@@ -826,7 +918,8 @@ def _service_families(services: list[Service], has_traffic: bool) -> list[Metric
         if has_traffic and svc.stats is not None:
             for family, value in zip(traffic, svc.stats):
                 family.rows.append((labels, value))
-    return [backends, active, inactive] + (traffic if has_traffic else [])
+    families: list[Metric] = [backends, active, inactive]
+    return families + (traffic if has_traffic else [])
 
 
 def _merge_fwmark_duplicates(services: list[Service]) -> list[Service]:
@@ -856,19 +949,21 @@ def _merge_fwmark_duplicates(services: list[Service]) -> list[Service]:
 
 
 def _backend_families(services: list[Service]) -> list[Metric]:
-    active = CompactFamily("netstack_ipvs_backend_connections_active",
-                           "Active connections of this backend.", "gauge")
-    inactive = CompactFamily("netstack_ipvs_backend_connections_inactive",
-                             "Inactive connections of this backend.", "gauge")
-    weight = CompactFamily("netstack_ipvs_backend_weight",
-                           "Scheduling weight of this backend (0: no new connections).", "gauge")
+    active = CompactFamily(
+        "netstack_ipvs_backend_connections_active", "Active connections of this backend.", "gauge"
+    )
+    inactive = CompactFamily(
+        "netstack_ipvs_backend_connections_inactive", "Inactive connections of this backend.", "gauge"
+    )
+    weight = CompactFamily(
+        "netstack_ipvs_backend_weight", "Scheduling weight of this backend (0: no new connections).", "gauge"
+    )
     for svc in services:
         if not svc.dests:
             continue
         base = {k: v for k, v in service_labels(svc).items() if k != "scheduler"}
         for address, port, forward, w, act, inact in svc.dests:
-            labels = {**base, "backend_address": address, "backend_port": str(port),
-                      "forward": forward}
+            labels = {**base, "backend_address": address, "backend_port": str(port), "forward": forward}
             active.rows.append((labels, act))
             inactive.rows.append((labels, inact))
             weight.rows.append((labels, w))

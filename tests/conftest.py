@@ -5,7 +5,6 @@ import logging
 import pytest
 
 from exporter.logs import JsonFormatter, LogfmtFormatter
-
 from tests.helpers import IN_CI
 
 
@@ -29,5 +28,7 @@ def _restore_logging():
     test, so caplog sees what it should whatever ran before."""
     root = logging.getLogger()
     root.setLevel(_ROOT_LEVEL)
-    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, (LogfmtFormatter, JsonFormatter))]
+    root.handlers[:] = [
+        h for h in root.handlers if not isinstance(h.formatter, (LogfmtFormatter, JsonFormatter))
+    ]
     yield

@@ -11,13 +11,15 @@ from .lab import LabError, boot
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.kernellab", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.kernellab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds for the whole run")
     parser.add_argument("--memory", type=int, default=3072, help="guest memory in MiB")
     parser.add_argument("--cpus", type=int, default=None, help="guest CPUs (default: host's, <= 4)")
-    parser.add_argument("--command", action="store_true",
-                        help="ARGS is a command, not pytest arguments")
+    parser.add_argument("--command", action="store_true", help="ARGS is a command, not pytest arguments")
     parser.add_argument("--console", action="store_true", help="also print the serial console")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     opts = parser.parse_args()
@@ -25,17 +27,24 @@ def main() -> int:
     if opts.command and args and args[0] == "python":
         args[0] = sys.executable
     try:
-        result = boot(args if not opts.command else [], timeout=opts.timeout,
-                      memory_mb=opts.memory, cpus=opts.cpus,
-                      command=args if opts.command else None)
+        result = boot(
+            args if not opts.command else [],
+            timeout=opts.timeout,
+            memory_mb=opts.memory,
+            cpus=opts.cpus,
+            command=args if opts.command else None,
+        )
     except LabError as e:
         print(f"kernellab: {e}", file=sys.stderr)
         return 2
     if opts.console or result.returncode < 0:
         print(result.console)
     print(result.output, end="" if result.output.endswith("\n") else "\n")
-    print(f"kernellab: {result.release} ({result.accel}): exit status {result.returncode}, "
-          f"wall time {result.wall:.1f} s", file=sys.stderr)
+    print(
+        f"kernellab: {result.release} ({result.accel}): exit status {result.returncode}, "
+        f"wall time {result.wall:.1f} s",
+        file=sys.stderr,
+    )
     return result.returncode if result.returncode >= 0 else 2
 
 

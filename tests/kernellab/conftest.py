@@ -12,12 +12,15 @@ def pytest_terminal_summary(terminalreporter):
     if IN_GUEST:
         return
     from tests.kernellab.test_kernel_lab import RESULT
+
     result = RESULT.get("guest")
     if result is None:
         return
     terminalreporter.section("kernel lab")
-    terminalreporter.write_line(f"{result.release} under qemu ({result.accel}): wall time "
-                                f"{result.wall:.1f} s, guest pytest exit status {result.returncode}")
+    terminalreporter.write_line(
+        f"{result.release} under qemu ({result.accel}): wall time "
+        f"{result.wall:.1f} s, guest pytest exit status {result.returncode}"
+    )
     lines = result.output.splitlines()
     start = next((i for i, line in enumerate(lines) if "short test summary info" in line), None)
     for line in lines[start:] if start is not None else lines[-5:]:

@@ -66,8 +66,10 @@ def kernel_package() -> str:
     out = _run(["apt-cache", "depends", META_PACKAGE])
     found = re.findall(r"Depends: (linux-image-\S+)", out)
     if not found:
-        raise LabError(f"apt-cache depends {META_PACKAGE}: no linux-image dependency "
-                       f"(run apt-get update?): {out.strip()[:300]}")
+        raise LabError(
+            f"apt-cache depends {META_PACKAGE}: no linux-image dependency "
+            f"(run apt-get update?): {out.strip()[:300]}"
+        )
     return found[0]
 
 
@@ -123,10 +125,10 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     starts after the (setup_sects + 1) 512-byte setup sectors."""
     if bzimage[0x202:0x206] != b"HdrS":
         raise LabError("not a bzImage (no HdrS boot header)")
-    setup_sects = bzimage[0x1f1] or 4
+    setup_sects = bzimage[0x1F1] or 4
     offset, length = struct.unpack_from("<II", bzimage, 0x248)
     start = (setup_sects + 1) * 512 + offset
-    payload = bzimage[start:start + length]
+    payload = bzimage[start : start + length]
     if payload.startswith(b"\xfd7zXZ\x00"):
         out = lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
     elif payload.startswith(b"\x1f\x8b"):
@@ -256,9 +258,14 @@ class Result:
     files: dict[str, str]  # other files the guest wrote to the result share (a JUnit report)
 
 
-def boot(pytest_args: list[str], timeout: float = 900, memory_mb: int = 3072,
-         cpus: int | None = None, env: dict[str, str] | None = None,
-         command: list[str] | None = None) -> Result:
+def boot(
+    pytest_args: list[str],
+    timeout: float = 900,
+    memory_mb: int = 3072,
+    cpus: int | None = None,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+) -> Result:
     """Boot the guest and run `python -m pytest pytest_args` (or `command`) from the project's
     root with this interpreter; returns once the guest has powered off or `timeout` passed."""
     kernel = fetch()
@@ -281,31 +288,55 @@ def boot(pytest_args: list[str], timeout: float = 900, memory_mb: int = 3072,
             **(env or {}),
         }
         cmd_line = command or [sys.executable, "-m", "pytest", *pytest_args]
-        (out / "job").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in job.items())
-                                 + "set -- " + " ".join(map(shlex.quote, cmd_line)) + "\n")
+        (out / "job").write_text(
+            "".join(f"export {k}={shlex.quote(v)}\n" for k, v in job.items())
+            + "set -- "
+            + " ".join(map(shlex.quote, cmd_line))
+            + "\n"
+        )
         console = out / "console.log"
         args = [
-            qemu, *accel, "-smp", str(cpus), "-m", str(memory_mb),
-            "-kernel", str(image), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off",
-            "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
-            "-nic", "none", "-no-reboot",
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=passthrough,"
-                       "readonly=on,multidevs=remap",
-            "-virtfs", f"local,path={out},mount_tag=labout,security_model=passthrough,"
-                       "multidevs=remap",
+            qemu,
+            *accel,
+            "-smp",
+            str(cpus),
+            "-m",
+            str(memory_mb),
+            "-kernel",
+            str(image),
+            "-initrd",
+            str(initrd),
+            "-append",
+            "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{console}",
+            "-nic",
+            "none",
+            "-no-reboot",
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap",
+            "-virtfs",
+            f"local,path={out},mount_tag=labout,security_model=passthrough,multidevs=remap",
         ]
         log(f"booting {kernel.release} ({accel_name}, {cpus} CPUs, {memory_mb} MiB)")
         start = time.monotonic()
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             qemu_out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(proc)
             qemu_out = b""
-            raise LabError(f"guest did not finish within {timeout} s; console:\n"
-                           + _tail(console)) from None
+            raise LabError(f"guest did not finish within {timeout} s; console:\n" + _tail(console)) from None
         finally:
             _kill(proc)
         wall = time.monotonic() - start
@@ -315,8 +346,11 @@ def boot(pytest_args: list[str], timeout: float = 900, memory_mb: int = 3072,
         text = console.read_text(errors="replace") if console.exists() else ""
         if proc.returncode != 0:
             text += f"\nqemu exited {proc.returncode}: {qemu_out.decode(errors='replace')}"
-        files = {p.name: p.read_text(errors="replace") for p in out.iterdir()
-                 if p.is_file() and p.name not in ("job", "rc", "output", "console.log")}
+        files = {
+            p.name: p.read_text(errors="replace")
+            for p in out.iterdir()
+            if p.is_file() and p.name not in ("job", "rc", "output", "console.log")
+        }
         log(f"guest finished in {wall:.1f} s, exit status {rc}")
         return Result(rc, output, text, wall, accel_name, kernel.release, files)
     finally:

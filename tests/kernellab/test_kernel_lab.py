@@ -33,11 +33,15 @@ def guest_run() -> lab.Result:
     need_tool("ipvsadm", "ipvsadm")
     need_tool("depmod", "kmod")
     need_tool("apt-get", "apt")
-    need(Path("/bin/busybox").exists() and shutil.which("busybox") is not None,
-         "needs /bin/busybox (Debian package busybox-static)")
+    need(
+        Path("/bin/busybox").exists() and shutil.which("busybox") is not None,
+        "needs /bin/busybox (Debian package busybox-static)",
+    )
     try:
-        result = lab.boot([*GUEST_SELECTION, "-p", "no:cacheprovider", "-q", "-rA",
-                           "--junitxml=/kernellab/junit.xml"], timeout=LAB_TIMEOUT)
+        result = lab.boot(
+            [*GUEST_SELECTION, "-p", "no:cacheprovider", "-q", "-rA", "--junitxml=/kernellab/junit.xml"],
+            timeout=LAB_TIMEOUT,
+        )
     except lab.LabError as e:
         pytest.fail(f"kernel lab: {e}")
     RESULT["guest"] = result
@@ -45,9 +49,11 @@ def guest_run() -> lab.Result:
 
 
 def guest_report(result: lab.Result) -> str:
-    return (f"guest pytest exit status {result.returncode} after {result.wall:.0f} s "
-            f"({result.release}, {result.accel}); its output:\n{result.output[-20000:]}"
-            + ("" if result.output else f"\nconsole:\n{result.console[-6000:]}"))
+    return (
+        f"guest pytest exit status {result.returncode} after {result.wall:.0f} s "
+        f"({result.release}, {result.accel}); its output:\n{result.output[-20000:]}"
+        + ("" if result.output else f"\nconsole:\n{result.console[-6000:]}")
+    )
 
 
 def test_guest_runs_debian_6_1(guest_run):
@@ -63,9 +69,13 @@ def test_guest_module_passes(guest_run, module):
     failure: the guest is built to have everything these tests need)."""
     report = guest_run.files.get("junit.xml")
     assert report, guest_report(guest_run)
-    cases = [c for c in ET.fromstring(report).iter("testcase")
-             if c.get("classname", "").split(".")[-1] == module]
+    cases = [
+        c for c in ET.fromstring(report).iter("testcase") if c.get("classname", "").split(".")[-1] == module
+    ]
     assert cases, f"no test of {module} ran in the guest\n" + guest_report(guest_run)
-    bad = [f"{c.get('name')}: {c[0].tag}: {(c[0].get('message') or '')[:300]}"
-           for c in cases if len(c) and c[0].tag in ("failure", "error", "skipped")]
+    bad = [
+        f"{c.get('name')}: {c[0].tag}: {(c[0].get('message') or '')[:300]}"
+        for c in cases
+        if len(c) and c[0].tag in ("failure", "error", "skipped")
+    ]
     assert not bad, "\n".join(bad) + "\n\n" + guest_report(guest_run)

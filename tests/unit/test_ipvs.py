@@ -95,14 +95,17 @@ def test_parse_header_only_table():
     assert ipvs.parse_ip_vs((FIX / "empty/net/ip_vs").read_text()) == []
 
 
-@pytest.mark.parametrize("text, line", [
-    ("garbage\n", 1),
-    ((FIX / "malformed/net/ip_vs").read_text(), 5),
-    ((FIX / "empty/net/ip_vs").read_text() + "  -> 0A000001:01BB      Masq    1      0          0\n", 4),
-    ((FIX / "empty/net/ip_vs").read_text() + "TCP  ZZZZZZZZ:01BB rr  \n", 4),
-    ((FIX / "empty/net/ip_vs").read_text() + "TCP  [2001:0db8::zz]:01BB rr \n", 4),
-    ((FIX / "empty/net/ip_vs").read_text() + "TCP  0A000001:01BB\n", 4),
-])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("garbage\n", 1),
+        ((FIX / "malformed/net/ip_vs").read_text(), 5),
+        ((FIX / "empty/net/ip_vs").read_text() + "  -> 0A000001:01BB      Masq    1      0          0\n", 4),
+        ((FIX / "empty/net/ip_vs").read_text() + "TCP  ZZZZZZZZ:01BB rr  \n", 4),
+        ((FIX / "empty/net/ip_vs").read_text() + "TCP  [2001:0db8::zz]:01BB rr \n", 4),
+        ((FIX / "empty/net/ip_vs").read_text() + "TCP  0A000001:01BB\n", 4),
+    ],
+)
 def test_parse_errors_name_file_and_line(text, line):
     with pytest.raises(ParseError, match=rf"^/x/ip_vs:{line}: "):
         ipvs.parse_ip_vs(text, "/x/ip_vs")
@@ -136,16 +139,32 @@ def test_collect_totals_table_shape_and_black_holes():
 
 def test_collect_per_service_labels():
     m = scrape(make())
-    assert value(m, "netstack_ipvs_service_backends", protocol="TCP", address="10.96.0.10",
-                 port="53", scheduler="rr") == 0
-    assert value(m, "netstack_ipvs_service_connections_active", protocol="TCP", address="10.96.0.1",
-                 port="443") == 14
-    assert value(m, "netstack_ipvs_service_connections_inactive", protocol="TCP",
-                 address="10.96.0.1", port="443") == 43
+    assert (
+        value(
+            m,
+            "netstack_ipvs_service_backends",
+            protocol="TCP",
+            address="10.96.0.10",
+            port="53",
+            scheduler="rr",
+        )
+        == 0
+    )
+    assert (
+        value(m, "netstack_ipvs_service_connections_active", protocol="TCP", address="10.96.0.1", port="443")
+        == 14
+    )
+    assert (
+        value(
+            m, "netstack_ipvs_service_connections_inactive", protocol="TCP", address="10.96.0.1", port="443"
+        )
+        == 43
+    )
     assert value(m, "netstack_ipvs_service_backends", address="2001:db8::1", port="443") == 2
     fw = samples(m, "netstack_ipvs_service_backends", fwmark="10")
-    assert list(fw.items()) == [(("netstack_ipvs_service_backends",
-                                  (("fwmark", "10"), ("scheduler", "lc"))), 0)]
+    assert list(fw.items()) == [
+        (("netstack_ipvs_service_backends", (("fwmark", "10"), ("scheduler", "lc"))), 0)
+    ]
     assert len(samples(m, "netstack_ipvs_service_backends")) == 11
     # procfs has no per-service traffic counters, and backends are off by default
     assert not samples(m, "netstack_ipvs_service_connections_total")
@@ -155,13 +174,38 @@ def test_collect_per_service_labels():
 def test_collect_backends_option():
     m = scrape(make(backends=True))
     assert len(samples(m, "netstack_ipvs_backend_weight")) == 13
-    assert value(m, "netstack_ipvs_backend_weight", address="10.96.0.1", port="443",
-                 backend_address="198.18.0.12", backend_port="6443", forward="masq") == 0
+    assert (
+        value(
+            m,
+            "netstack_ipvs_backend_weight",
+            address="10.96.0.1",
+            port="443",
+            backend_address="198.18.0.12",
+            backend_port="6443",
+            forward="masq",
+        )
+        == 0
+    )
     assert value(m, "netstack_ipvs_backend_connections_inactive", backend_address="198.18.0.12") == 40
-    assert value(m, "netstack_ipvs_backend_connections_active", fwmark="1",
-                 backend_address="198.18.5.1", forward="route") == 2
-    assert value(m, "netstack_ipvs_backend_connections_active", address="2001:db8::1",
-                 backend_address="2001:db8:1::b") == 3
+    assert (
+        value(
+            m,
+            "netstack_ipvs_backend_connections_active",
+            fwmark="1",
+            backend_address="198.18.5.1",
+            forward="route",
+        )
+        == 2
+    )
+    assert (
+        value(
+            m,
+            "netstack_ipvs_backend_connections_active",
+            address="2001:db8::1",
+            backend_address="2001:db8:1::b",
+        )
+        == 3
+    )
 
 
 def test_cap_drops_backends_first_then_services():
@@ -244,8 +288,9 @@ def test_modules_absent_and_no_proc_modules(tmp_path):
     (tmp_path / "net").mkdir()
     shutil.copy(FIX / "full/net/ip_vs", tmp_path / "net/ip_vs")  # no /proc/modules: CONFIG_MODULES=n
     paths = Paths(procfs=str(tmp_path), sysfs=str(FIX / "sysfs"))
-    collector = ipvs.IpvsCollector(Context(paths=paths, options={
-        "source": "procfs", "modules": ["ip_vs", "nf_conntrack", "ip_vs_lc"]}))
+    collector = ipvs.IpvsCollector(
+        Context(paths=paths, options={"source": "procfs", "modules": ["ip_vs", "nf_conntrack", "ip_vs_lc"]})
+    )
     collector.probe()
     m = scrape(collector)
     assert samples(m, "netstack_kernel_module_loaded") == {
@@ -264,12 +309,15 @@ def test_sysctls_present_and_absent(tmp_path):
 
     shutil.copytree(FIX / "full", tmp_path / "proc")
     shutil.rmtree(tmp_path / "proc/sys/net/ipv4/vs")
-    collector = ipvs.IpvsCollector(Context(paths=Paths(procfs=str(tmp_path / "proc")),
-                                           options={"source": "procfs"}))
+    collector = ipvs.IpvsCollector(
+        Context(paths=Paths(procfs=str(tmp_path / "proc")), options={"source": "procfs"})
+    )
     collector.probe()
     m = scrape(collector)
     assert set(k[1][0][1] for k in samples(m, "netstack_ipvs_sysctl")) == {
-        "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce"}
+        "net.ipv4.conf.all.arp_ignore",
+        "net.ipv4.conf.all.arp_announce",
+    }
 
 
 # --- netlink: kernel-shaped messages encoded by pyroute2 ------------------------------------------
@@ -301,15 +349,20 @@ def stats_attrs(values, wide=True):
     return {"attrs": [(f"IPVS_STATS_ATTR_{n}", v) for n, v in zip(names, list(values) + [0] * 5)]}
 
 
-def service_attrs(address=None, port=0, protocol=6, fwmark=0, family=None, sched="rr", flags=0x2,
-                  stats=(0, 0, 0, 0, 0)):
+def service_attrs(
+    address=None, port=0, protocol=6, fwmark=0, family=None, sched="rr", flags=0x2, stats=(0, 0, 0, 0, 0)
+):
     """What ip_vs_genl_fill_service() puts in IPVS_CMD_ATTR_SERVICE."""
     if fwmark:
         attrs = [("IPVS_SVC_ATTR_AF", family or socket.AF_INET), ("IPVS_SVC_ATTR_FWMARK", fwmark)]
     else:
         af, raw = inet(address)
-        attrs = [("IPVS_SVC_ATTR_AF", af), ("IPVS_SVC_ATTR_PROTOCOL", protocol),
-                 ("IPVS_SVC_ATTR_ADDR", raw), ("IPVS_SVC_ATTR_PORT", port)]
+        attrs = [
+            ("IPVS_SVC_ATTR_AF", af),
+            ("IPVS_SVC_ATTR_PROTOCOL", protocol),
+            ("IPVS_SVC_ATTR_ADDR", raw),
+            ("IPVS_SVC_ATTR_PORT", port),
+        ]
     # 32-bit STATS hold the low bits, as in ip_vs_genl_fill_stats(); STATS64 the full values
     low = [v & 0xFFFFFFFF for v in stats[:3]] + list(stats[3:])
     return attrs + [
@@ -326,11 +379,17 @@ def dest_attrs(address, port, fwd=0, weight=1, active=0, inactive=0):
     """What ip_vs_genl_fill_dest() puts in IPVS_CMD_ATTR_DEST (ADDR_FAMILY comes last)."""
     af, raw = inet(address)
     return [
-        ("IPVS_DEST_ATTR_ADDR", raw), ("IPVS_DEST_ATTR_PORT", port),
-        ("IPVS_DEST_ATTR_FWD_METHOD", fwd), ("IPVS_DEST_ATTR_WEIGHT", weight),
-        ("IPVS_DEST_ATTR_TUN_TYPE", 0), ("IPVS_DEST_ATTR_TUN_PORT", 0), ("IPVS_DEST_ATTR_TUN_FLAGS", 0),
-        ("IPVS_DEST_ATTR_U_THRESH", 0), ("IPVS_DEST_ATTR_L_THRESH", 0),
-        ("IPVS_DEST_ATTR_ACTIVE_CONNS", active), ("IPVS_DEST_ATTR_INACT_CONNS", inactive),
+        ("IPVS_DEST_ATTR_ADDR", raw),
+        ("IPVS_DEST_ATTR_PORT", port),
+        ("IPVS_DEST_ATTR_FWD_METHOD", fwd),
+        ("IPVS_DEST_ATTR_WEIGHT", weight),
+        ("IPVS_DEST_ATTR_TUN_TYPE", 0),
+        ("IPVS_DEST_ATTR_TUN_PORT", 0),
+        ("IPVS_DEST_ATTR_TUN_FLAGS", 0),
+        ("IPVS_DEST_ATTR_U_THRESH", 0),
+        ("IPVS_DEST_ATTR_L_THRESH", 0),
+        ("IPVS_DEST_ATTR_ACTIVE_CONNS", active),
+        ("IPVS_DEST_ATTR_INACT_CONNS", inactive),
         ("IPVS_DEST_ATTR_PERSIST_CONNS", 0),
         ("IPVS_DEST_ATTR_STATS", stats_attrs((1, 2, 3, 4, 5))),
         ("IPVS_DEST_ATTR_STATS64", stats_attrs((1, 2, 3, 4, 5))),
@@ -362,31 +421,43 @@ def error(code: int, seq: int) -> bytes:
 
 # (service attributes, [destination attributes]) of a small kube-proxy-like table
 TABLE = [
-    (service_attrs("10.96.0.1", 443, stats=(5_000_000_000, 7, 8, 1 << 40, 10)),
-     [dest_attrs("198.18.0.11", 6443, active=12, inactive=3),
-      dest_attrs("198.18.0.12", 6443, weight=0, active=2, inactive=40)]),
+    (
+        service_attrs("10.96.0.1", 443, stats=(5_000_000_000, 7, 8, 1 << 40, 10)),
+        [
+            dest_attrs("198.18.0.11", 6443, active=12, inactive=3),
+            dest_attrs("198.18.0.12", 6443, weight=0, active=2, inactive=40),
+        ],
+    ),
     (service_attrs("10.96.0.10", 53, protocol=17), [dest_attrs("198.18.1.2", 53, inactive=7)]),
     (service_attrs("10.96.0.10", 53, protocol=6), []),
-    (service_attrs("2001:db8::1", 443, sched="wrr", flags=0x2 | 0x1),
-     [dest_attrs("2001:db8:1::a", 8443, fwd=3, weight=100, active=7, inactive=2)]),
+    (
+        service_attrs("2001:db8::1", 443, sched="wrr", flags=0x2 | 0x1),
+        [dest_attrs("2001:db8:1::a", 8443, fwd=3, weight=100, active=7, inactive=2)],
+    ),
     (service_attrs(fwmark=10, sched="lc", flags=0x2 | 0x4), []),
-    (service_attrs("10.96.9.9", 80, sched="wrr"),
-     [dest_attrs("198.18.4.1", 80, fwd=2, weight=0), dest_attrs("198.18.4.2", 80, fwd=1, weight=0)]),
+    (
+        service_attrs("10.96.9.9", 80, sched="wrr"),
+        [dest_attrs("198.18.4.1", 80, fwd=2, weight=0), dest_attrs("198.18.4.2", 80, fwd=1, weight=0)],
+    ),
 ]
 
 
 def chunked(messages: list[bytes], per_chunk: int = 2) -> list[bytes]:
     """Several messages per recv(), as a dump arrives."""
-    return [b"".join(messages[i:i + per_chunk]) for i in range(0, len(messages), per_chunk)]
+    return [b"".join(messages[i : i + per_chunk]) for i in range(0, len(messages), per_chunk)]
 
 
 def test_decode_services_from_pyroute2_encoded_messages():
     msgs = [encode(1, "IPVS_CMD_ATTR_SERVICE", svc, 9) for svc, _ in TABLE] + [done(9)]
     services = ipvs.decode_services(chunked(msgs), FAMILY)
     assert [(s.protocol, s.address, s.port, s.fwmark, s.scheduler) for s in services] == [
-        ("TCP", "10.96.0.1", 443, 0, "rr"), ("UDP", "10.96.0.10", 53, 0, "rr"),
-        ("TCP", "10.96.0.10", 53, 0, "rr"), ("TCP", "2001:db8::1", 443, 0, "wrr"),
-        ("", "", 0, 10, "lc"), ("TCP", "10.96.9.9", 80, 0, "wrr")]
+        ("TCP", "10.96.0.1", 443, 0, "rr"),
+        ("UDP", "10.96.0.10", 53, 0, "rr"),
+        ("TCP", "10.96.0.10", 53, 0, "rr"),
+        ("TCP", "2001:db8::1", 443, 0, "wrr"),
+        ("", "", 0, 10, "lc"),
+        ("TCP", "10.96.9.9", 80, 0, "wrr"),
+    ]
     # STATS64 wins over the truncated 32-bit STATS
     assert services[0].stats == (5_000_000_000, 7, 8, 1 << 40, 10)
     assert (services[3].persistent, services[3].one_packet) == (True, False)
@@ -398,14 +469,30 @@ def test_decode_services_with_32bit_stats_only_and_pyroute2_short_addresses():
     msg = ipvsmsg()
     msg["cmd"], msg["version"] = 1, 1
     msg["header"]["type"] = FAMILY
-    msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": [
-        ("IPVS_SVC_ATTR_AF", socket.AF_INET), ("IPVS_SVC_ATTR_PROTOCOL", 132),
-        ("IPVS_SVC_ATTR_ADDR", "198.18.9.9"), ("IPVS_SVC_ATTR_PORT", 9999),
-        ("IPVS_SVC_ATTR_SCHED_NAME", "sh"), ("IPVS_SVC_ATTR_STATS", stats_attrs((1, 2, 3, 4, 5)))]})]
+    msg["attrs"] = [
+        (
+            "IPVS_CMD_ATTR_SERVICE",
+            {
+                "attrs": [
+                    ("IPVS_SVC_ATTR_AF", socket.AF_INET),
+                    ("IPVS_SVC_ATTR_PROTOCOL", 132),
+                    ("IPVS_SVC_ATTR_ADDR", "198.18.9.9"),
+                    ("IPVS_SVC_ATTR_PORT", 9999),
+                    ("IPVS_SVC_ATTR_SCHED_NAME", "sh"),
+                    ("IPVS_SVC_ATTR_STATS", stats_attrs((1, 2, 3, 4, 5))),
+                ]
+            },
+        )
+    ]
     msg.encode()
     (svc,) = ipvs.decode_services([bytes(msg.data) + done(0)], FAMILY)
     assert (svc.protocol, svc.address, svc.port, svc.scheduler, svc.stats) == (
-        "SCTP", "198.18.9.9", 9999, "sh", (1, 2, 3, 4, 5))
+        "SCTP",
+        "198.18.9.9",
+        9999,
+        "sh",
+        (1, 2, 3, 4, 5),
+    )
 
 
 def test_service_key_is_what_pyroute2_decodes_as_the_identity():
@@ -422,8 +509,12 @@ def test_service_key_is_what_pyroute2_decodes_as_the_identity():
         if svc.fwmark:
             assert key == {"IPVS_SVC_ATTR_AF": socket.AF_INET, "IPVS_SVC_ATTR_FWMARK": svc.fwmark}
         else:
-            assert set(key) == {"IPVS_SVC_ATTR_AF", "IPVS_SVC_ATTR_PROTOCOL", "IPVS_SVC_ATTR_ADDR",
-                                "IPVS_SVC_ATTR_PORT"}
+            assert set(key) == {
+                "IPVS_SVC_ATTR_AF",
+                "IPVS_SVC_ATTR_PROTOCOL",
+                "IPVS_SVC_ATTR_ADDR",
+                "IPVS_SVC_ATTR_PORT",
+            }
             assert key["IPVS_SVC_ATTR_PORT"] == svc.port
 
 
@@ -496,7 +587,7 @@ class FakeKernelSocket:
     def recv_into(self, buffer: bytearray, size: int, flags: int = 0) -> int:
         # as the kernel with MSG_TRUNC: the datagram's real size, even when it did not fit
         data = self.pending.pop(0)
-        buffer[:min(size, len(data))] = data[:size]
+        buffer[: min(size, len(data))] = data[:size]
         return len(data)
 
     def close(self) -> None:
@@ -514,8 +605,10 @@ def fake_kernel(monkeypatch):
             sock = FakeKernelSocket(**kw)
             made.append(sock)
             return real(sock)
+
         monkeypatch.setattr(ipvs, "GenlSocket", factory)
         return made
+
     return install
 
 
@@ -543,8 +636,17 @@ def test_netlink_source_end_to_end(fake_kernel):
     assert value(m, "netstack_ipvs_service_connections_active", **api) == 14
     assert value(m, "netstack_ipvs_service_connections_inactive", **api) == 43
     assert value(m, "netstack_ipvs_service_backends", fwmark="10", scheduler="lc") == 0
-    assert value(m, "netstack_ipvs_backend_weight", address="2001:db8::1",
-                 backend_address="2001:db8:1::a", backend_port="8443", forward="route") == 100
+    assert (
+        value(
+            m,
+            "netstack_ipvs_backend_weight",
+            address="2001:db8::1",
+            backend_address="2001:db8:1::a",
+            backend_port="8443",
+            forward="route",
+        )
+        == 100
+    )
     # totals still come from /proc/net/ip_vs_stats
     assert value(m, "netstack_ipvs_connections_total") == 0x1A2B
     # one family lookup, one service dump in the probe; per scrape one service dump + one per service
@@ -595,7 +697,8 @@ def test_both_sources_absent_gives_the_reason(fake_kernel, tmp_path):
         collector.probe()
     assert str(e.value) == (
         f"IPVS not available (ip_vs module not loaded?): netlink: not asked, ip_vs is not loaded "
-        f"(not in {tmp_path}/modules or {tmp_path}/module); {tmp_path}/net/ip_vs does not exist")
+        f"(not in {tmp_path}/modules or {tmp_path}/module); {tmp_path}/net/ip_vs does not exist"
+    )
     # the family lookup would have made the kernel load ip_vs: it is not even attempted
     assert made == []
 
@@ -603,19 +706,22 @@ def test_both_sources_absent_gives_the_reason(fake_kernel, tmp_path):
 def test_ip_vs_loaded_but_no_source_gives_both_reasons(fake_kernel, tmp_path):
     fake_kernel(lookup_error=errno.ENOENT)
     shutil.copy(FIX / "full/modules", tmp_path / "modules")  # ip_vs listed, yet no family, no file
-    collector = ipvs.IpvsCollector(Context(paths=Paths(procfs=str(tmp_path), sysfs=str(tmp_path)),
-                                           options={}))
+    collector = ipvs.IpvsCollector(
+        Context(paths=Paths(procfs=str(tmp_path), sysfs=str(tmp_path)), options={})
+    )
     with pytest.raises(SourceUnavailable) as e:
         collector.probe()
     assert str(e.value) == (
         f"IPVS not available (ip_vs module not loaded?): netlink: generic netlink family IPVS is not "
-        f"registered; {tmp_path}/net/ip_vs does not exist")
+        f"registered; {tmp_path}/net/ip_vs does not exist"
+    )
 
 
 def test_source_netlink_without_netlink_is_unavailable(fake_kernel):
     fake_kernel(lookup_error=errno.ENOENT)
-    collector = ipvs.IpvsCollector(Context(paths=Paths(procfs=str(FIX / "full")),
-                                           options={"source": "netlink"}))
+    collector = ipvs.IpvsCollector(
+        Context(paths=Paths(procfs=str(FIX / "full")), options={"source": "netlink"})
+    )
     with pytest.raises(SourceUnavailable, match="IPVS not available: netlink: generic netlink family"):
         collector.probe()
 
@@ -670,10 +776,8 @@ def test_auto_source_is_one_service_dump_and_one_proc_read(fake_kernel):
     netlink = netlink_collector("netlink_table", source="netlink", backends=True)
     n = scrape(netlink)
     families = {name for name, _ in n}
-    assert {"netstack_ipvs_service_connections_total",
-            "netstack_ipvs_backend_weight"} <= families
-    for name in families - {"netstack_ipvs_source_info", "netstack_ipvs_services",
-                            "netstack_ipvs_backends"}:
+    assert {"netstack_ipvs_service_connections_total", "netstack_ipvs_backend_weight"} <= families
+    for name in families - {"netstack_ipvs_source_info", "netstack_ipvs_services", "netstack_ipvs_backends"}:
         got = {k: v for k, v in samples(m, name).items() if ("address", "10.96.7.7") not in k[1]}
         assert got == samples(n, name), name
     auto.close()
@@ -682,8 +786,7 @@ def test_auto_source_is_one_service_dump_and_one_proc_read(fake_kernel):
 
 def test_traffic_decoder_learns_the_layout_and_matches_the_full_decode(monkeypatch):
     msgs = [encode(1, "IPVS_CMD_ATTR_SERVICE", svc, 9) for svc, _ in TABLE]
-    want = {ipvs._traffic_key(s): s.stats
-            for s in ipvs.decode_services(chunked([*msgs, done(9)]), FAMILY)}
+    want = {ipvs._traffic_key(s): s.stats for s in ipvs.decode_services(chunked([*msgs, done(9)]), FAMILY)}
     decoder = ipvs.TrafficDecoder()
     assert decoder.decode(chunked([*msgs, done(9)]), FAMILY) == want
     assert decoder.layouts  # learnt from the first dump
@@ -700,6 +803,7 @@ def test_traffic_decoder_learns_the_layout_and_matches_the_full_decode(monkeypat
     # a service not seen before is decoded fully, once
     other = service_attrs("10.96.0.2", 443, stats=(1, 2, 3, 4, 5))
     for _ in range(2):
-        assert decoder.decode([encode(1, "IPVS_CMD_ATTR_SERVICE", other, 9) + done(9)],
-                              FAMILY) == {("TCP", "10.96.0.2", 443): (1, 2, 3, 4, 5)}
+        assert decoder.decode([encode(1, "IPVS_CMD_ATTR_SERVICE", other, 9) + done(9)], FAMILY) == {
+            ("TCP", "10.96.0.2", 443): (1, 2, 3, 4, 5)
+        }
     assert len(full) == 1

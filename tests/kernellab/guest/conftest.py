@@ -38,8 +38,9 @@ class GuestExporter(Exporter):
             if check(metrics):
                 return metrics
             if time.monotonic() > deadline:
-                raise AssertionError(f"{what or 'condition'} not met after {timeout} s; log:\n"
-                                     f"{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"{what or 'condition'} not met after {timeout} s; log:\n{self.log()[-3000:]}"
+                )
             time.sleep(2)
 
 
@@ -59,8 +60,10 @@ def start_all(*exporters: GuestExporter) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def in_guest():
-    need(os.environ.get("KERNELLAB_GUEST") == "1" and os.geteuid() == 0,
-         "runs only inside the kernel lab's guest, as root (python -m tests.kernellab)")
+    need(
+        os.environ.get("KERNELLAB_GUEST") == "1" and os.geteuid() == 0,
+        "runs only inside the kernel lab's guest, as root (python -m tests.kernellab)",
+    )
     assert os.uname().release.startswith("6.1."), os.uname().release
 
 

@@ -37,7 +37,7 @@ def _service_key(fields: list[str]) -> tuple[tuple, list[str]]:
     """("TCP", address, port) or ("FWM", mark, "IPv6"|""), and the fields after it."""
     if fields[0] == "FWM":
         v6 = len(fields) > 2 and fields[2] == "IPv6"
-        return ("FWM", int(fields[1]), "IPv6" if v6 else ""), fields[3 if v6 else 2:]
+        return ("FWM", int(fields[1]), "IPv6" if v6 else ""), fields[3 if v6 else 2 :]
     address, port = _address_port(fields[1])
     return (fields[0], address, port), fields[2:]
 
@@ -57,8 +57,7 @@ def table() -> dict[tuple, Service]:
             if key[0] == "FWM":
                 labels = {"fwmark": str(key[1]), "scheduler": scheduler}
             else:
-                labels = {"protocol": key[0], "address": key[1], "port": str(key[2]),
-                          "scheduler": scheduler}
+                labels = {"protocol": key[0], "address": key[1], "port": str(key[2]), "scheduler": scheduler}
             current = services[key] = Service(labels, "persistent" in rest)
     current = None
     for line in run(["ipvsadm", "-Ln", "--stats", "--exact"]).stdout.splitlines()[3:]:

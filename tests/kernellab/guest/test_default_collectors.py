@@ -22,8 +22,9 @@ def default_collectors() -> list[str]:
 
 
 def softnet_rows() -> list[list[int]]:
-    return [[int(v, 16) for v in line.split()]
-            for line in Path("/proc/net/softnet_stat").read_text().splitlines()]
+    return [
+        [int(v, 16) for v in line.split()] for line in Path("/proc/net/softnet_stat").read_text().splitlines()
+    ]
 
 
 def conntrack_stats() -> dict[str, int]:
@@ -77,8 +78,12 @@ def test_softnet_thirteen_columns(default_exporter):
     # one series per online CPU, labelled by the CPU number in the 13th column
     cpus = {dict(k[1])["cpu"] for k in samples(m, "netstack_softnet_backlog_packets")}
     assert cpus == {str(r[12]) for r in after}
-    for name, column in (("dropped", 1), ("times_squeezed", 2), ("received_rps", 9),
-                         ("flow_limit_count", 10)):
+    for name, column in (
+        ("dropped", 1),
+        ("times_squeezed", 2),
+        ("received_rps", 9),
+        ("flow_limit_count", 10),
+    ):
         got = sum(samples(m, f"netstack_softnet_{name}_total").values())
         assert sum(r[column] for r in before) <= got <= sum(r[column] for r in after), name
 
@@ -88,8 +93,18 @@ def test_conntrack_statistics(default_exporter):
     m = default_exporter.scrape()
     after = conntrack_stats()
     assert {"found", "insert_failed", "drop", "early_drop", "search_restart"} <= set(before)
-    for key in ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "error",
-                "search_restart", "clash_resolve", "chain_toolong"):
+    for key in (
+        "found",
+        "invalid",
+        "insert",
+        "insert_failed",
+        "drop",
+        "early_drop",
+        "error",
+        "search_restart",
+        "clash_resolve",
+        "chain_toolong",
+    ):
         if key not in before:
             continue
         got = value(m, f"netstack_conntrack_{key}_total")

@@ -21,13 +21,22 @@ from tests.helpers import samples, value
 from tests.kernellab.guest.conftest import GuestExporter
 
 N = 5000
-SEND = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "for _ in range(int(sys.argv[1])):\n    s.sendto(b'x', ('127.0.0.1', int(sys.argv[2])))\n")
-ECHO = ("import socket, sys\nr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "r.bind(('127.0.0.1', 0))\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "for _ in range(int(sys.argv[1])):\n    s.sendto(b'x', r.getsockname())\n    r.recv(16)\n")
-ARGS = ("--collector.disable-defaults", "--collector.ebpf_drops", "--collector.ebpf_softirq",
-        "--collector.ebpf_drops.backend=libbpf", "--collector.ebpf_softirq.backend=libbpf")
+SEND = (
+    "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(int(sys.argv[1])):\n    s.sendto(b'x', ('127.0.0.1', int(sys.argv[2])))\n"
+)
+ECHO = (
+    "import socket, sys\nr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "r.bind(('127.0.0.1', 0))\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(int(sys.argv[1])):\n    s.sendto(b'x', r.getsockname())\n    r.recv(16)\n"
+)
+ARGS = (
+    "--collector.disable-defaults",
+    "--collector.ebpf_drops",
+    "--collector.ebpf_softirq",
+    "--collector.ebpf_drops.backend=libbpf",
+    "--collector.ebpf_softirq.backend=libbpf",
+)
 
 
 def no_socket(metrics) -> float:
@@ -35,8 +44,10 @@ def no_socket(metrics) -> float:
 
 
 def both_loaded(metrics) -> bool:
-    return all(value(metrics, "netstack_scrape_collector_success", collector=c) == 1
-               for c in ("ebpf_drops", "ebpf_softirq"))
+    return all(
+        value(metrics, "netstack_scrape_collector_success", collector=c) == 1
+        for c in ("ebpf_drops", "ebpf_softirq")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +60,9 @@ def core_exporter():
 
 
 def test_the_hosts_objects_run_here(core_exporter):
-    digests = {n: hashlib.sha256(Path(object_path(n)).read_bytes()).hexdigest()[:12]
-               for n in ("softirq", "drops")}
+    digests = {
+        n: hashlib.sha256(Path(object_path(n)).read_bytes()).hexdigest()[:12] for n in ("softirq", "drops")
+    }
     print(f"kernel {os.uname().release}, objects {digests}")  # shown with -s: same files as host
     assert "backend=libbpf" in core_exporter.log()
 
@@ -79,9 +91,13 @@ def test_a_program_that_cannot_attach_is_reported_by_its_collector(tmp_path):
     reported by ebpf_drops; ebpf_softirq from the same directory works."""
     clang = shutil.which("clang")
     assert clang, "clang from the host's root"
-    (tmp_path / "vmlinux.h").write_bytes(subprocess.run(
-        ["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
-        check=True, capture_output=True).stdout)
+    (tmp_path / "vmlinux.h").write_bytes(
+        subprocess.run(
+            ["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+            check=True,
+            capture_output=True,
+        ).stdout
+    )
     (tmp_path / "drops.bpf.c").write_text("""
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -97,8 +113,22 @@ int tracepoint__skb__kfree_skb(__u64 *ctx)
 }
 char LICENSE[] SEC("license") = "GPL";
 """)
-    subprocess.run([clang, "-target", "bpf", "-O2", "-g", "-I", str(tmp_path), "-c",
-                    str(tmp_path / "drops.bpf.c"), "-o", str(tmp_path / "drops.bpf.o")], check=True)
+    subprocess.run(
+        [
+            clang,
+            "-target",
+            "bpf",
+            "-O2",
+            "-g",
+            "-I",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "drops.bpf.c"),
+            "-o",
+            str(tmp_path / "drops.bpf.o"),
+        ],
+        check=True,
+    )
     shutil.copy(object_path("softirq"), tmp_path / "softirq.bpf.o")
     loader = LibbpfLoader(str(tmp_path))
     drops = EbpfDrops(Context(options={}), loader)

@@ -25,8 +25,13 @@ RULES = Path(__file__).with_name("table.rules")
 DEVICE = "nselab0"  # like kube-proxy's kube-ipvs0: a dummy link holding the virtual addresses
 LOCAL_V4 = ["198.18.0.1"] + [f"198.18.1.{i}" for i in (1, 2, 3, 4, 5, 6, 7, 10, 11, 13, 14, 20)]
 LOCAL_V6 = [f"2001:db8:18::{i}" for i in (1, 2, 3, 4, 10, 11, 20)]
-TCP_LISTENERS = [("198.18.0.1", 8081), ("198.18.0.1", 8082), ("127.0.0.1", 8082),
-                 ("2001:db8:18::10", 8083), ("2001:db8:18::11", 8083)]
+TCP_LISTENERS = [
+    ("198.18.0.1", 8081),
+    ("198.18.0.1", 8082),
+    ("127.0.0.1", 8082),
+    ("2001:db8:18::10", 8083),
+    ("2001:db8:18::11", 8083),
+]
 UDP_LISTENERS = [("198.18.0.1", 5353), ("127.0.0.1", 5354), ("2001:db8:18::10", 5355)]
 # Firewall-mark services see traffic marked on output (as kube-proxy's iptables rules do).
 NFT_MARKS = """
@@ -38,12 +43,17 @@ table inet nselab {
   }
 }
 """
-SERVICE_TRAFFIC = ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes",
-                   "outgoing_bytes")
-SERIES_NAMES = ("netstack_ipvs_service_backends", "netstack_ipvs_service_connections_active",
-                "netstack_ipvs_service_connections_inactive")
-BACKEND_NAMES = ("netstack_ipvs_backend_connections_active",
-                 "netstack_ipvs_backend_connections_inactive", "netstack_ipvs_backend_weight")
+SERVICE_TRAFFIC = ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes")
+SERIES_NAMES = (
+    "netstack_ipvs_service_backends",
+    "netstack_ipvs_service_connections_active",
+    "netstack_ipvs_service_connections_inactive",
+)
+BACKEND_NAMES = (
+    "netstack_ipvs_backend_connections_active",
+    "netstack_ipvs_backend_connections_inactive",
+    "netstack_ipvs_backend_weight",
+)
 
 
 def family(address: str) -> int:
@@ -123,8 +133,7 @@ def udp_exchange(address: str, port: int, payload: bytes) -> bytes:
 
 def send_traffic() -> list[socket.socket]:
     """Connections through IPVS NAT to the local listeners; returns the ones held open."""
-    for vip in ("198.18.1.1", "198.18.1.2", "198.18.1.4", "2001:db8:18::1", "198.18.1.20",
-                "2001:db8:18::20"):
+    for vip in ("198.18.1.1", "198.18.1.2", "198.18.1.4", "2001:db8:18::1", "198.18.1.20", "2001:db8:18::20"):
         for i in range(4):
             assert tcp_exchange(vip, 80, b"req %d\n" % i) == b"ok req %d\n" % i, vip
     for vip in ("198.18.1.10", "2001:db8:18::3"):
@@ -165,10 +174,18 @@ def lab(default_exporter):
     run(["ipvsadm", "--set", "900", "900", "900"])  # established, FIN_WAIT and UDP timeouts
     listeners = Listeners()
     exporters = {
-        "netlink": GuestExporter("--collector.disable-defaults", "--collector.ipvs",
-                                 "--collector.ipvs.backends", "--collector.ipvs.source=netlink"),
-        "procfs": GuestExporter("--collector.disable-defaults", "--collector.ipvs",
-                                "--collector.ipvs.backends", "--collector.ipvs.source=procfs"),
+        "netlink": GuestExporter(
+            "--collector.disable-defaults",
+            "--collector.ipvs",
+            "--collector.ipvs.backends",
+            "--collector.ipvs.source=netlink",
+        ),
+        "procfs": GuestExporter(
+            "--collector.disable-defaults",
+            "--collector.ipvs",
+            "--collector.ipvs.backends",
+            "--collector.ipvs.source=procfs",
+        ),
         "auto": GuestExporter("--collector.disable-defaults", "--collector.ipvs"),
     }
     start_all(*exporters.values())
@@ -206,8 +223,7 @@ def series(metrics: dict, name: str, labels: dict[str, str]) -> float:
 
 def backend_labels(svc: ipvsadm.Service, dest: ipvsadm.Dest) -> dict[str, str]:
     base = {k: v for k, v in svc.labels.items() if k != "scheduler"}
-    return {**base, "backend_address": dest.address, "backend_port": str(dest.port),
-            "forward": dest.forward}
+    return {**base, "backend_address": dest.address, "backend_port": str(dest.port), "forward": dest.forward}
 
 
 def proc_ip_vs_stats() -> tuple[int, ...]:
@@ -228,10 +244,16 @@ def test_every_series_matches_ipvsadm(lab, source):
     assert len(table) == 19 and len(dests) == 26
     assert value(m, "netstack_ipvs_services") == len(table)
     assert value(m, "netstack_ipvs_backends") == len(dests)
-    assert value(m, "netstack_ipvs_services_without_backends") == sum(
-        not svc.dests for svc in table.values()) == 2
-    assert value(m, "netstack_ipvs_services_without_weighted_backends") == sum(
-        bool(svc.dests) and all(d.weight == 0 for d in svc.dests) for svc in table.values()) == 1
+    assert (
+        value(m, "netstack_ipvs_services_without_backends")
+        == sum(not svc.dests for svc in table.values())
+        == 2
+    )
+    assert (
+        value(m, "netstack_ipvs_services_without_weighted_backends")
+        == sum(bool(svc.dests) and all(d.weight == 0 for d in svc.dests) for svc in table.values())
+        == 1
+    )
     assert value(m, "netstack_ipvs_backends_weight_zero") == sum(d.weight == 0 for d in dests) == 3
     assert value(m, "netstack_ipvs_series_capped") == 0
 
@@ -241,13 +263,17 @@ def test_every_series_matches_ipvsadm(lab, source):
     for svc in services:
         assert series(m, "netstack_ipvs_service_backends", svc.labels) == len(svc.dests)
         assert series(m, "netstack_ipvs_service_connections_active", svc.labels) == sum(
-            d.active for d in svc.dests), svc.labels
+            d.active for d in svc.dests
+        ), svc.labels
         assert series(m, "netstack_ipvs_service_connections_inactive", svc.labels) == sum(
-            d.inactive for d in svc.dests), svc.labels
+            d.inactive for d in svc.dests
+        ), svc.labels
         if source != "procfs":
             for name, want in zip(SERVICE_TRAFFIC, svc.stats):
                 assert series(m, f"netstack_ipvs_service_{name}_total", svc.labels) == want, (
-                    name, svc.labels)
+                    name,
+                    svc.labels,
+                )
     if source == "procfs":  # /proc/net/ip_vs has no per-service traffic
         assert not samples(m, "netstack_ipvs_service_connections_total")
 
@@ -297,11 +323,19 @@ def test_the_table_has_traffic_where_it_was_sent(lab):
 def test_sources_agree(lab):
     """netlink and /proc/net/ip_vs give the same table, and auto (both) the same again."""
     scraped = {source: e.scrape() for source, e in lab.items()}
-    shape = [*SERIES_NAMES, "netstack_ipvs_services", "netstack_ipvs_backends",
-             "netstack_ipvs_services_without_backends", "netstack_ipvs_backends_weight_zero"]
+    shape = [
+        *SERIES_NAMES,
+        "netstack_ipvs_services",
+        "netstack_ipvs_backends",
+        "netstack_ipvs_services_without_backends",
+        "netstack_ipvs_backends_weight_zero",
+    ]
     for name in shape:
-        assert (samples(scraped["netlink"], name) == samples(scraped["procfs"], name)
-                == samples(scraped["auto"], name)), name
+        assert (
+            samples(scraped["netlink"], name)
+            == samples(scraped["procfs"], name)
+            == samples(scraped["auto"], name)
+        ), name
     for name in BACKEND_NAMES:
         assert samples(scraped["netlink"], name) == samples(scraped["procfs"], name), name
     traffic = "netstack_ipvs_service_connections_total"
@@ -310,6 +344,7 @@ def test_sources_agree(lab):
 
 def test_series_cap(lab):
     """--collector.ipvs.max-series: backends dropped first, then per-service series."""
+
     def collect(**options) -> dict:
         collector = ipvs.IpvsCollector(Context(paths=Paths(), options=options))
         collector.probe()
@@ -341,13 +376,22 @@ def test_exporter_in_another_network_namespace(lab):
     with Netns("nse-klab") as ns:
         ns.exec("ipvsadm", "-A", "-t", "198.18.5.1:80", "-s", "rr")
         ns.exec("ipvsadm", "-a", "-t", "198.18.5.1:80", "-r", "198.18.5.2:8080", "-m", "-w", "7")
-        with GuestExporter("--collector.disable-defaults", "--collector.ipvs",
-                           "--collector.ipvs.backends", netns=ns) as inside:
+        with GuestExporter(
+            "--collector.disable-defaults", "--collector.ipvs", "--collector.ipvs.backends", netns=ns
+        ) as inside:
             m = inside.scrape()
         assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
         assert value(m, "netstack_ipvs_services") == 1
-        assert value(m, "netstack_ipvs_backend_weight", address="198.18.5.1",
-                     backend_address="198.18.5.2", backend_port="8080") == 7
+        assert (
+            value(
+                m,
+                "netstack_ipvs_backend_weight",
+                address="198.18.5.1",
+                backend_address="198.18.5.2",
+                backend_port="8080",
+            )
+            == 7
+        )
     outside = lab["auto"].scrape()
     assert value(outside, "netstack_ipvs_services") == 19
     assert not samples(outside, "netstack_ipvs_service_backends", address="198.18.5.1")
@@ -357,7 +401,8 @@ def test_default_exporter_found_ip_vs_loaded_after_it_started(lab, default_expor
     """The exporter started before ip_vs existed (test_default_collectors) finds it on a later
     probe, as on a node where kube-proxy loads ip_vs after the exporter started."""
     m = default_exporter.scrape_until(
-        lambda m: samples(m, "netstack_ipvs_services"), what="the ipvs collector available")
+        lambda m: samples(m, "netstack_ipvs_services"), what="the ipvs collector available"
+    )
     assert value(m, "netstack_collector_available", collector="ipvs") == 1
     assert value(m, "netstack_ipvs_services") == 19
     assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
@@ -379,15 +424,17 @@ def test_ip_vs_unloaded_and_reloaded_under_a_running_exporter(lab):
             time.sleep(2)
     m = exporter.scrape_until(
         lambda m: value(m, "netstack_collector_available", collector="ipvs") == 0,
-        what="ipvs unavailable after unloading ip_vs")
+        what="ipvs unavailable after unloading ip_vs",
+    )
     assert value(m, "netstack_kernel_module_loaded", module="ip_vs") == 0
     assert not samples(m, "netstack_ipvs_services")
     assert exporter.proc.poll() is None
 
     run(["modprobe", "ip_vs"])
     run(["ipvsadm", "-A", "-t", "198.18.1.1:80", "-s", "rr"])
-    m = exporter.scrape_until(lambda m: samples(m, "netstack_ipvs_services"),
-                              what="ipvs available after loading ip_vs again")
+    m = exporter.scrape_until(
+        lambda m: samples(m, "netstack_ipvs_services"), what="ipvs available after loading ip_vs again"
+    )
     assert value(m, "netstack_ipvs_services") == 1
     assert value(m, "netstack_ipvs_source_info", source="netlink+procfs") == 1
     assert value(m, "netstack_kernel_module_loaded", module="ip_vs") == 1

@@ -11,10 +11,12 @@ from collectors.virtualization import detect, modules_loadable, read_facts
 from exporter.contract import Paths
 from tests.helpers import Netns, run
 
-COLLECT = ("import json; from collectors.strict_arp import StrictArpCollector; "
-           "from exporter.contract import Context; c = StrictArpCollector(Context()); c.probe(); "
-           "print(json.dumps({f.name: {json.dumps(s.labels, sort_keys=True): s.value "
-           "for s in f.samples} for f in c.collect()}))")
+COLLECT = (
+    "import json; from collectors.strict_arp import StrictArpCollector; "
+    "from exporter.contract import Context; c = StrictArpCollector(Context()); c.probe(); "
+    "print(json.dumps({f.name: {json.dumps(s.labels, sort_keys=True): s.value "
+    "for s in f.samples} for f in c.collect()}))"
+)
 
 
 def collect_in(ns: Netns) -> dict:
