@@ -5,6 +5,7 @@
 
 Outputs:
     dashboards/netstack-node.json                           the per-node overview
+    dashboards/netstack-fleet.json                          every node at once, linking to the node one
     charts/netstack-exporter/files/dashboards/*.json        same bytes, for the dashboards ConfigMap
     charts/netstack-exporter/files/netstack.rules.yml       copy of alerts/netstack.rules.yml (Helm
                                                             can only read files inside the chart)
@@ -22,6 +23,7 @@ from grafana_foundation_sdk.builders import dashboard as dash_b
 from grafana_foundation_sdk.builders import heatmap as heatmap_b
 from grafana_foundation_sdk.builders import prometheus as prom_b
 from grafana_foundation_sdk.builders import stat as stat_b
+from grafana_foundation_sdk.builders import table as table_b
 from grafana_foundation_sdk.builders import timeseries as ts_b
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_m
@@ -31,9 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART_FILES = ROOT / "charts" / "netstack-exporter" / "files"
 
 DATASOURCE = dash_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
-# Every panel query selects one node: the chart's monitors set instance to the node name.
-NODE = 'instance="$instance"'
+# Every query selects the chosen job (the chart's `job` value); node panels also one node (the
+# chart's monitors set instance to the node name).
+JOB = 'job="$job"'
+NODE = 'job="$job",instance="$node"'
 RATE = "$__rate_interval"
+# The fsync probe records once per interval (the chart's default 60s): a window of one interval
+# holds at most one sample and rate() gives nothing. The fsync_window variable (default 5m, at
+# least twice the interval) is used by every fsync panel instead of $__rate_interval.
+FSYNC_RATE = "$fsync_window"
+NODE_UID = "netstack-node"
+FLEET_UID = "netstack-fleet"
 
 
 def query(expr: str, legend: str = "", ref: str = "A") -> prom_b.Dataquery:
@@ -123,15 +133,37 @@ def heatmap(title: str, description: str, expr: str, width: int = 12) -> heatmap
     )
 
 
-def histogram_quantile(q: float, metric: str, by: str, extra: str = "") -> str:
+def histogram_quantile(q: float, metric: str, by: str, extra: str = "", window: str = RATE) -> str:
     selector = NODE + (f",{extra}" if extra else "")
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{window}])))"
+
+
+def common_variables(d: dash_b.Dashboard) -> dash_b.Dashboard:
+    """datasource, job and fsync_window: shared by every dashboard so links carry them over."""
+    return (
+        d.with_variable(dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(
+            dash_b.QueryVariable("job")
+            .label("Job")
+            .datasource(DATASOURCE)
+            .query("label_values(netstack_scrape_collector_success, job)")
+            .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
+        )
+        .with_variable(
+            dash_b.CustomVariable("fsync_window")
+            .label("fsync window")
+            .description("Rate window of the fsync panels: at least twice the fsync probe interval.")
+            .values("2m,5m,10m,30m,1h")
+            .current(dash_m.VariableOption(text="5m", value="5m", selected=True))
+        )
+    )
 
 
 def node_dashboard() -> dash_b.Dashboard:
     d = (
         dash_b.Dashboard("netstack: node overview")
-        .uid("netstack-node")
+        .uid(NODE_UID)
         .description(
             "One node's network and disk health from netstack-exporter: CPU steal, "
             "softirq/softnet, conntrack, overlay, IPVS, fsync, eBPF."
@@ -141,15 +173,19 @@ def node_dashboard() -> dash_b.Dashboard:
         .time("now-3h", "now")
         .timezone("browser")
         .tooltip(dash_m.DashboardCursorSync.CROSSHAIR)
-        .with_variable(dash_b.DatasourceVariable("datasource").label("Data source").type("prometheus"))
-        .with_variable(
-            dash_b.QueryVariable("instance")
-            .label("Node")
-            .datasource(DATASOURCE)
-            .query("label_values(netstack_scrape_collector_success, instance)")
-            .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
+        .link(
+            dash_b.DashboardLink("Fleet overview")
+            .type(dash_m.DashboardLinkType.LINK)
+            .url(f"/d/{FLEET_UID}?var-datasource=${{datasource}}&var-job=${{job}}")
         )
+    )
+    d = common_variables(d).with_variable(
+        dash_b.QueryVariable("node")
+        .label("Node")
+        .datasource(DATASOURCE)
+        .query(f"label_values(netstack_scrape_collector_success{{{JOB}}}, instance)")
+        .refresh(dash_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dash_m.VariableSort.ALPHABETICAL_ASC)
     )
 
     d = (
@@ -182,7 +218,7 @@ def node_dashboard() -> dash_b.Dashboard:
                 "Scrape up",
                 "Whether Prometheus reaches the exporter on this node.",
                 "none",
-                f'up{{job="netstack-exporter",{NODE}}}',
+                f"up{{{NODE}}}",
                 [(None, "red"), (1, "green")],
                 width=4,
             )
@@ -453,7 +489,7 @@ def node_dashboard() -> dash_b.Dashboard:
             heatmap(
                 "fdatasync latency",
                 "Distribution of every fdatasync the probe measured, all probed directories together.",
-                f"sum by (le) (increase(netstack_fsync_duration_seconds_bucket{{{NODE}}}[{RATE}]))",
+                f"sum by (le) (increase(netstack_fsync_duration_seconds_bucket{{{NODE}}}[{FSYNC_RATE}]))",
             )
         )
         .with_panel(
@@ -461,8 +497,14 @@ def node_dashboard() -> dash_b.Dashboard:
                 "fdatasync p50 / p99",
                 "From the histogram. etcd wants p99 under 10ms (red line).",
                 "s",
-                (histogram_quantile(0.5, "netstack_fsync_duration_seconds", "path"), "p50 {{path}}"),
-                (histogram_quantile(0.99, "netstack_fsync_duration_seconds", "path"), "p99 {{path}}"),
+                (
+                    histogram_quantile(0.5, "netstack_fsync_duration_seconds", "path", window=FSYNC_RATE),
+                    "p50 {{path}}",
+                ),
+                (
+                    histogram_quantile(0.99, "netstack_fsync_duration_seconds", "path", window=FSYNC_RATE),
+                    "p99 {{path}}",
+                ),
                 threshold=0.01,
             )
         )
@@ -479,7 +521,10 @@ def node_dashboard() -> dash_b.Dashboard:
                 "Probe errors and age",
                 "Errors by reason, and seconds since the last successful probe (alert above 600s).",
                 "none",
-                (f"increase(netstack_fsync_probe_errors_total{{{NODE}}}[{RATE}])", "{{path}} {{reason}}"),
+                (
+                    f"increase(netstack_fsync_probe_errors_total{{{NODE}}}[{FSYNC_RATE}])",
+                    "{{path}} {{reason}}",
+                ),
                 (
                     f"time() - netstack_fsync_probe_last_success_timestamp_seconds{{{NODE}}}",
                     "{{path}} seconds since success",
@@ -621,7 +666,181 @@ def node_dashboard() -> dash_b.Dashboard:
     return d
 
 
-DASHBOARDS = {"netstack-node.json": node_dashboard}
+# The fleet table: one instant query per column, each one value per node (by instance), merged
+# into one row per node. (title, unit, red threshold, PromQL)
+FLEET_COLUMNS = [
+    (
+        "CPU steal",
+        "percentunit",
+        0.10,
+        f'sum by (instance) (rate(netstack_cpu_seconds_total{{{JOB},mode="steal"}}[{RATE}]))'
+        f' / count by (instance) (netstack_cpu_seconds_total{{{JOB},mode="idle"}})',
+    ),
+    (
+        "Max CPU steal",
+        "percentunit",
+        0.25,
+        f'max by (instance) (rate(netstack_cpu_seconds_total{{{JOB},mode="steal"}}[{RATE}]))',
+    ),
+    (
+        "Squeezes/s",
+        "none",
+        1,
+        f"sum by (instance) (rate(netstack_softnet_times_squeezed_total{{{JOB}}}[{RATE}]))",
+    ),
+    (
+        "Backlog drops/s",
+        "pps",
+        0.001,
+        f"sum by (instance) (rate(netstack_softnet_dropped_total{{{JOB}}}[{RATE}]))",
+    ),
+    (
+        "Conntrack fill",
+        "percentunit",
+        0.90,
+        f"max by (instance) (netstack_conntrack_entries{{{JOB}}} / netstack_conntrack_entries_limit{{{JOB}}})",
+    ),
+    (
+        "Conntrack failures/s",
+        "none",
+        0.001,
+        f"sum by (instance) (rate(netstack_conntrack_insert_failed_total{{{JOB}}}[{RATE}])"
+        f" + rate(netstack_conntrack_early_drop_total{{{JOB}}}[{RATE}]))",
+    ),
+    (
+        "fsync p99",
+        "s",
+        0.010,
+        "max by (instance) (histogram_quantile(0.99, sum by (instance, path, le) "
+        f"(rate(netstack_fsync_duration_seconds_bucket{{{JOB}}}[{FSYNC_RATE}]))))",
+    ),
+    (
+        "Overlay MTU mismatches",
+        "none",
+        1,
+        f"sum by (instance) (netstack_overlay_mtu_mismatch{{{JOB}}})",
+    ),
+    (
+        "Overlay drops/s",
+        "pps",
+        0.001,
+        f"sum by (instance) (rate(netstack_overlay_receive_dropped_total{{{JOB}}}[{RATE}])"
+        f" + rate(netstack_overlay_transmit_dropped_total{{{JOB}}}[{RATE}]))",
+    ),
+    (
+        "IPVS black holes",
+        "none",
+        1,
+        f"sum by (instance) (netstack_ipvs_services_without_backends{{{JOB}}})",
+    ),
+    (
+        "BGP peers down",
+        "none",
+        1,
+        f"sum by (instance) (netstack_bgp_peer_up{{{JOB}}} == bool 0)",
+    ),
+    (
+        "Collectors failing",
+        "none",
+        1,
+        # == bool: 0 on a healthy node rather than no row; unavailable sources do not count
+        f"sum by (instance) ((netstack_scrape_collector_success{{{JOB}}} == bool 0) unless on "
+        f"(job, instance, collector) (netstack_collector_available{{{JOB}}} == 0))",
+    ),
+]
+
+NODE_LINK = (
+    f"/d/{NODE_UID}?var-datasource=${{datasource}}&var-job=${{job}}&var-node=${{__data.fields.instance}}"
+)
+
+
+def fleet_table() -> table_b.Panel:
+    panel = (
+        table_b.Panel()
+        .title("Every node")
+        .description(
+            "One row per node: the value each alert watches, red past the alert's threshold "
+            "(empty: the node has no such source, e.g. no IPVS or BGP). Click a node for its dashboard."
+        )
+        .datasource(DATASOURCE)
+        .span(24)
+        .height(16)
+        .with_transformation(dash_m.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dash_m.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "renameByName": {
+                        f"Value #{chr(ord('A') + i)}": c[0] for i, c in enumerate(FLEET_COLUMNS)
+                    },
+                },
+            )
+        )
+        .override_by_name(
+            "instance",
+            [
+                dash_m.DynamicConfigValue(id_val="displayName", value="Node"),
+                dash_m.DynamicConfigValue(
+                    id_val="links", value=[{"title": "Node dashboard", "url": NODE_LINK}]
+                ),
+            ],
+        )
+    )
+    for i, (title, unit, red, expr) in enumerate(FLEET_COLUMNS):
+        ref = chr(ord("A") + i)
+        panel = panel.with_target(
+            query(expr, ref=ref).instant().format(prom_b.prometheus.PromQueryFormat.TABLE)
+        ).override_by_name(
+            title,
+            [
+                dash_m.DynamicConfigValue(id_val="unit", value=unit),
+                dash_m.DynamicConfigValue(
+                    id_val="thresholds",
+                    value={
+                        "mode": "absolute",
+                        "steps": [{"value": None, "color": "green"}, {"value": red, "color": "red"}],
+                    },
+                ),
+                dash_m.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+            ],
+        )
+    return panel
+
+
+def top(title: str, description: str, unit: str, expr: str, threshold: float | None = None) -> ts_b.Panel:
+    """Ten worst nodes over time; a click on a series opens that node's dashboard."""
+    link = (
+        f"/d/{NODE_UID}?var-datasource=${{datasource}}&var-job=${{job}}&var-node=${{__field.labels.instance}}"
+    )
+    return timeseries(
+        title, description, unit, (f"topk(10, {expr})", "{{instance}}"), threshold=threshold
+    ).data_links([dash_b.DashboardLink("Node dashboard").url(link)])
+
+
+def fleet_dashboard() -> dash_b.Dashboard:
+    d = (
+        dash_b.Dashboard("netstack: fleet overview")
+        .uid(FLEET_UID)
+        .description(
+            "Every node of one job at once: the figures the netstack alerts watch, worst nodes first; "
+            "each node links to its node dashboard."
+        )
+        .tags(["netstack", "network", "kubernetes"])
+        .refresh("1m")
+        .time("now-6h", "now")
+        .timezone("browser")
+        .tooltip(dash_m.DashboardCursorSync.CROSSHAIR)
+    )
+    d = common_variables(d)
+    d = d.with_row(dash_b.Row("Nodes")).with_panel(fleet_table())
+    d = d.with_row(dash_b.Row("Worst nodes over time"))
+    for title, unit, red, expr in FLEET_COLUMNS:
+        d = d.with_panel(top(title, f"The ten nodes with the highest {title.lower()}.", unit, expr, red))
+    return d
+
+
+DASHBOARDS = {"netstack-node.json": node_dashboard, "netstack-fleet.json": fleet_dashboard}
 
 
 def render(builder: dash_b.Dashboard) -> str:

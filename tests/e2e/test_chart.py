@@ -222,7 +222,8 @@ def test_all_on_render_is_valid():
     validate_core(docs)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == [
-        "ConfigMap",
+        "ConfigMap",  # the node dashboard
+        "ConfigMap",  # the fleet dashboard
         "DaemonSet",
         "PodMonitor",
         "PrometheusRule",
@@ -323,8 +324,8 @@ def test_monitors_scrape_every_node_as_job_netstack_exporter():
     pod_labels = daemonset(docs)["spec"]["template"]["metadata"]["labels"]
     assert pm["metadata"]["labels"]["release"] == "prom"
     for monitor, endpoints in ((pm, "podMetricsEndpoints"), (sm, "endpoints")):
-        # job label = app.kubernetes.io/name = "netstack-exporter", which the alerts expect
-        assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+        # job = the `job` value, set by a relabeling (not from a label that follows nameOverride)
+        assert "jobLabel" not in monitor["spec"]
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         (ep,) = monitor["spec"][endpoints]
         assert ep["port"] == "metrics" and ep["path"] == "/metrics"
@@ -333,11 +334,65 @@ def test_monitors_scrape_every_node_as_job_netstack_exporter():
             "targetLabel": "instance",
             "action": "replace",
         } in ep["relabelings"]
+        assert monitor_job(ep) == "netstack-exporter"
     assert pod_labels["app.kubernetes.io/name"] == "netstack-exporter"
     for key, val in pm["spec"]["selector"]["matchLabels"].items():
         assert pod_labels[key] == val
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == pm["spec"]["selector"]["matchLabels"]
+
+
+def monitor_job(endpoint: dict) -> str:
+    (job,) = [r for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+    assert "sourceLabels" not in job and job["action"] == "replace"
+    return job["replacement"]
+
+
+def rule_jobs(docs: list[dict]) -> set[str]:
+    (rule,) = by_kind(docs, "PrometheusRule")
+    import re
+
+    text = json.dumps(rule["spec"])
+    return set(re.findall(r'job=\\"([^"\\]+)\\"', text))
+
+
+@pytest.mark.parametrize(
+    "values, job",
+    [
+        ({"nameOverride": "nse"}, "netstack-exporter"),
+        ({"fullnameOverride": "x"}, "netstack-exporter"),
+        ({"nameOverride": "nse", "job": "node-net"}, "node-net"),
+    ],
+)
+def test_rules_and_monitors_agree_on_the_job(values, job):
+    """Issue 17.1: with nameOverride=nse the monitors used to scrape job="nse" while the rules
+    selected job="netstack-exporter": NetstackExporterDown never fired, ...Absent always did."""
+    docs = render({**ALL_ON, **values})
+    (pm,) = by_kind(docs, "PodMonitor")
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert monitor_job(pm["spec"]["podMetricsEndpoints"][0]) == job
+    assert monitor_job(sm["spec"]["endpoints"][0]) == job
+    assert rule_jobs(docs) == {job}
+    (rule,) = by_kind(docs, "PrometheusRule")
+    exprs = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert exprs["NetstackExporterDown"].strip() == f'up{{job="{job}"}} == 0'
+    assert exprs["NetstackExporterAbsent"].strip() == f'absent(up{{job="{job}"}})'
+
+
+def test_runbook_urls_follow_the_base_value():
+    plain = by_kind(render({"prometheusRule": {"enabled": True}}), "PrometheusRule")[0]
+    base = "https://git.example.internal/ops/netstack-exporter/-/blob/main/docs/runbooks.md"
+    based = by_kind(
+        render({"prometheusRule": {"enabled": True, "runbookBaseURL": base + "/"}}), "PrometheusRule"
+    )[0]
+    for before, after in zip(
+        (r for g in plain["spec"]["groups"] for r in g["rules"]),
+        (r for g in based["spec"]["groups"] for r in g["rules"]),
+        strict=True,
+    ):
+        anchor = before["alert"].lower()
+        assert before["annotations"]["runbook_url"] == f"docs/runbooks.md#{anchor}"
+        assert after["annotations"]["runbook_url"] == f"{base}#{anchor}"
 
 
 def test_prometheus_rule_is_the_rules_file_with_values_applied():
@@ -360,11 +415,13 @@ def test_prometheus_rule_is_the_rules_file_with_values_applied():
 
 def test_dashboards_configmap_carries_the_generated_json_for_the_sidecar():
     docs = render(ALL_ON)
-    (cm,) = by_kind(docs, "ConfigMap")
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert cm["metadata"]["namespace"] == NAMESPACE
-    committed = (ROOT / "dashboards" / "netstack-node.json").read_text()
-    assert json.loads(cm["data"]["netstack-node.json"]) == json.loads(committed)
+    maps = {name: cm for cm in by_kind(docs, "ConfigMap") for name in cm["data"]}
+    assert set(maps) == {"netstack-node.json", "netstack-fleet.json"}
+    for name, cm in maps.items():
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["namespace"] == NAMESPACE
+        committed = (ROOT / "dashboards" / name).read_text()
+        assert json.loads(cm["data"][name]) == json.loads(committed)
     custom = by_kind(
         render(
             {"dashboards": {"enabled": True, "label": "my_dash", "labelValue": "yes", "namespace": "grafana"}}
@@ -501,9 +558,18 @@ def _check_live(base: str, instance: str) -> None:
     active = {a["labels"]["alertname"] for a in alerts}
     assert not active & {"NetstackCollectorFailing", "NetstackExporterDown", "NetstackExporterAbsent"}, alerts
 
-    dashboard = json.loads((ROOT / "dashboards" / "netstack-node.json").read_text())
-    subst = {"$__rate_interval": "10s", "$instance": instance}
-    for panel in dashboard["panels"]:
+    subst = {
+        "$__rate_interval": "10s",
+        "$fsync_window": "10s",
+        "$node": instance,
+        "$job": "netstack-exporter",
+    }
+    panels = [
+        p
+        for name in ("netstack-node.json", "netstack-fleet.json")
+        for p in json.loads((ROOT / "dashboards" / name).read_text())["panels"]
+    ]
+    for panel in panels:
         for target in panel.get("targets", []):
             expr = target["expr"]
             for k, v in subst.items():

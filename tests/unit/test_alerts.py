@@ -55,7 +55,7 @@ def test_firing_tests_check_the_rendered_text():
     # promtool compares annotations only when the test lists them; insist, so templates are tested.
     for case in alert_cases():
         for alert in case.get("exp_alerts") or []:
-            assert set(alert.get("exp_annotations", {})) == {"summary", "description"}, case
+            assert set(alert.get("exp_annotations", {})) == {"summary", "description", "runbook_url"}, case
 
 
 def test_alerts_are_routable_and_explained():

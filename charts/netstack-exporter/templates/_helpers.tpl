@@ -39,9 +39,13 @@ app.kubernetes.io/component: exporter
 {{/* Where the fsync probe directories live inside the container. */}}
 {{- define "netstack-exporter.fsyncMountBase" -}}/var/lib/netstack-exporter/fsync{{- end -}}
 
-{{/* Relabelings shared by PodMonitor and ServiceMonitor: instance = node name, so dashboards and
-alerts name the node rather than host-IP:port. */}}
+{{/* Relabelings shared by PodMonitor and ServiceMonitor: job = the `job` value, whatever
+nameOverride is (the rules the chart renders select the same job); instance = node name, so
+dashboards and alerts name the node rather than host-IP:port. */}}
 {{- define "netstack-exporter.nodeRelabelings" -}}
+- targetLabel: job
+  replacement: {{ include "netstack-exporter.job" . | quote }}
+  action: replace
 - sourceLabels: [__meta_kubernetes_pod_node_name]
   targetLabel: instance
   action: replace
@@ -106,4 +110,10 @@ tlsConfig:
 basicAuth:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The job label of the scraped series: the monitors set it, the PrometheusRule selects it. */}}
+{{- define "netstack-exporter.job" -}}
+{{- .Values.job | default "netstack-exporter" -}}
 {{- end -}}
