@@ -77,8 +77,13 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     )
 
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def shut_down(sig: signal.Signals) -> None:
+        log_event(log, logging.INFO, "signal received, shutting down", signal=sig.name)
+        stop.set()
+
+    for sig in SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(sig, shut_down, sig)
     background: list[asyncio.Future] = []
     if live is not None:
         loop.add_signal_handler(
@@ -87,7 +92,10 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
         background.append(asyncio.ensure_future(live.watch()))
     else:
         loop.add_signal_handler(
-            signal.SIGHUP, lambda: log_event(log, logging.INFO, "SIGHUP: no --web.config.file to reload")
+            signal.SIGHUP,
+            lambda: log_event(
+                log, logging.INFO, "SIGHUP: nothing to reload (only --web.config.file is reloadable)"
+            ),
         )
     # Warm up: probe and collect once now, so /readyz turns ready without waiting for a scrape.
     background.append(asyncio.ensure_future(scheduler.snapshot()))
@@ -101,10 +109,25 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     return 0
 
 
+# Every signal a user may send to stop a daemon: each shuts down cleanly (collectors closed, the
+# fsync probe file removed). SIGHUP reloads instead.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _stop_before_serving(signum: int, _frame) -> None:
+    """A shutdown signal before the event loop handles them: nothing is running yet to close."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # From the first instruction on, so that a signal while starting up is a quiet exit, not a
+    # traceback or a default action (SIGQUIT dumps core, SIGHUP and SIGUSR1 kill silently).
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:  # the field guide's verdicts for this node (exporter/check.py)
         return check_main(argv[1:])
+    for sig in SHUTDOWN_SIGNALS:
+        signal.signal(sig, _stop_before_serving)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     classes = available_collectors()
     config = load_config(argv, os.environ, classes)
     logs.setup(config.log_level, config.log_format)
@@ -124,4 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything allocated so far lives as long as the process: keep it out of the collector's
     # full passes, which otherwise walk it again after every few large collections.
     gc.freeze()
-    return asyncio.run(serve(config, runners, live))
+    try:
+        return asyncio.run(serve(config, runners, live))
+    except KeyboardInterrupt:  # a SIGINT between asyncio.run's start and the loop's handlers
+        return 130
