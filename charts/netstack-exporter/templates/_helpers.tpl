@@ -26,6 +26,34 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* [registry/]repository[:tag][@digest]; the tag defaults to the chart's appVersion. */}}
+{{- define "netstack-exporter.image" -}}
+{{- $i := .Values.image -}}
+{{- $repo := ternary (printf "%s/%s" (trimSuffix "/" $i.registry) $i.repository) $i.repository (not (empty $i.registry)) -}}
+{{- if $i.digest -}}
+{{ $repo }}@{{ $i.digest }}
+{{- else -}}
+{{ $repo }}:{{ $i.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{/* The scrape limits of a monitor, only those set (0 = none). Usage: (list $ .Values.podMonitor) */}}
+{{- define "netstack-exporter.scrapeLimits" -}}
+{{- $m := index . 1 -}}
+{{- range $key := list "sampleLimit" "targetLimit" "labelLimit" "labelNameLengthLimit" "labelValueLengthLimit" }}
+{{- with index $m $key }}
+{{ $key }}: {{ . }}
+{{- end }}
+{{- end }}
+{{- with $m.targetLabels }}
+podTargetLabels:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{- define "netstack-exporter.serviceAccountName" -}}
