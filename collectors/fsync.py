@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from exporter.contract import Collector, Option, ParseError
+from exporter.contract import Collector, Failed, Option, ParseError
 from exporter.logs import log_event
 
 from .common import PeriodicLoop, read_text
@@ -660,7 +660,8 @@ class FsyncCollector(Collector):
         )
         success = GaugeMetricFamily(
             "netstack_fsync_probe_last_success_timestamp_seconds",
-            "Unix time when the last probe completed without error.",
+            "Unix time when the last probe completed without error; 0 until one has (so that "
+            "'no probe succeeded since the exporter started' is stale too).",
             labels=labels,
         )
         errors = CounterMetricFamily(
@@ -683,13 +684,17 @@ class FsyncCollector(Collector):
                 if d.quantiles:
                     for q, v in d.quantiles.items():
                         quant.add_metric(lv + [f"{q:g}"], v)
-                if d.last_success is not None:
-                    success.add_metric(lv, d.last_success)
+                success.add_metric(lv, d.last_success or 0)
                 for reason, n in d.errors.items():
                     errors.add_metric(lv + [reason], n)
                 written.add_metric(lv, d.bytes_written)
                 skipped.add_metric(lv, d.skipped)
-        return [hist, quant, success, errors, written, skipped]
+            failing = [f"{d.path}: {d.state}" for d in self._dirs if d.state not in (None, "ok")]
+        families = [hist, quant, success, errors, written, skipped]
+        if failing and len(failing) == len(self._dirs):
+            # Nothing measured: the collector fails (its error counters are still served).
+            raise Failed("every probe directory fails: " + ", ".join(failing), families)
+        return families
 
     def close(self) -> None:
         # The exporter gives all collectors 0.5 s together to close, so nothing here waits on a

@@ -10,7 +10,8 @@ A collector is a plain object. The exporter calls, in this order:
     close()    once, on shutdown
 
 collect() may raise anything: the exporter marks the collector failed for that collection, logs
-one line and keeps serving the others. NotReady means "started, nothing to report yet". Parsing
+one line and keeps serving the others. NotReady means "started, nothing to report yet"; Failed
+carries families to serve from a reading that is itself a failure. Parsing
 lives in pure module-level functions of the collector's module, so it is tested on fixture text
 without the kernel; they raise ParseError on input that is not in the kernel's format.
 
@@ -37,6 +38,16 @@ class SourceUnavailable(Exception):
 class NotReady(Exception):
     """The collector started but has nothing to report yet (a BPF program still loading).
     Reported as success=0 and logged at info level, not as a failure."""
+
+
+class Failed(Exception):
+    """collect() read its source, and what it read is a failure (every fsync probe errors): the
+    families are still served (error counters and all), and the collector reports success 0
+    with the message as its error."""
+
+    def __init__(self, message: str, families: Iterable[Metric]):
+        super().__init__(message)
+        self.families = list(families)
 
 
 class ParseError(ValueError):

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     # traceback or a default action (SIGQUIT dumps core, SIGHUP and SIGUSR1 kill silently).
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:  # the field guide's verdicts for this node (exporter/check.py)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # check handles Ctrl-C itself
         return check_main(argv[1:])
     for sig in SHUTDOWN_SIGNALS:
         signal.signal(sig, _stop_before_serving)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from prometheus_client.core import Metric
 
-from .contract import Collector, NotReady, SourceUnavailable
+from .contract import Collector, Failed, NotReady, SourceUnavailable
 from .logs import log_event
 from .snapshot import INLINE_ENCODE_SAMPLES, Outcome, Snapshot, release_freed_heap
 
@@ -207,6 +207,9 @@ class CollectorRunner:
             return self._failed(f"{what} after {timeout:g}s", elapsed)
         try:
             families, duration, collected = job.result()
+        except Failed as e:  # served, and a failure all the same
+            self._failed(str(e), elapsed)
+            return self._outcome(e.families, False, elapsed)
         except NotReady as e:
             if str(e) != self.last_error:
                 log_event(log, logging.INFO, "collector not ready yet", collector=self.name, reason=str(e))

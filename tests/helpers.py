@@ -115,10 +115,16 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def collector_text(collector) -> str:
-    """One collect() of a collector, encoded as the exporter encodes it (0.0.4 text format)."""
+    """One collect() of a collector, encoded as the exporter encodes it (0.0.4 text format); a
+    Failed reading's families are served too, as the exporter serves them."""
+    from exporter.contract import Failed
     from exporter.exposition import encode_text
 
-    return encode_text(list(collector.collect())).decode()
+    try:
+        families = list(collector.collect())
+    except Failed as e:
+        families = e.families
+    return encode_text(families).decode()
 
 
 def collector_metrics(collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -53,6 +53,12 @@ def scrape(c: FsyncCollector) -> dict:
     return collector_metrics(c)
 
 
+def succeeded(m: dict, path=None) -> bool:
+    """A probe has succeeded (the timestamp is 0 until one has)."""
+    labels = {} if path is None else {"path": str(path)}
+    return any(samples(m, "netstack_fsync_probe_last_success_timestamp_seconds", **labels).values())
+
+
 def errors(m: dict, path) -> dict[str, float]:
     found = samples(m, "netstack_fsync_probe_errors_total", path=str(path))
     return {dict(k[1])["reason"]: v for k, v in found.items()}
@@ -210,7 +216,7 @@ def _assert_reason_and_neighbour_ok(c, bad, good, reason, succeeded_before=False
     others = {r: v for r, v in errors(m, bad).items() if r != reason}
     assert set(others.values()) == {0.0}, others
     if not succeeded_before:
-        assert not samples(m, "netstack_fsync_probe_last_success_timestamp_seconds", path=str(bad))
+        assert not succeeded(m, bad)
     assert set(errors(m, good).values()) == {0.0}
     return m
 
@@ -263,9 +269,7 @@ def test_directory_created_once_its_parent_becomes_writable(tmp_path):
             wait_for(lambda: errors(scrape(c), target)["read_only"] >= 1, what="read_only")
             run(["mount", "-o", "remount,bind,rw", str(parent)])
             wait_for(
-                lambda: samples(
-                    scrape(c), "netstack_fsync_probe_last_success_timestamp_seconds", path=str(target)
-                ),
+                lambda: succeeded(scrape(c), target),
                 what="a successful probe",
             )
         assert target.is_dir()
@@ -362,15 +366,7 @@ def test_stuck_probe_times_out_once_and_is_not_stacked(tmp_path):
         assert len(calls) == 1, "no second probe while the first is stuck"
         assert sum(t.name == "fsync-probe" for t in threading.enumerate()) == 1
         release.set()
-        m = wait_for(
-            lambda: (
-                lambda m: (
-                    m
-                    if samples(m, "netstack_fsync_probe_last_success_timestamp_seconds", path=str(tmp_path))
-                    else None
-                )
-            )(scrape(c))
-        )
+        m = wait_for(lambda: (lambda m: m if succeeded(m, tmp_path) else None)(scrape(c)))
     assert errors(m, tmp_path)["timeout"] == 1
     # the stuck probe stopped after its one slow sync; that sync is in the histogram
     assert value(m, "netstack_fsync_duration_seconds_bucket", path=str(tmp_path), le="0.256") < value(
@@ -435,9 +431,35 @@ def test_shutdown_during_a_probe_removes_the_probe_file():
             probe_file = directory / PROBE_FILE
             wait_for(probe_file.exists, what="the probe to start")
             m = e.scrape()
-            assert not samples(m, "netstack_fsync_probe_last_success_timestamp_seconds"), "probe already done"
+            assert not succeeded(m), "probe already done"
             e.proc.terminate()
             assert e.proc.wait(10) == 0
         assert not probe_file.exists()
     finally:
         shutil.rmtree(directory)
+
+
+def test_a_probe_that_never_succeeds_fails_the_collector_and_reads_as_stale(tmp_path):
+    """Issue 11: success reflects the probe, and 'never succeeded' is visible to the stale alert."""
+    from exporter.contract import Failed
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with mounted(ro, "--bind", str(ro)):
+        run(["mount", "-o", "remount,bind,ro", str(ro)])
+        c = make([ro])
+        with running(c):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not errors(scrape(c), ro)["read_only"]:
+                time.sleep(0.05)
+            with pytest.raises(Failed, match="read_only") as failed:
+                list(c.collect())
+    m = parse_metrics(collector_text_of(failed.value.families))
+    assert errors(m, ro)["read_only"] >= 1  # the error counters are still served
+    assert set(samples(m, "netstack_fsync_probe_last_success_timestamp_seconds").values()) == {0}
+
+
+def collector_text_of(families) -> str:
+    from exporter.exposition import encode_text
+
+    return encode_text(families).decode()

@@ -170,6 +170,7 @@ def test_every_reason_series_exists_before_any_error():
     errors = samples(m, "netstack_fsync_probe_errors_total", path="/var/lib/etcd")
     assert sorted(dict(k[1])["reason"] for k in errors) == sorted(REASONS)
     assert set(errors.values()) == {0.0}
-    # nothing measured yet: no quantiles, no success timestamp
+    # nothing measured yet: no quantiles; the success timestamp is 0 (never), so that a probe
+    # that never succeeds makes NetstackFsyncProbeStale fire too
     assert not samples(m, "netstack_fsync_probe_quantile_seconds")
-    assert not samples(m, "netstack_fsync_probe_last_success_timestamp_seconds")
+    assert set(samples(m, "netstack_fsync_probe_last_success_timestamp_seconds").values()) == {0}

@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 
-from exporter.contract import Collector, Context, NotReady, SourceUnavailable
+from exporter.contract import Collector, Context, Failed, NotReady, SourceUnavailable
 from exporter.exposition import CompactFamily
 from exporter.scheduling import CollectorRunner, Scheduler
 from exporter.snapshot import OPENMETRICS, TEXT
@@ -347,3 +347,22 @@ def test_a_family_that_cannot_be_encoded_fails_only_its_collector(harness, caplo
     assert len(events(caplog, "collector failed", "bad")) == 1
     h.scrape(fmt=fmt)
     assert len(events(caplog, "collector failed", "bad")) == 1  # once, not once per scrape
+
+
+class FailingReading(Fake):
+    """A source that answers, and what it says is a failure (the fsync probe errors)."""
+
+    def collect(self):
+        families = list(super().collect())
+        raise Failed("every probe fails: permission_denied", families)
+
+
+def test_a_failed_reading_serves_its_families_with_success_0(harness, caplog):
+    h = harness(FailingReading("probe"), Fake("fast"))
+    m = h.scrape()
+    assert status(m, "probe") == (0, 1)  # failing, not absent
+    assert value(m, "probe_value") == 1  # its families (error counters) are still served
+    assert status(m, "fast") == (1, 1)
+    assert h.runner("probe").last_error == "every probe fails: permission_denied"
+    h.scrape()
+    assert len(events(caplog, "collector failed", "probe")) == 1
