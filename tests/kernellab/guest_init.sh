@@ -6,7 +6,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8
 . /kernellab/job
 
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the host's, seen through the overlay (writes go to its tmpfs upper layer): a checkout
+# under /tmp (CI clones into mktemp -d) would vanish under a tmpfs of its own.
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/netns /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
