@@ -419,11 +419,12 @@ def code_readable_by_anyone():
     import pyroute2
 
     import collectors
+    import exporter
 
     dest = tempfile.mkdtemp(prefix="overlay-unprivileged-")
     try:
         os.chmod(dest, 0o755)
-        for package in (collectors, prometheus_client, pyroute2):
+        for package in (collectors, exporter, prometheus_client, pyroute2):
             source = os.path.dirname(package.__file__)
             shutil.copytree(
                 source,
