@@ -42,7 +42,7 @@ from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 from exporter.exposition import CompactFamily, LabelSet
 from exporter.logs import log_event
 
-from .common import read_int, read_text
+from .common import parse_counter, read_int, read_text
 from .netlink import (
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -156,7 +156,7 @@ def parse_ip_vs_lines(
     disappeared are dropped. Sums are kept in locals: 15,000 backend lines must be cheap."""
     first = next(lines, "")
     if not first.startswith("IP Virtual Server version"):
-        raise ParseError(f"{path}:1: not an IPVS table: {first[:60]!r}")
+        raise ParseError(f"{path}:1: not an IPVS table")
     previous = dict(known) if known else {}
     if known is None:
         known = {}
@@ -203,8 +203,8 @@ def parse_ip_vs_lines(
                 known[line] = current
                 backends = active = inactive = weight_zero = 0
                 dests = [] if want_dests else None
-    except (ValueError, IndexError):
-        raise ParseError(f"{path}:{number}: unexpected line {line.rstrip()[:80]!r}") from None
+    except (ValueError, IndexError, OSError):  # OSError: inet_ntoa/inet_pton of a bad address
+        raise ParseError(f"{path}:{number}: unexpected line") from None
     if current is not None:
         services.append(
             Service(*current[0], backends, active, inactive, weight_zero, dests=dests, labels=current[1])  # type: ignore[misc, call-arg]
@@ -216,12 +216,35 @@ def parse_ip_vs_stats(text: str, path: str = "/proc/net/ip_vs_stats") -> tuple[i
     """(connections, in packets, out packets, in bytes, out bytes) since IPVS was loaded."""
     lines = text.split("\n")
     try:
-        values = tuple(int(v, 16) for v in lines[2].split())
+        values = tuple(parse_counter(v, 16) for v in lines[2].split())
     except (ValueError, IndexError):
         values = ()
     if len(values) != 5:
-        raise ParseError(f"{path}:3: expected 5 hex counters, got {(lines + [''] * 3)[2][:80]!r}")
+        raise ParseError(f"{path}:3: expected 5 hex counters")
     return values
+
+
+# /proc/net/ip_vs lines are short ("  -> [v6 address]:port Masq weight active inactive"); the
+# whole table at 10,000 services x 3 backends is ~2 MB. Bounds far above that keep a broken or
+# hostile file from costing more than its own collection.
+MAX_LINE = 512
+MAX_TABLE_BYTES = 64 << 20
+
+
+def bounded_lines(f, path: str, max_line: int = MAX_LINE, max_bytes: int = MAX_TABLE_BYTES) -> Iterator[str]:
+    """The lines of an open text file, ParseError past a line of `max_line` characters or a file
+    of `max_bytes`: iterating a file would read any line whole, however long."""
+    total = 0
+    while True:
+        line = f.readline(max_line + 1)
+        if not line:
+            return
+        total += len(line)
+        if len(line) > max_line or total > max_bytes:
+            raise ParseError(
+                f"{path}: a line longer than {max_line} characters or over {max_bytes >> 20} MiB"
+            )
+        yield line
 
 
 # --- IPVS generic netlink ---------------------------------------------------------------------
@@ -734,7 +757,7 @@ class IpvsCollector(Collector):
             try:
                 # line by line: the whole text and a list of its lines would be ~3 MB at a time
                 with open(path, encoding="ascii", errors="replace") as f:
-                    services = parse_ip_vs_lines(f, path, want_dests, self.known_lines)
+                    services = parse_ip_vs_lines(bounded_lines(f, path), path, want_dests, self.known_lines)
             except FileNotFoundError:  # ip_vs unloaded since the probe
                 raise SourceUnavailable(f"IPVS not available: {path} does not exist") from None
             if dumped is not None:

@@ -807,3 +807,37 @@ def test_traffic_decoder_learns_the_layout_and_matches_the_full_decode(monkeypat
             ("TCP", "10.96.0.2", 443): (1, 2, 3, 4, 5)
         }
     assert len(full) == 1
+
+
+HEADER = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        HEADER + "TCP  0A6000:0050 rr \n",  # an address of 3 bytes: inet_ntoa's OSError before
+        HEADER + "TCP  [zz::1]:0050 rr \n",  # inet_pton's OSError
+        HEADER + "TCP  0A600001:0050 rr \n  -> 0A000001:0050 Masq x 0 0\n",
+    ],
+)
+def test_malformed_tables_are_parse_errors_that_name_the_line_not_its_content(table):
+    with pytest.raises(ParseError) as e:
+        ipvs.parse_ip_vs(table, "ip_vs", want_dests=True)
+    assert "ip_vs:" in str(e.value) and "0A6000" not in str(e.value) and "zz" not in str(e.value)
+
+
+def test_stats_wider_than_a_counter_are_a_parse_error():
+    text = "hdr\nhdr\n" + " ".join(["F" * 3600] * 5) + "\n"
+    with pytest.raises(ParseError):
+        ipvs.parse_ip_vs_stats(text, "ip_vs_stats")
+
+
+def test_an_endless_line_or_a_huge_table_fails_only_the_collection(tmp_path):
+    import io
+
+    huge = io.StringIO(HEADER + "TCP  0A600001:0050 rr " + "x" * 10_000_000 + "\n")
+    with pytest.raises(ParseError, match="longer than"):
+        list(ipvs.bounded_lines(huge, "ip_vs"))
+    many = io.StringIO("  -> 0A000001:0050 Masq 1 0 0\n" * 1000)
+    with pytest.raises(ParseError):
+        list(ipvs.bounded_lines(many, "ip_vs", max_bytes=10_000))
