@@ -94,7 +94,7 @@ def reply_lines(text: str, source: str = "bird") -> list[tuple[int, str]]:
             out.append((code, line[1:]))
             continue
         if len(line) < 5 or not line[:4].isdigit() or line[4] not in " -":
-            raise ParseError(f"{source}:{lineno}: not a BIRD reply line: {line[:60]!r}")
+            raise ParseError(f"{source}:{lineno}: not a BIRD reply line")
         code = int(line[:4])
         if code >= 8000:
             raise BirdError(f"{source}: BIRD answered {line[:200]!r}")
@@ -111,7 +111,7 @@ def parse_banner(text: str, source: str = "bird") -> str:
     lines = reply_lines(text, source)
     m = _BANNER.fullmatch(lines[0][1].strip()) if lines[0][0] == 1 else None
     if m is None:
-        raise ParseError(f"{source}: not a BIRD greeting: {text[:60]!r}")
+        raise ParseError(f"{source}: not a BIRD greeting")
     return m.group(1)
 
 
@@ -130,7 +130,7 @@ class Protocol:
 def _split_row(text: str, source: str) -> Protocol:
     fields = text.split(None, 4)
     if len(fields) < 5:
-        raise ParseError(f"{source}: protocol row with fewer than 5 columns: {text[:80]!r}")
+        raise ParseError(f"{source}: protocol row with fewer than 5 columns")
     name, proto, table, state, rest = fields
     since, _, info = rest.partition(" ")
     info = info.strip()
@@ -324,7 +324,7 @@ class _ReplyReader:
                 if line.startswith(b" "):
                     continue
                 if not _LINE.match(line):
-                    raise ParseError(f"{self.path}: not a BIRD reply line in {what}: {line[:60]!r}")
+                    raise ParseError(f"{self.path}: not a BIRD reply line in {what}")
                 if line[4:5] == b" ":
                     text = self.buf[start:scanned].decode("utf-8", "replace")
                     del self.buf[:scanned]

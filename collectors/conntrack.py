@@ -144,7 +144,7 @@ def parse_procfs_stats(
         raise ParseError(f"{path}: empty")
     header = lines[0].split()
     if "entries" not in header:
-        raise ParseError(f"{path}:1: header without an 'entries' column: {lines[0][:60]!r}")
+        raise ParseError(f"{path}:1: header without an 'entries' column")
     entries = None
     stats: dict[int, dict[str, int]] = {}
     for row, line in enumerate(lines[1:]):
@@ -154,7 +154,7 @@ def parse_procfs_stats(
         try:
             values = dict(zip(header, (int(f, 16) for f in fields)))
         except ValueError:
-            raise ParseError(f"{path}:{row + 2}: not hexadecimal: {line[:60]!r}") from None
+            raise ParseError(f"{path}:{row + 2}: not hexadecimal") from None
         entries = values["entries"]
         stats[row] = {key: values[col] for col, key in PROCFS_COLUMNS.items() if col in values}
     return entries, stats

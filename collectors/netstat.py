@@ -31,7 +31,7 @@ def parse_snmp(text: str, path: str) -> dict[str, dict[str, int]]:
             continue
         prefix, colon, rest = line.partition(":")
         if not colon or not prefix or " " in prefix:
-            raise ParseError(f"{path}:{lineno}: expected 'Section: ...', got {line[:40]!r}")
+            raise ParseError(f"{path}:{lineno}: expected 'Section: ...'")
         if header is None:
             header = (prefix, rest.split(), lineno)
             continue
@@ -60,7 +60,7 @@ def parse_snmp6(text: str, path: str) -> dict[str, int]:
         if not fields:
             continue
         if len(fields) != 2:
-            raise ParseError(f"{path}:{lineno}: expected 'name value', got {line[:40]!r}")
+            raise ParseError(f"{path}:{lineno}: expected 'name value'")
         try:
             out[fields[0]] = int(fields[1])
         except ValueError:

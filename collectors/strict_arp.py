@@ -53,7 +53,7 @@ def parse_sysctl_int(text: str, path: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise ParseError(f"{path}: expected an integer, got {text[:40]!r}") from None
+        raise ParseError(f"{path}: expected an integer") from None
 
 
 def strict_arp(arp_ignore: int, arp_announce: int) -> bool:
