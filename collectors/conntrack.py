@@ -468,8 +468,12 @@ class ConntrackCollector(Collector):
             yield GaugeMetricFamily(
                 "netstack_conntrack_buckets", "Size of the conntrack hash table (host-wide).", value=buckets
             )
-        except OSError:
-            pass
+        except FileNotFoundError:
+            pass  # a kernel or namespace without the sysctl
+        except (OSError, ParseError) as e:
+            if "buckets" not in self._warned:  # once: the other series are still served
+                self._warned.add("buckets")
+                log_event(log, logging.WARNING, "conntrack cannot read nf_conntrack_buckets", error=str(e))
         per_cpu = self.option("per-cpu")
         keys = [k for k in STATS_HELP if any(k in row for row in snap.stats.values())]
         for key in keys:

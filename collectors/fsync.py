@@ -637,9 +637,15 @@ class FsyncCollector(Collector):
             devname = parse_uevent_devname(
                 read_text(self.paths.sys("dev", "block", f"{mount.major}:{mount.minor}", "uevent"))
             )
-        except OSError:
+        except FileNotFoundError:
             devname = None  # not a block device: tmpfs, overlay, nfs
-        return devname or mount.source, mount.fstype
+        except OSError as e:
+            devname = None
+            if not self._mounts_warned:
+                self._mounts_warned = True
+                log_event(log, logging.WARNING, "fsync cannot read the device name", path=path, error=str(e))
+        # The label must not depend on whether sysfs answered: /dev/vda and vda are one device.
+        return devname or mount.source.removeprefix("/dev/"), mount.fstype
 
     # -- exposition --
 

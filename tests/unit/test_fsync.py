@@ -174,3 +174,16 @@ def test_every_reason_series_exists_before_any_error():
     # that never succeeds makes NetstackFsyncProbeStale fire too
     assert not samples(m, "netstack_fsync_probe_quantile_seconds")
     assert set(samples(m, "netstack_fsync_probe_last_success_timestamp_seconds").values()) == {0}
+
+
+def test_device_label_is_the_same_whether_or_not_sysfs_answers(tmp_path):
+    """Issue 11: the label flipped between 'vda' (from uevent) and '/dev/vda' (mount source)."""
+    with_sysfs = FsyncCollector(
+        Context(Paths(procfs=str(FIX / "proc"), sysfs=str(FIX / "sys")), {"directory": ["/var/lib/etcd"]})
+    )
+    without = FsyncCollector(
+        Context(Paths(procfs=str(FIX / "proc"), sysfs=str(tmp_path)), {"directory": ["/var/lib/etcd"]})
+    )
+    device, _ = with_sysfs._labels("/var/lib/etcd")
+    fallback, _ = without._labels("/var/lib/etcd")
+    assert device == fallback == "nvme1n1p1"
