@@ -33,7 +33,7 @@ from tests.unit.test_ipvs import FAMILY, TABLE, done, encode, error
 # The deadline and the time bound catch super-linear work, not noise: on a busy 2-core machine a
 # call of microseconds is sometimes descheduled for a tenth of a second.
 FUZZ = settings(
-    max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "300")),
+    max_examples=int(os.environ.get("NETSTACK_FUZZ_EXAMPLES", "150")),
     deadline=timedelta(seconds=2),
     database=None,
     derandomize=os.environ.get("CI") == "true",
