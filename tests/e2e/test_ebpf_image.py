@@ -5,20 +5,16 @@ under the runtime's default seccomp profile they say that seccomp is the cause."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Netns, free_port, need_root, need_tool, parse_metrics, samples
-from tests.integration.test_ebpf_loader import need_core_objects, tracefs_mounted
+from tests.helpers import Netns, free_port, parse_metrics, samples
+from tests.image import podman
+from tests.integration.test_ebpf_loader import tracefs_mounted
 
-BASE = "docker.io/library/debian:bookworm-slim"
-IMAGE = "localhost/netstack-exporter-test:core"
 MAX_BYTES = 150 * 10**6
 # podman raises its own RLIMIT_NOFILE/NPROC for containers; a sandboxed root without
 # CAP_SYS_RESOURCE cannot, so the container gets modest explicit limits.
@@ -30,93 +26,10 @@ SEND = (
 )
 
 
-def podman(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["podman", "--runtime", "runc", *args], capture_output=True, text=True, timeout=timeout, check=check
-    )
-
-
-def ensure_base(tmp: Path) -> None:
-    """Debian's bookworm-slim; made with debootstrap (slimmed like Docker Hub's) when the
-    registry cannot be reached, as here."""
-    if podman("image", "exists", BASE, check=False).returncode == 0:
-        return
-    if podman("pull", BASE, timeout=300, check=False).returncode == 0:
-        return
-    need_tool("debootstrap", "debootstrap")
-    rootfs = tmp / "rootfs"
-    subprocess.run(
-        ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), "http://deb.debian.org/debian"],
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
-    slim(rootfs)
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(
-        ["podman", "import", "-", BASE], stdin=tar.stdout, check=True, capture_output=True, timeout=300
-    )
-    tar.wait()
-    subprocess.run(["rm", "-rf", str(rootfs)], check=True)
-
-
-def slim(rootfs: Path) -> None:
-    """What Docker Hub's -slim images leave out: documentation, manuals, locales, apt caches;
-    and the dpkg and apt settings that keep them out of later installs."""
-    subprocess.run(
-        [
-            "sh",
-            "-c",
-            "rm -rf var/cache/apt/archives/*.deb var/cache/apt/*.bin "
-            "var/lib/apt/lists/* usr/share/man/* usr/share/info/* usr/share/groff/* "
-            "usr/share/lintian/* var/log/*; "
-            "find usr/share/doc -mindepth 2 ! -name copyright -delete 2>/dev/null; "
-            "find usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias "
-            "-exec rm -rf {} +",
-        ],
-        cwd=rootfs,
-        check=True,
-    )
-    (rootfs / "etc/dpkg/dpkg.cfg.d").mkdir(parents=True, exist_ok=True)
-    (rootfs / "etc/dpkg/dpkg.cfg.d/docker").write_text(
-        "".join(
-            f"path-{rule}\n"
-            for rule in (
-                "exclude /usr/share/doc/*",
-                "include /usr/share/doc/*/copyright",
-                "exclude /usr/share/man/*",
-                "exclude /usr/share/groff/*",
-                "exclude /usr/share/info/*",
-                "exclude /usr/share/lintian/*",
-                "exclude /usr/share/locale/*",
-                "include /usr/share/locale/locale.alias",
-            )
-        )
-    )
-    (rootfs / "etc/apt/apt.conf.d/docker-clean").write_text(
-        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb '
-        '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
-        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
-    )
-
-
 @pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    need_root()
-    need_tool("podman", "podman")
-    need_tool("runc", "runc")
-    need_core_objects()  # the build machine can build them (clang, bpftool, BTF)
-    ensure_base(tmp_path_factory.mktemp("base"))
-    args = ["build", "--network=host", "-f", "packaging/Dockerfile", "-t", IMAGE]
-    ca = os.environ.get("PIP_CERT") or os.environ.get("REQUESTS_CA_BUNDLE")
-    if ca and os.path.exists(ca):  # behind a TLS-intercepting proxy (the Dockerfile's note)
-        args += ["-v", f"{ca}:/run/ca.crt:ro", "--build-arg", "PIP_CERT=/run/ca.crt"]
-    result = subprocess.run(
-        ["podman", "--runtime", "runc", *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=1200
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    yield IMAGE
-    podman("rmi", "-f", IMAGE, check=False)
+def image(built_image):
+    """The session's one build of the image (tests/image.py), shared with test_deploy_path.py."""
+    return built_image
 
 
 def test_image_is_small_and_has_no_compiler(image):
