@@ -52,7 +52,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "bgp_peer_down": Threshold("NetstackBGPPeerNotEstablished", 0, WARN, "=="),
     "shared_kernel": Threshold("NetstackSharedKernelNode", 1, WARN, "=="),
     "collector_failing": Threshold("NetstackCollectorFailing", 0, WARN, "=="),
-    "softirq_wait_p99": Threshold(None, 0.001, WARN),
+    "softirq_wait_p99": Threshold("NetstackNetRxSoftirqWaitHigh", 0.001, WARN),
 }
 
 
