@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from exporter.contract import Collector, Context, Option, SourceUnavailable
 
 from . import overlay_rtnl as rtnl
+from .netlink import NetlinkDumpInterrupted
 
 UNKNOWN = "unknown"  # underlay label value when it cannot be determined (never a guess)
 
@@ -408,6 +409,8 @@ class OverlayCollector(Collector):
         self._rtnl: rtnl.RtnlSocket | None = None
         self._monitor: rtnl.LinkMonitor | None = None
         self._topology: Topology | None = None
+        self._last_topology: Topology | None = None  # the last complete dump, for churn
+        self.stale = False  # this scrape's topology is the previous one: the dump kept changing
         self.refreshes = 0  # link dumps done; the benchmark and tests read it
 
     def selected(self, name: str) -> bool:
@@ -450,10 +453,21 @@ class OverlayCollector(Collector):
             or needs_refresh(topo, events)
             or time.monotonic() - topo.built >= self._refresh_interval
         ):
-            topo = self._topology = build_topology(
-                self._rtnl.dump_links(), self.selected, self._rtnl.route_oif, self._rtnl.address_owner
-            )
+            try:
+                topo = self._topology = build_topology(
+                    self._rtnl.dump_links(), self.selected, self._rtnl.route_oif, self._rtnl.address_owner
+                )
+            except NetlinkDumpInterrupted:
+                # Links kept changing through every retry (pods churning). The previous topology
+                # with fresh counters is better than no overlay metrics: served, and marked.
+                if self._last_topology is None:
+                    raise
+                self._topology = None  # dump again next scrape
+                self.stale = True
+                return self._last_topology
+            self._last_topology = topo
             self.refreshes += 1
+        self.stale = False
         return topo
 
     def collect(self) -> Iterator[Metric]:
@@ -523,8 +537,16 @@ class OverlayCollector(Collector):
             for index, name in sorted(underlays.items(), key=lambda kv: kv[1]):
                 family.add_metric([name], (stats[index] or {}).get(field, 0))
             families.append(family)
+        stale = GaugeMetricFamily(
+            "netstack_overlay_topology_stale",
+            "1 when the link dump kept being interrupted by changes (pod churn) and this scrape's "
+            "tunnel list is the previous one, with fresh counters.",
+            value=int(self.stale),
+        )
         # a host without tunnels gets no empty HELP/TYPE blocks, like node_exporter
         yield from (f for f in families if f.samples)
+        if tunnels or self.stale:
+            yield stale
 
 
 COLLECTOR = OverlayCollector
