@@ -15,7 +15,6 @@ the host's, with hostNetwork) and one rtnetlink address dump for kube-ipvs0's ad
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -26,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 
 from .common import read_text
-from .netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, error_code, messages
+from .netlink import NLMSGHDR, NetlinkSocket, data_messages
 
 DEVICE = "kube-ipvs0"
 # arp_ignore values under which a node does not answer for addresses of other interfaces
@@ -44,7 +43,6 @@ DEFAULT_EXCLUDE = (
 NETLINK_ROUTE = 0
 RTM_NEWADDR = 20
 RTM_GETADDR = 22
-NLM_F_DUMP_INTR = 0x10
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
@@ -61,50 +59,31 @@ def strict_arp(arp_ignore: int, arp_announce: int) -> bool:
     return arp_ignore in STRICT_ARP_IGNORE and arp_announce == STRICT_ARP_ANNOUNCE
 
 
-def address_dump_request(seq: int) -> bytes:
-    body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-def count_addresses(buf: bytes, ifindex: int, counts: dict[str, int]) -> bool:
-    """Add the addresses of interface ifindex in one datagram of an RTM_GETADDR dump to counts
-    ({ipv4: n, ipv6: n}); True when the datagram ends the dump. Raises OSError for a kernel error,
-    InterruptedError when the kernel flags the dump as interrupted (addresses changed)."""
-    for kind, flags, _seq, start, end in messages(buf):
-        if flags & NLM_F_DUMP_INTR:
-            raise InterruptedError("address dump interrupted")
-        if kind == NLMSG_DONE:
-            return True
-        if kind == NLMSG_ERROR:
-            code = error_code(buf, start)
-            if code:
-                raise OSError(code, f"RTM_GETADDR: {os.strerror(code)}")
-            continue
-        if kind != RTM_NEWADDR:
-            continue
+def count_addresses(chunks: Iterable[bytes], ifindex: int) -> dict[str, int]:
+    """Addresses of interface ifindex, by family ({ipv4: n, ipv6: n}), in the datagrams of an
+    RTM_GETADDR dump. A kernel error raises NetlinkKernelError (an OSError); a message too short
+    for its header, ParseError."""
+    counts = {"ipv4": 0, "ipv6": 0}
+    for buf, _kind, start, end in data_messages(chunks, RTM_NEWADDR):
         if end - start < NLMSGHDR.size + IFADDRMSG.size:
             raise ParseError(f"RTM_NEWADDR of {end - start} bytes is too short")
         family, _plen, _flags, _scope, index = IFADDRMSG.unpack_from(buf, start + NLMSGHDR.size)
         if index == ifindex and family in FAMILY_NAMES:
             counts[FAMILY_NAMES[family]] += 1
-    return False
+    return counts
 
 
 def dump_addresses(ifindex: int, timeout: float = 2.0) -> dict[str, int]:
-    """Addresses of one interface, by family, from an rtnetlink dump of this network namespace."""
-    for _attempt in range(3):
-        counts = {"ipv4": 0, "ipv6": 0}
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as sock:
-            sock.settimeout(timeout)
-            sock.bind((0, 0))
-            sock.send(address_dump_request(1))
-            try:
-                while not count_addresses(sock.recv(1 << 16), ifindex, counts):
-                    pass
-            except InterruptedError:
-                continue
-        return counts
-    raise OSError(errno.EAGAIN, "RTM_GETADDR dump interrupted three times in a row")
+    """Addresses of one interface, by family, from an rtnetlink dump of this network namespace
+    (the shared client retries a dump that addresses changed under)."""
+    sock = NetlinkSocket(NETLINK_ROUTE, timeout=timeout)
+    try:
+        body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return sock.dump(
+            RTM_GETADDR, body, lambda chunks: count_addresses(chunks, ifindex), what="address dump"
+        )
+    finally:
+        sock.close()
 
 
 class StrictArpCollector(Collector):
