@@ -12,6 +12,7 @@ event socket and asks RTM_GETSTATS for each tunnel and underlay device (one smal
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import threading
 import time
@@ -21,10 +22,13 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter.contract import Collector, Context, Option, SourceUnavailable
+from exporter.contract import Collector, Context, Option, ParseError, SourceUnavailable
+from exporter.logs import log_event
 
 from . import overlay_rtnl as rtnl
 from .netlink import NetlinkDumpInterrupted
+
+log = logging.getLogger("netstack.overlay")
 
 UNKNOWN = "unknown"  # underlay label value when it cannot be determined (never a guess)
 
@@ -128,7 +132,18 @@ def _family(address: str | None) -> int | None:
 
 
 def tunnel_config(link: rtnl.LinkSummary) -> TunnelConfig:
-    """Decode IFLA_INFO_DATA of a tunnel device with pyroute2's per-kind tables."""
+    """Decode IFLA_INFO_DATA of a tunnel device with pyroute2's per-kind tables; ParseError when
+    the message does not decode (pyroute2 raises whatever its tables hit: struct.error,
+    IndexError, ValueError from ipaddress...)."""
+    try:
+        return _tunnel_config(link)
+    except ParseError:
+        raise
+    except Exception as e:
+        raise ParseError(f"{link.name}: tunnel attributes do not decode ({type(e).__name__})") from None
+
+
+def _tunnel_config(link: rtnl.LinkSummary) -> TunnelConfig:
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # deferred: only when tunnels exist
 
     msg = ifinfmsg(link.message)
@@ -277,7 +292,13 @@ def build_topology(
     for link in links:
         if link.kind not in TUNNEL_KINDS or not selected(link.name):
             continue
-        cfg = tunnel_config(link)
+        try:
+            cfg = tunnel_config(link)
+        except ParseError as e:
+            # One device the kernel (or a newer kind) describes oddly: still a tunnel, with its
+            # counters; its underlay and MTU check are unknown. Logged once per topology dump.
+            log_event(log, logging.WARNING, "overlay cannot decode a tunnel", device=link.name, error=str(e))
+            cfg = TunnelConfig(link.kind or "")
         underlay_index, via_route = None, False
         if link.link_netnsid is not None:
             pass  # the lower device lives in another namespace: we cannot see it

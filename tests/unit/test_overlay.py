@@ -263,3 +263,27 @@ def test_gre_key_and_checksum_flags_are_read_big_endian():
     cfg6 = tunnel_config(ip6gre)
     assert cfg6.gre_oflags == overlay.GRE_KEY
     assert encapsulation_overhead(cfg6) == 40 + 8 + 4 + 4 + 14
+
+
+def test_a_tunnel_message_that_does_not_decode_is_a_parse_error_not_a_crash():
+    import dataclasses
+
+    from exporter.contract import ParseError
+
+    good = fixture_link("vx0")
+    for cut in (20, 40, len(good.message) - 3):
+        broken = dataclasses.replace(good, message=good.message[:cut])
+        try:
+            tunnel_config(broken)
+        except ParseError:
+            pass
+
+
+def test_build_topology_keeps_a_tunnel_whose_attributes_do_not_decode():
+    import dataclasses
+
+    from collectors.overlay import build_topology
+
+    broken = dataclasses.replace(fixture_link("vx0"), message=b"\x00" * 7)
+    topo = build_topology([broken], lambda name: True, lambda a: None, lambda a: None)
+    assert [t.name for t in topo.tunnels] == ["vx0"]
