@@ -215,3 +215,34 @@ class Exporter:
         with contextlib.suppress(OSError):
             self._log.close()
             os.unlink(self.log_path)
+
+
+@contextlib.contextmanager
+def prometheus_server(config: str, workdir: Path):
+    """A real Prometheus (Debian's) with `config` as its prometheus.yml, data and log in
+    workdir, listening on a free loopback port: yields its base URL, stops it after. The config
+    is checked with promtool first, so a broken one fails with promtool's reason."""
+    binary = need_tool("prometheus", "prometheus")
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(config)
+    subprocess.run(
+        [need_tool("promtool", "prometheus"), "check", "config", str(config_file)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    with open(workdir / "prometheus.log", "w") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(proc, 10)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Exporter, need, run, stop_process
+from tests.helpers import ROOT, Exporter, need, run
 
 pytestmark = pytest.mark.e2e
 
@@ -500,38 +500,20 @@ def test_rules_and_dashboard_queries_work_on_real_data(tmp_path):
     job="netstack-exporter" as the chart's monitors set it) and evaluates every rule without
     error; the collector-health alerts stay silent although IPVS is unavailable on this kernel;
     every dashboard query runs, and those of the collectors available here return series."""
-    import subprocess
+    from tests.helpers import prometheus_server
 
-    from tests.helpers import free_port, need_tool
-
-    binary = need_tool("prometheus", "prometheus")
     with Exporter(
         f"--collector.fsync.directory={tmp_path / 'fsync'}", "--collector.fsync.interval=1s"
     ) as exporter:
-        port = free_port()
         target = f"127.0.0.1:{exporter.port}"
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
+        config = (
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
             f"rule_files: ['{ROOT / 'alerts' / 'netstack.rules.yml'}']\n"
             "scrape_configs:\n  - job_name: netstack-exporter\n"
             f"    static_configs: [{{targets: ['{target}']}}]\n"
         )
-        with open(tmp_path / "prometheus.log", "w") as log:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                _check_live(f"http://127.0.0.1:{port}", target)
-            finally:
-                stop_process(proc, 10)
+        with prometheus_server(config, tmp_path) as base:
+            _check_live(base, target)
 
 
 def _check_live(base: str, instance: str) -> None:

@@ -1,14 +1,14 @@
 """A real Prometheus server scrapes the real exporter reading this machine's /proc."""
 
+import contextlib
 import json
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from tests.helpers import Exporter, free_port, need_tool, stop_process
+from tests.helpers import Exporter, prometheus_server
 
 
 def online_cpus() -> int:
@@ -18,35 +18,17 @@ def online_cpus() -> int:
 
 @pytest.fixture
 def prometheus(tmp_path):
-    binary = need_tool("prometheus", "prometheus")
+    with contextlib.ExitStack() as stack:
 
-    def start(target: str):
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-            "scrape_configs:\n  - job_name: netstack\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
-        )
-        log = open(tmp_path / "prometheus.log", "w")
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        started.append((proc, log))
-        return f"http://127.0.0.1:{port}"
+        def start(target: str) -> str:
+            config = (
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                "scrape_configs:\n  - job_name: netstack\n"
+                f"    static_configs:\n      - targets: ['{target}']\n"
+            )
+            return stack.enter_context(prometheus_server(config, tmp_path))
 
-    started = []
-    yield start
-    for proc, log in started:
-        stop_process(proc, 10)
-        log.close()
+        yield start
 
 
 def query(base: str, promql: str) -> list:

@@ -4,14 +4,14 @@ a certificate rotated by SIGHUP is what the next scrape sees."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
-import subprocess
 import time
 
 import pytest
 
 from tests.e2e.test_prometheus import query, wait_for
-from tests.helpers import free_port, need_tool, stop_process
+from tests.helpers import prometheus_server
 from tests.tls import TLSExporter, basic, bcrypt_hash, client_context, make_ca, make_cert, write_web_config
 
 CORE = ("--collector.disable-defaults", "--collector.cpu", "--collector.softirq")
@@ -19,38 +19,12 @@ CORE = ("--collector.disable-defaults", "--collector.cpu", "--collector.softirq"
 
 @pytest.fixture
 def prometheus(tmp_path):
-    binary = need_tool("prometheus", "prometheus")
-    started = []
-
     def start(jobs: list[str]) -> str:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n" + "".join(jobs)
-        )
-        subprocess.run(
-            [need_tool("promtool", "prometheus"), "check", "config", str(config)],
-            check=True,
-            capture_output=True,
-        )
-        log = open(tmp_path / "prometheus.log", "w")
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        started.append((proc, log))
-        return f"http://127.0.0.1:{port}"
+        config = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n" + "".join(jobs)
+        return stack.enter_context(prometheus_server(config, tmp_path))
 
-    yield start
-    for proc, log in started:
-        stop_process(proc, 10)
-        log.close()
+    with contextlib.ExitStack() as stack:
+        yield start
 
 
 def job(name: str, port: int, ca, client=None, password: str | None = "s3cret") -> str:
