@@ -12,20 +12,25 @@ encoded (a value too long to print, a broken family) costs its own collector tha
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import gzip
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import Metric
 
 from .exposition import CompactFamily, LabelSets, encode_openmetrics, encode_text
 from .logs import log_event
 
-if TYPE_CHECKING:
-    from .scheduling import Worker
+
+class Submitter(Protocol):
+    """Where large encodings run: the scheduler's encoder worker (a thread)."""
+
+    def submit(self, fn: Callable[[], bytes]) -> concurrent.futures.Future: ...
+
 
 log = logging.getLogger("netstack.exporter")
 
@@ -136,7 +141,7 @@ class Snapshot:
             pieces.append(_EOF)
         return b"".join(pieces)
 
-    async def encoded(self, fmt: str, compress: bool, worker: Worker) -> bytes:
+    async def encoded(self, fmt: str, compress: bool, worker: Submitter) -> bytes:
         key = (fmt, compress)
         body = self._encoded.get(key)
         if body is None:
