@@ -4,9 +4,9 @@ to its underlay, which would clamp it). 1,422-byte datagrams (the frames of a 1,
 both ways: a's encapsulated 1,500-byte frames are dropped on b's underlay on receive, b's are
 fragmented on b; b's tunnel device counts nothing. Each node's real exporter is scraped by a real
 Prometheus in its namespace with the shipped rules (`for:` shortened as in
-tests/e2e/test_alerts_e2e.py): b raises the underlay drops and the fragmentation. Measured here
-and printed: NetstackOverlayMTUMismatch did not fire on b in this layout, and a raises
-NetstackOverlayDropping and NetstackOverlayUnderlayDropping too."""
+tests/e2e/test_alerts_e2e.py): b raises the MTU mismatch, the underlay drops and the
+fragmentation. Measured here and printed: a raises NetstackOverlayDropping and
+NetstackOverlayUnderlayDropping too."""
 
 from __future__ import annotations
 
@@ -71,7 +71,6 @@ def test_the_small_side_raises_underlay_drops_and_fragmentation(tmp_path):
             42,
             remote="198.18.0.1",
             local="198.18.0.2",
-            dev="ulb",
             mtu=1500,
             mac=MAC_B,
             addr="198.19.0.2/24",
@@ -86,6 +85,7 @@ def test_the_small_side_raises_underlay_drops_and_fragmentation(tmp_path):
                 time.sleep(4)  # clean scrapes first
                 seen = {"a": set(), "b": set()}
                 want = {
+                    "NetstackOverlayMTUMismatch",
                     "NetstackOverlayUnderlayDropping",
                     "NetstackOverlayFragmenting",
                 }
