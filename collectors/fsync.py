@@ -471,6 +471,7 @@ class FsyncCollector(Collector):
         self._closing = threading.Event()
         self._loop: PeriodicLoop | None = None
         self._mounts_warned = False
+        self._created = time.time()
         self._dirs = [_Directory(d) for d in self.option("directory")]
         self._block = os.urandom(self.option("block-size"))  # incompressible, like fio
 
@@ -666,8 +667,8 @@ class FsyncCollector(Collector):
         )
         success = GaugeMetricFamily(
             "netstack_fsync_probe_last_success_timestamp_seconds",
-            "Unix time when the last probe completed without error; 0 until one has (so that "
-            "'no probe succeeded since the exporter started' is stale too).",
+            "Unix time when the last probe completed without error; until one has, when the "
+            "collector started (so that 'no probe succeeded since start' reads as stale too).",
             labels=labels,
         )
         errors = CounterMetricFamily(
@@ -690,7 +691,7 @@ class FsyncCollector(Collector):
                 if d.quantiles:
                     for q, v in d.quantiles.items():
                         quant.add_metric(lv + [f"{q:g}"], v)
-                success.add_metric(lv, d.last_success or 0)
+                success.add_metric(lv, d.last_success or self._created)
                 for reason, n in d.errors.items():
                     errors.add_metric(lv + [reason], n)
                 written.add_metric(lv, d.bytes_written)

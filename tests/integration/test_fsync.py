@@ -54,9 +54,9 @@ def scrape(c: FsyncCollector) -> dict:
 
 
 def succeeded(m: dict, path=None) -> bool:
-    """A probe has succeeded (the timestamp is 0 until one has)."""
+    """A probe has succeeded (until one has, the timestamp is the collector's start)."""
     labels = {} if path is None else {"path": str(path)}
-    return any(samples(m, "netstack_fsync_probe_last_success_timestamp_seconds", **labels).values())
+    return any(samples(m, "netstack_fsync_probe_quantile_seconds", **labels).values())
 
 
 def errors(m: dict, path) -> dict[str, float]:
@@ -456,7 +456,8 @@ def test_a_probe_that_never_succeeds_fails_the_collector_and_reads_as_stale(tmp_
                 list(c.collect())
     m = parse_metrics(collector_text_of(failed.value.families))
     assert errors(m, ro)["read_only"] >= 1  # the error counters are still served
-    assert set(samples(m, "netstack_fsync_probe_last_success_timestamp_seconds").values()) == {0}
+    (since,) = samples(m, "netstack_fsync_probe_last_success_timestamp_seconds").values()
+    assert since == c._created  # never succeeded: the collector's start, which ages into stale
 
 
 def collector_text_of(families) -> str:

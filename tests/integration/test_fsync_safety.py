@@ -57,7 +57,9 @@ def refused(c, path, reason: str) -> dict:
 
 
 def no_probe_succeeded(m, path) -> bool:
-    return not samples(m, "netstack_fsync_probe_last_success_timestamp_seconds", path=str(path))
+    """No quantiles: nothing was measured (the last-success timestamp is the collector's start
+    until a probe succeeds)."""
+    return not samples(m, "netstack_fsync_probe_quantile_seconds", path=str(path))
 
 
 def test_symlinked_directory_is_refused(tmp_path, outside):
