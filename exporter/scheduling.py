@@ -313,6 +313,7 @@ class Scheduler:
         self.timeout = timeout
         self.encoder = Worker("encode")
         self.collections = 0
+        self.collected_at = float("-inf")  # monotonic time of the last collection
         self.ready = False
         self._release_pending = False
         self._inflight: asyncio.Task | None = None
@@ -347,6 +348,7 @@ class Scheduler:
         outcomes = [r.finish(job, timeout, elapsed) for r, job in calls]
         snapshot = Snapshot(outcomes, self._own_families())
         self.collections += 1
+        self.collected_at = time.monotonic()
         self.ready = True
         for listener in self.listeners:
             try:

@@ -127,7 +127,8 @@ async def landing(request: web.Request) -> web.Response:
             f"<tr><td>{html.escape(name)}</td><td>yes</td><td>{available}</td><td>{duration}</td>"
             f"<td>{_age(runner.last_success_time)}</td><td>{html.escape(problem)}</td></tr>"
         )
-    await scheduler.snapshot()  # a fresh reading, so the verdicts' rates reach up to now
+    if time.monotonic() - scheduler.collected_at > LANDING_FRESHNESS:
+        await scheduler.snapshot()  # a fresh reading, so the verdicts' rates reach up to now
     verdicts = _verdict_rows(request.app["verdicts"]())
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>netstack-exporter</title>
@@ -150,6 +151,11 @@ tr:nth-child(even){{background:#f3f3f3}}.ok{{color:#1a7f37}}.warn{{color:#9a6700
 </table></body></html>
 """
     return web.Response(text=page, content_type="text/html")
+
+
+# The landing page collects only when the last collection is older than this: a person who keeps
+# reloading / (or a client that hammers it) costs at most one collection per interval.
+LANDING_FRESHNESS = 5.0
 
 
 def _verdict_rows(verdicts: list) -> str:

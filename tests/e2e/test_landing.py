@@ -107,6 +107,7 @@ def sick_exporter(tmp_path):
         tree.tick(seconds=1.0)  # some CPU time passes (a plausible amount for any interval)
         tree.conntrack(entries=250000, cpu=1, drop=40, early_drop=5, insert_failed=3)
         tree.ipvs_drop_backends("TCP  0A600001:01BB")
+        exporter.scrape()  # as Prometheus would: the page shows the verdicts of the recent collections
         yield exporter
 
 
