@@ -27,78 +27,20 @@ from pathlib import Path
 
 from bench.common import NODE_EXPORTER, PROMETHEUS_HEADERS, ROOT, Target
 from tests.helpers import free_port, stop_process
+from tests.tls import bcrypt_hash, make_ca, make_cert, write_web_config
 
 NETSTACK_ARGS = ("--collector.disable-defaults", "--collector.cpu", "--collector.softirq")
 NODE_ARGS = ("--collector.disable-defaults", "--collector.cpu", "--collector.stat", "--collector.softnet")
 PASSWORD = "bench-password"
 
 
-def make_material(directory: Path) -> Path:
-    """CA, server certificate and a web config in the exporter-toolkit format; the config's path."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        str(directory / "ca.key"),
-        "-out",
-        str(directory / "ca.crt"),
-        "-days",
-        "1",
-        "-subj",
-        "/CN=bench-ca",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        str(directory / "server.key"),
-        "-out",
-        str(directory / "server.csr"),
-        "-subj",
-        "/CN=localhost",
-    )
-    (directory / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(directory / "server.csr"),
-        "-CA",
-        str(directory / "ca.crt"),
-        "-CAkey",
-        str(directory / "ca.key"),
-        "-CAcreateserial",
-        "-out",
-        str(directory / "server.crt"),
-        "-days",
-        "1",
-        "-extfile",
-        str(directory / "ext"),
-    )
-    hashed = (
-        subprocess.run(["htpasswd", "-nbBC", "10", "", PASSWORD], check=True, capture_output=True, text=True)
-        .stdout.strip()
-        .lstrip(":")
-    )
-    config = directory / "web.yml"
-    config.write_text(
-        f"tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
-    )
-    return config
+def make_material(directory: Path) -> tuple[Path, Path]:
+    """(web config in the exporter-toolkit format, CA certificate): the tests' openssl and
+    htpasswd helpers, so the bench and the tests use one kind of material."""
+    ca = make_ca(directory)
+    server = make_cert(ca, directory, "server")
+    config = write_web_config(directory / "web.yml", pair=server, users={"prometheus": bcrypt_hash(PASSWORD)})
+    return config, ca.cert
 
 
 @dataclass
@@ -177,8 +119,8 @@ def main() -> None:
     parser.add_argument("--scrapes", type=int, default=300)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp, ExitStack() as stack:
-        config = make_material(Path(tmp))
-        ctx = ssl.create_default_context(cafile=str(Path(tmp) / "ca.crt"))
+        config, ca_cert = make_material(Path(tmp))
+        ctx = ssl.create_default_context(cafile=str(ca_cert))
         auth = {"Authorization": "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()}
         plain = {"tls": False, "ctx": None, "headers": PROMETHEUS_HEADERS}
         secure = {"tls": True, "ctx": ctx, "headers": {**PROMETHEUS_HEADERS, **auth}}
