@@ -7,15 +7,25 @@ exporter.main replaces these handlers with its clean-shutdown ones once it serve
 
 import signal
 
+# Every signal a user may send to stop a daemon: each shuts down cleanly once the exporter serves
+# (collectors closed, the fsync probe file removed). SIGHUP reloads instead.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
-def _stop_during_import(signum: int, _frame) -> None:
+
+def _exit_quietly(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def run() -> int:
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, _stop_during_import)
+def quiet_signals() -> None:
+    """Until the event loop handles them: a shutdown signal is a quiet exit (nothing runs yet
+    that needs closing), SIGHUP is ignored (nothing to reload yet)."""
+    for sig in SHUTDOWN_SIGNALS:
+        signal.signal(sig, _exit_quietly)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def run() -> int:
+    quiet_signals()
     from .main import main
 
     return main()

@@ -14,6 +14,7 @@ from aiohttp import web
 from collectors import available_collectors
 
 from . import __version__, logs
+from .__main__ import SHUTDOWN_SIGNALS, quiet_signals
 from .check import VerdictHistory
 from .check import main as check_main
 from .cli import PROG, load_config
@@ -109,16 +110,6 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     return 0
 
 
-# Every signal a user may send to stop a daemon: each shuts down cleanly (collectors closed, the
-# fsync probe file removed). SIGHUP reloads instead.
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-def _stop_before_serving(signum: int, _frame) -> None:
-    """A shutdown signal before the event loop handles them: nothing is running yet to close."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     # From the first instruction on, so that a signal while starting up is a quiet exit, not a
     # traceback or a default action (SIGQUIT dumps core, SIGHUP and SIGUSR1 kill silently).
@@ -126,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["check"]:  # the field guide's verdicts for this node (exporter/check.py)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # check handles Ctrl-C itself
         return check_main(argv[1:])
-    for sig in SHUTDOWN_SIGNALS:
-        signal.signal(sig, _stop_before_serving)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    quiet_signals()  # again: main() may be called without exporter/__main__.py
     classes = available_collectors()
     config = load_config(argv, os.environ, classes)
     logs.setup(config.log_level, config.log_format)
