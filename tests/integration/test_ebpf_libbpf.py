@@ -135,7 +135,8 @@ def test_program_attach_read_close_releases_everything(core_env):
     assert bpf_fds() > before
     time.sleep(0.3)  # the tick's TIMER softirq runs on every CPU meanwhile
     summed, per_cpu = program.read_map("hist"), program.read_map("hist", per_cpu=True)
-    assert summed and set(summed) == set(per_cpu)
+    # the per-CPU read comes second, so buckets first hit in between show up only there
+    assert summed and set(summed) <= set(per_cpu)
     assert all(sum(per_cpu[k].values()) >= summed[k] for k in summed)  # counting goes on
     assert max(summed) < 2 * 10 * 65  # the map was sized for NR_VECS rows
     # key by key (kernels before 5.6) reads what the batch lookup read, and more by now
