@@ -8,17 +8,24 @@ lean version of prometheus_client's ProcessCollector (same names and meanings): 
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import resource
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from . import __version__
+from .exposition import CompactFamily, LabelSet, LabelSets
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = resource.getpagesize()
+_NO_LABELS = LabelSet()
+_GENERATION = LabelSets("generation")
+# (family, help, key of gc.get_stats()): the names and meanings of prometheus_client's GCCollector
+_GC_FAMILIES = (
+    ("python_gc_objects_collected", "Objects collected during gc", "collected"),
+    ("python_gc_objects_uncollectable", "Uncollectable objects found during GC", "uncollectable"),
+    ("python_gc_collections", "Number of times this generation was collected", "collections"),
+)
 
 
 def _boot_time(proc: str) -> float:
@@ -35,57 +42,80 @@ def _stat_fields(proc: str) -> list[bytes]:
         return f.read().rpartition(b")")[2].split()
 
 
+def _gauge(name: str, help_text: str, value: float, labels: LabelSet = _NO_LABELS) -> CompactFamily:
+    family = CompactFamily(name, help_text, "gauge")
+    family.add(labels, value)
+    return family
+
+
 class SelfMetrics:
-    """proc is this process's own /proc (a fixture tree in tests), never --path.procfs."""
+    """proc is this process's own /proc (a fixture tree in tests), never --path.procfs.
+
+    Built as CompactFamily rows with label sets made once: these families are in every scrape,
+    and prometheus_client's collectors (a Sample object per value) cost as much as a collector."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
-        build = GaugeMetricFamily(
-            "netstack_build_info",
-            "Version of netstack-exporter and of the Python running it; value 1.",
-            labels=["version", "python_version", "python_implementation"],
-        )
-        build.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
-        platform_info = CollectorRegistry()
-        PlatformCollector(registry=platform_info)
-        self._static = [build, *platform_info.collect()]  # never change
-        self._gc = CollectorRegistry()
-        GCCollector(registry=self._gc)
+        python = platform.python_version_tuple()
+        self._static = [  # never change
+            _gauge(
+                "netstack_build_info",
+                "Version of netstack-exporter and of the Python running it; value 1.",
+                1,
+                LabelSet(
+                    version=__version__,
+                    python_version=platform.python_version(),
+                    python_implementation=platform.python_implementation(),
+                ),
+            ),
+            _gauge(
+                "python_info",
+                "Python platform information",
+                1,
+                LabelSet(
+                    version=platform.python_version(),
+                    implementation=platform.python_implementation(),
+                    major=python[0],
+                    minor=python[1],
+                    patchlevel=python[2],
+                ),
+            ),
+        ]
         fields = _stat_fields(proc)
         self._start_time = _boot_time(proc) + int(fields[19]) / _TICKS
 
-    def families(self) -> list[Metric]:
+    def families(self) -> list[CompactFamily]:
         fields = _stat_fields(self._proc)
-        cpu = CounterMetricFamily(
-            "process_cpu_seconds",
-            "Total user and system CPU time spent in seconds.",
-            value=(int(fields[11]) + int(fields[12])) / _TICKS,
+        cpu = CompactFamily(
+            "process_cpu_seconds", "Total user and system CPU time spent in seconds.", "counter"
         )
+        cpu.add(_NO_LABELS, (int(fields[11]) + int(fields[12])) / _TICKS)
+        gc_families = [CompactFamily(name, help_text, "counter") for name, help_text, _ in _GC_FAMILIES]
+        for generation, stats in enumerate(gc.get_stats()):
+            labels = _GENERATION(str(generation))
+            for family, (_, _, key) in zip(gc_families, _GC_FAMILIES):
+                family.add(labels, stats[key])
         return [
             *self._static,
             cpu,
-            GaugeMetricFamily(
-                "process_virtual_memory_bytes", "Virtual memory size in bytes.", value=int(fields[20])
+            _gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", int(fields[20])),
+            _gauge(
+                "process_resident_memory_bytes", "Resident memory size in bytes.", int(fields[21]) * _PAGE
             ),
-            GaugeMetricFamily(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                value=int(fields[21]) * _PAGE,
-            ),
-            GaugeMetricFamily(
+            _gauge(
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds.",
-                value=self._start_time,
+                self._start_time,
             ),
-            GaugeMetricFamily(
+            _gauge(
                 "process_open_fds",
                 "Number of open file descriptors.",
-                value=len(os.listdir(os.path.join(self._proc, "self", "fd"))),
+                len(os.listdir(os.path.join(self._proc, "self", "fd"))),
             ),
-            GaugeMetricFamily(
+            _gauge(
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
-                value=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             ),
-            *self._gc.collect(),
+            *gc_families,
         ]

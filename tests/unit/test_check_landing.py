@@ -88,6 +88,16 @@ def test_history_keeps_one_reading_older_than_the_window(tmp_path):
     assert now - then >= 0.1 and now <= time.monotonic()
 
 
+def test_collections_closer_than_a_sixth_of_the_window_are_not_reduced(tmp_path):
+    """Each collection reduced would cost a scrape as much again: the ones in between are kept
+    only as the latest, which the verdicts read (the tick's steal shows in them)."""
+    tree = HostTree(tmp_path / "host")
+    tree.healthy()
+    history = collect_twice(tree, lambda: tree.tick(seconds=0.15, steal={1: 0.8}), readings=3)
+    assert len(history._readings) == 1
+    assert {v.check: v.status for v in history.verdicts()}["cpu.steal_per_cpu"] == "warn"
+
+
 def test_no_collection_yet():
     assert VerdictHistory([]).verdicts() == []
     assert "no collection yet" in _verdict_rows([])
