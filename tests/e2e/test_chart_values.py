@@ -4,6 +4,7 @@ mistyped value fails `helm template` and `helm install`, for every level of the 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -85,6 +86,7 @@ def test_parity_values_render_valid_objects():
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["spec"]["targetLimit"] == 500
     (vpa,) = by_kind(docs, "VerticalPodAutoscaler")
+    assert vpa_errors(vpa) == []  # the VPA CRD's schema (below)
     assert vpa["spec"]["targetRef"] == {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -154,3 +156,88 @@ def test_every_documented_example_value_is_accepted():
             "ebpf": {"enabled": True, "backend": "bcc", "resources": {"limits": {"memory": "512Mi"}}},
         }
     )
+
+
+# --- the VerticalPodAutoscaler against the VPA CRD's schema ----------------------------------------
+
+VPA_SCHEMA = ROOT / "tests" / "fixtures" / "vpa" / "verticalpodautoscaler-v1.schema.yaml"
+VPA_ALL = {
+    "enabled": True,
+    "updatePolicy": {"updateMode": "Initial"},
+    "controlledResources": ["cpu", "memory"],
+    "controlledValues": "RequestsOnly",
+    "minAllowed": {"cpu": "10m", "memory": "32Mi"},
+    "maxAllowed": {"cpu": 1, "memory": "256Mi"},
+}
+
+
+def structural(schema: dict) -> dict:
+    """The CRD's structural schema as JSON Schema, with pruning made an error: an object that
+    lists its properties (and does not preserve unknown fields) admits no other key."""
+    out = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in out:
+        out["properties"] = {k: structural(v) for k, v in out["properties"].items()}
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = structural(out[key])
+    return out
+
+
+def vpa_errors(doc: dict) -> list[str]:
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft7Validator(structural(yaml.safe_load(VPA_SCHEMA.read_text())))
+    return sorted(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc))
+
+
+def render_vpa(values: dict) -> dict:
+    (doc,) = by_kind(render({"verticalPodAutoscaler": values}), "VerticalPodAutoscaler")
+    return doc
+
+
+def test_vpa_with_every_value_set_matches_the_crd():
+    doc = render_vpa(VPA_ALL)
+    assert doc["apiVersion"] == "autoscaling.k8s.io/v1"
+    assert vpa_errors(doc) == []
+    (policy,) = doc["spec"]["resourcePolicy"]["containerPolicies"]
+    assert policy == {
+        "containerName": "exporter",
+        "controlledResources": ["cpu", "memory"],
+        "controlledValues": "RequestsOnly",
+        "minAllowed": {"cpu": "10m", "memory": "32Mi"},
+        "maxAllowed": {"cpu": 1, "memory": "256Mi"},
+    }
+    assert doc["spec"]["updatePolicy"] == {"updateMode": "Initial"}
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", doc["metadata"]["name"])
+
+
+@pytest.mark.parametrize("mode", ["Off", "Initial", "Recreate", "Auto"])
+@pytest.mark.parametrize("controlled", ["", "RequestsAndLimits", "RequestsOnly"])
+def test_vpa_defaults_and_every_choice_match_the_crd(mode, controlled):
+    assert vpa_errors(render_vpa({"enabled": True})) == []
+    assert (
+        vpa_errors(
+            render_vpa({**VPA_ALL, "updatePolicy": {"updateMode": mode}, "controlledValues": controlled})
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "values, complaint",
+    [
+        # updatePolicy, minAllowed and maxAllowed pass through the chart as they are
+        ({"updatePolicy": {"updateMod": "Off"}}, "Additional properties are not allowed ('updateMod'"),
+        ({"updatePolicy": {"updateMode": "Sometimes"}}, "'Sometimes' is not one of"),
+        ({"maxAllowed": {"memory": "256 MiB"}}, "does not match"),
+        ({"minAllowed": {"memory": ["64Mi"]}}, "is not valid under any of the given schemas"),
+    ],
+)
+def test_the_crd_check_catches_what_the_api_server_would_refuse_or_prune(values, complaint):
+    """Guards the check above: values the chart's schema lets through (free-form objects) but
+    the CRD refuses, or prunes."""
+    errors = vpa_errors(render_vpa({**VPA_ALL, **values}))
+    assert any(complaint in e for e in errors), errors
