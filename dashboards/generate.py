@@ -158,6 +158,10 @@ def histogram_quantile(q: float, metric: str, by: str, extra: str = "", window: 
     return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[{window}])))"
 
 
+# Data links (fleet cells and series) have no keepTime: Grafana puts the time range in this way.
+TIME_RANGE = "&${__url_time_range}"
+
+
 def dashboard_url(uid: str, node: str | None = "${node}") -> str:
     """A link to another netstack dashboard that keeps the data source, the job and (when given)
     the node; Grafana expands the ${...} when the link is clicked."""
@@ -789,7 +793,29 @@ FLEET_COLUMNS = [
 
 NODE_LINK = (
     f"/d/{NODE_UID}?var-datasource=${{datasource}}&var-job=${{job}}&var-node=${{__data.fields.instance}}"
+    + TIME_RANGE
 )
+# A fleet figure's cell (and its worst-nodes graph) also opens the drill-down of its area.
+FLEET_AREAS = {
+    "CPU steal": CPU_UID,
+    "Max CPU steal": CPU_UID,
+    "Squeezes/s": CPU_UID,
+    "Backlog drops/s": CPU_UID,
+    "Conntrack fill": CONNTRACK_UID,
+    "Conntrack failures/s": CONNTRACK_UID,
+    "fsync p99": FSYNC_UID,
+    "Overlay MTU mismatches": OVERLAY_UID,
+    "Overlay drops/s": OVERLAY_UID,
+    "IPVS black holes": IPVS_UID,
+    "BGP peers down": BGP_UID,
+}
+
+
+def area_link(column: str, node: str) -> list[dict]:
+    uid = FLEET_AREAS.get(column)
+    if uid is None:
+        return []
+    return [{"title": f"{AREAS[uid][0]} for this node", "url": dashboard_url(uid, node) + TIME_RANGE}]
 
 
 def fleet_table() -> table_b.Panel:
@@ -841,6 +867,11 @@ def fleet_table() -> table_b.Panel:
                     },
                 ),
                 dash_m.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+                *[
+                    dash_m.DynamicConfigValue(id_val="links", value=links)
+                    for links in [area_link(title, "${__data.fields.instance}")]
+                    if links
+                ],
             ],
         )
     return panel
@@ -850,10 +881,15 @@ def top(title: str, description: str, unit: str, expr: str, threshold: float | N
     """Ten worst nodes over time; a click on a series opens that node's dashboard."""
     link = (
         f"/d/{NODE_UID}?var-datasource=${{datasource}}&var-job=${{job}}&var-node=${{__field.labels.instance}}"
+        + TIME_RANGE
     )
+    links = [dash_b.DashboardLink("Node dashboard").url(link)]
+    links += [
+        dash_b.DashboardLink(a["title"]).url(a["url"]) for a in area_link(title, "${__field.labels.instance}")
+    ]
     return timeseries(
         title, description, unit, (f"topk(10, {expr})", "{{instance}}"), threshold=threshold
-    ).data_links([dash_b.DashboardLink("Node dashboard").url(link)])
+    ).data_links(links)
 
 
 def fleet_dashboard() -> dash_b.Dashboard:

@@ -32,7 +32,9 @@ DRILLDOWNS = {
     "netstack-drops",
 }
 # Grafana's own variables and the per-link/per-field ones it fills in.
-BUILTIN = re.compile(r"__(rate_interval|interval|range|all|data\.fields\.\w+|field\.labels\.\w+)$")
+BUILTIN = re.compile(
+    r"__(rate_interval|interval|range|all|url_time_range|data\.fields\.\w+|field\.labels\.\w+)$"
+)
 # What Grafana puts in a query's place before Prometheus sees it (multi-value filters at All).
 VALUES = {
     "$__rate_interval": "1m",
@@ -70,6 +72,10 @@ def substitute(expr: str) -> str:
         expr = expr.replace(name, VALUES[name])
     assert "$" not in expr, f"unknown variable in {expr}"
     return expr
+
+
+def link_dicts(d: dict) -> list[dict]:
+    return [link for p in panels(d) for link in p.get("links", [])]
 
 
 def links(d: dict) -> list[tuple[str, str]]:
@@ -129,7 +135,12 @@ def test_every_link_target_exists_and_keeps_datasource_job_and_node(path):
         assert match, (where, url)
         target, query = match.groups()
         assert target in uids, f"{where}: link to missing dashboard {target}"
-        params = dict(p.split("=", 1) for p in query.split("&"))
+        params = dict(p.split("=", 1) for p in query.split("&") if p != "${__url_time_range}")
+        # the time range goes along: keepTime on dashboard links, the URL variable in data links
+        keeps_time = "${__url_time_range}" in query or any(
+            link.get("keepTime") and link["url"] == url for link in d.get("links", []) + link_dicts(d)
+        )
+        assert keeps_time, (where, url)
         assert params["var-datasource"] == "${datasource}", (where, url)
         assert params["var-job"] == "${job}", (where, url)
         if target != FLEET_UID:
@@ -148,7 +159,8 @@ def test_navigation_fleet_to_node_to_drilldowns_and_back():
     def targets_of(uid: str) -> set[str]:
         return {url.split("?")[0].removeprefix("/d/") for _, url in links(uids[uid])}
 
-    assert targets_of(FLEET_UID) == {NODE_UID}
+    # the fleet: every node to its node dashboard, every figure also to its area's drill-down
+    assert targets_of(FLEET_UID) == {NODE_UID, *DRILLDOWNS} - {"netstack-drops"}
     assert targets_of(NODE_UID) == {FLEET_UID, *DRILLDOWNS}
     for uid in DRILLDOWNS:
         assert {NODE_UID, FLEET_UID} <= targets_of(uid), uid
