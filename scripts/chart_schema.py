@@ -52,9 +52,6 @@ FREE_FORM = {
     "networkPolicy.prometheusPodSelector",
     "prometheusRule.labels",
     "prometheusRule.additionalRuleLabels",
-    "verticalPodAutoscaler.updatePolicy",
-    "verticalPodAutoscaler.minAllowed",
-    "verticalPodAutoscaler.maxAllowed",
     "dashboards.annotations",
 }
 for monitor in ("podMonitor", "serviceMonitor"):
@@ -79,6 +76,16 @@ OVERRIDES: dict[str, dict] = {
     "extraArgs": {"type": "array", "items": {"type": "string"}},
     "prometheusRule.disabledAlerts": {"type": "array", "items": {"type": "string"}},
     "verticalPodAutoscaler.controlledResources": {"type": "array", "items": {"enum": ["cpu", "memory"]}},
+    # The VPA CRD's updatePolicy (InPlaceOrRecreate: VPA 1.4 and later); the API server would
+    # silently prune a misspelt key, so it fails here instead.
+    "verticalPodAutoscaler.updatePolicy": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "updateMode": {"enum": ["Off", "Initial", "Recreate", "Auto", "InPlaceOrRecreate"]},
+            "minReplicas": {"type": "integer", "minimum": 1},
+        },
+    },
     "fsync.extraDirectories": {
         "type": "array",
         "items": {
@@ -107,6 +114,12 @@ OVERRIDES: dict[str, dict] = {
         },
     },
 }
+for bound in ("minAllowed", "maxAllowed"):
+    OVERRIDES[f"verticalPodAutoscaler.{bound}"] = {  # a resource list; the CRD checks the quantities
+        "type": "object",
+        "propertyNames": {"enum": ["cpu", "memory"]},
+        "additionalProperties": {"type": ["string", "number"]},
+    }
 for monitor in ("podMonitor", "serviceMonitor"):
     OVERRIDES[f"{monitor}.targetLabels"] = {"type": "array", "items": {"type": "string"}}
     for limit in (

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import sys
 import time
 import urllib.error
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_chart import by_kind, daemonset, render
-from tests.helpers import ROOT, free_port, need_tool, parse_metrics, samples, stop_process
+from tests.helpers import ROOT, free_port, parse_metrics, prometheus_server, samples
 from tests.image import podman
 from tests.integration.test_ebpf_loader import tracefs_mounted
 
@@ -163,15 +162,14 @@ def collector_reasons(port: int) -> dict[str, str]:
     return dict(rows)
 
 
-def start_prometheus(tmp: Path, target: str, rules: list[dict], job: str) -> tuple[subprocess.Popen, str]:
-    binary = need_tool("prometheus", "prometheus")
+def prometheus_config(tmp: Path, target: str, rules: list[dict], job: str) -> str:
+    """Scraping `target` as the chart's monitors do: job = the `job` value, instance = node =
+    the node's name; the chart's rules loaded."""
     import yaml
 
     rule_file = tmp / "rules.yml"
     rule_file.write_text(yaml.safe_dump({"groups": rules}))
-    api = free_port()
-    # the chart's monitors: job = the `job` value, instance = node = the node's name
-    (tmp / "prometheus.yml").write_text(
+    return (
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
         f"rule_files: ['{rule_file}']\n"
         f"scrape_configs:\n  - job_name: {job}\n"
@@ -180,24 +178,13 @@ def start_prometheus(tmp: Path, target: str, rules: list[dict], job: str) -> tup
         f"      - {{target_label: instance, replacement: {NODE}}}\n"
         f"      - {{target_label: node, replacement: {NODE}}}\n"
     )
-    log = open(tmp / "prometheus.log", "w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{api}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return proc, f"http://127.0.0.1:{api}"
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
     out = []
-    for name in ("netstack-node.json", "netstack-fleet.json"):
-        for panel in json.loads((ROOT / "dashboards" / name).read_text())["panels"]:
+    for path in sorted((ROOT / "dashboards").glob("*.json")):  # fleet, node and every drill-down
+        name = path.name
+        for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
                 out.append((name, panel["title"], target["expr"]))
     return out
@@ -228,8 +215,8 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
     timings = {}
     started = time.monotonic()
     cid = podman(*podman_run_args(pod, built_image, port, tmp_path / "host")).stdout.strip()
-    prom = None
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(podman, "rm", "-f", "-t", "2", cid, check=False)
         ready = _until(lambda: probe(c, "readinessProbe", port) == 200, 60)
         timings["ready"] = time.monotonic() - started
         assert ready, podman("logs", cid, check=False).stderr[-2000:]
@@ -264,7 +251,8 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
 
         # a real Prometheus with the chart's rules scrapes the pod
         job = "netstack-exporter"
-        prom, base = start_prometheus(tmp_path, f"127.0.0.1:{port}", rule["spec"]["groups"], job)
+        config = prometheus_config(tmp_path, f"127.0.0.1:{port}", rule["spec"]["groups"], job)
+        base = stack.enter_context(prometheus_server(config, tmp_path))
         scraped = _until(
             lambda: _try(
                 lambda: _api(base, "/api/v1/query", query=f'count_over_time(up{{job="{job}"}}[1m]) >= 8')[
@@ -292,11 +280,18 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
         )
 
         # every dashboard query: data, or documented as absent on this host
-        subst = {"$__rate_interval": "10s", "$fsync_window": "30s", "$node": NODE, "$job": job}
+        subst = {
+            "$__rate_interval": "10s",
+            "$__range": "1m",
+            "$fsync_window": "30s",
+            "$node": NODE,
+            "$job": job,
+        }
         empty = []
         for name, title, expr in dashboard_queries():
             for k, v in subst.items():
                 expr = expr.replace(k, v)
+            expr = re.sub(r"\$\w+", ".*", expr)  # a drill-down's own variable (cpu, device, peer...) at "All"
             result = _api(base, "/api/v1/query", query=expr)
             assert result["status"] == "success", (name, title, expr)
             if result["data"]["result"]:
@@ -312,10 +307,6 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
             + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
             file=sys.stderr,
         )
-    finally:
-        if prom is not None:
-            stop_process(prom, 10)
-        podman("rm", "-f", "-t", "2", cid, check=False)
 
 
 def _try(fn):
