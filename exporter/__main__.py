@@ -1,6 +1,6 @@
 """`python -m exporter` and the `netstack-exporter` command.
 
-Shutdown signals are made quiet exits before anything heavy is imported (asyncio, aiohttp and
+Shutdown signals are made quiet exits before anything heavy is imported (asyncio, ssl and
 the collectors take a while), so that a signal during start-up never prints a traceback.
 exporter.main replaces these handlers with its clean-shutdown ones once it serves.
 """

@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import ssl
+import struct
 import time
-from dataclasses import dataclass
-from typing import Any
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-
+from .http import App, Connection, HTTPProtocol
 from .logs import log_event
 from .webconfig import LiveWebConfig, peer_sans
 
@@ -30,6 +28,7 @@ log = logging.getLogger("netstack.web")
 RESERVED_FDS = 256  # kept free for collectors, accept bursts (backlog) and the fds being closed
 BACKLOG = 128
 SWEEP_INTERVAL = 0.5
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, drops unsent data
 
 
 def raise_open_file_limit() -> int:
@@ -50,37 +49,6 @@ def connection_cap(requested: int, open_file_limit: int) -> int:
     return room if requested <= 0 else min(requested, room)
 
 
-@dataclass(eq=False)
-class Connection:
-    transport: asyncio.Transport  # the TCP transport: abort() works before, during and after TLS
-    accepted: float
-    idle_since: float
-    header_started: float | None = None  # first byte of a request not yet being served
-    active: int = 0  # requests being served
-    served: int = 0
-    handshake: asyncio.Task | None = None  # the TLS handshake in progress (a reference keeps it alive)
-
-
-class _Handler(RequestHandler):
-    """aiohttp's HTTP/1.1 protocol, telling the listener when request bytes arrive and when
-    the connection is gone."""
-
-    def __init__(self, conn: Connection, listener: Listener, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.conn = conn
-        self.listener = listener
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        if conn.active == 0 and conn.header_started is None:
-            conn.header_started = time.monotonic()
-        super().data_received(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        self.listener.forget(self.conn)
-
-
 class _Accepted(asyncio.Protocol):
     """The first protocol of every connection: registers it, then hands it on."""
 
@@ -98,36 +66,17 @@ class _Accepted(asyncio.Protocol):
             self.listener.forget(self.conn)
 
 
-@web.middleware
-async def track_requests(request: web.Request, handler):
-    """Marks the connection busy while a request is served: busy connections are never
-    closed for idleness nor evicted."""
-    conn = getattr(request.protocol, "conn", None)
-    if conn is None:
-        return await handler(request)
-    conn.active += 1
-    conn.header_started = None
-    try:
-        return await handler(request)
-    finally:
-        conn.active -= 1
-        conn.served += 1
-        conn.idle_since = time.monotonic()
-
-
 class Listener:
     def __init__(
         self,
-        manager: web.Server,
-        handler_kwargs: dict,
+        app: App,
         *,
         max_connections: int,
         idle_timeout: float,
         read_header_timeout: float,
         live: LiveWebConfig | None = None,
     ):
-        self.manager = manager
-        self.handler_kwargs = handler_kwargs
+        self.app = app
         self.cap = max_connections
         self.idle_timeout = idle_timeout
         self.read_header_timeout = read_header_timeout
@@ -172,8 +121,8 @@ class Listener:
             transport.resume_reading()
         return conn
 
-    def _handler(self, conn: Connection) -> _Handler:
-        return _Handler(conn, self, self.manager, loop=self._loop, **self.handler_kwargs)
+    def _handler(self, conn: Connection) -> HTTPProtocol:
+        return HTTPProtocol(self.app, conn, self.forget)
 
     async def _start_tls(self, conn: Connection, context: ssl.SSLContext) -> None:
         handler = self._handler(conn)
@@ -216,7 +165,15 @@ class Listener:
         self.conns.pop(conn, None)
 
     def _close(self, conn: Connection) -> None:
+        """Reset the connection: after a plain close() the kernel would go on holding (and
+        trickling) up to megabytes of unsent answer for a client that does not read."""
         self.forget(conn)
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:
+                pass
         conn.transport.abort()
 
     def _evict(self, newcomer: Connection) -> None:
@@ -241,12 +198,15 @@ class Listener:
 
     def sweep(self, now: float) -> None:
         """Close connections past the header timeout (handshake and headers; from accept for the
-        first request, from the first byte for later ones) or the idle timeout."""
+        first request, from the first byte for later ones), the idle timeout, or whose client
+        has not read our answers for the header timeout (its write buffer stays full)."""
         expired = []
         for conn in self.conns:
             if conn.active:
                 continue
-            if conn.header_started is not None:
+            if conn.write_blocked_since is not None:
+                late = now - conn.write_blocked_since > self.read_header_timeout
+            elif conn.header_started is not None:
                 late = now - conn.header_started > self.read_header_timeout
             elif conn.served == 0:
                 late = now - conn.accepted > self.read_header_timeout

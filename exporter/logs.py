@@ -63,42 +63,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str)
 
 
-class MalformedRequests(logging.Filter):
-    """aiohttp reports a request it cannot parse as an error-level "Error handling request" whose
-    reason is only in the traceback. A client's malformed request is not our error: one
-    debug-level line with the reason instead, or nothing below debug level."""
-
-    def __init__(self, bad_request: type[BaseException]):
-        super().__init__()
-        self._bad_request = bad_request  # aiohttp's HttpProcessingError, imported by setup()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, self._bad_request):
-            return True
-        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
-            return False
-        reason = getattr(exc, "message", "") or str(exc)
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.kv = {
-            "peer": record.args[0] if isinstance(record.args, tuple) and record.args else "",
-            "status": getattr(exc, "code", 400),
-            "reason": reason[:200],
-        }
-        record.msg, record.args = "malformed HTTP request", ()
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
 def setup(level: str, fmt: str) -> None:
-    from aiohttp.http_exceptions import HttpProcessingError
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    server = logging.getLogger("aiohttp.server")
-    server.filters[:] = [f for f in server.filters if not isinstance(f, MalformedRequests)]
-    server.addFilter(MalformedRequests(HttpProcessingError))

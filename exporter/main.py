@@ -9,8 +9,6 @@ import os
 import signal
 import sys
 
-from aiohttp import web
-
 from collectors import available_collectors
 
 from . import __version__, logs
@@ -19,11 +17,11 @@ from .check import VerdictHistory
 from .check import main as check_main
 from .cli import PROG, load_config
 from .contract import Context, Paths
-from .listener import Listener, LoopErrorLog, connection_cap, raise_open_file_limit, track_requests
+from .listener import Listener, LoopErrorLog, connection_cap, raise_open_file_limit
 from .logs import log_event
 from .scheduling import CollectorRunner, Scheduler
 from .selfmetrics import SelfMetrics
-from .server import RequestLimit, build_app, web_config_middleware
+from .server import App
 from .webconfig import LiveWebConfig, WebConfigError
 
 log = logging.getLogger("netstack.exporter")
@@ -35,20 +33,19 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     self_metrics = SelfMetrics()
     scheduler = Scheduler(runners, self_metrics.families, config.scrape_timeout)
     limits = config.web
-    middlewares = [track_requests, RequestLimit(limits.max_requests).middleware]
-    if live is not None:
-        middlewares.append(web_config_middleware(live))
     history = VerdictHistory(runners)
     scheduler.listeners.append(history.add)
-    app = build_app(scheduler, config.telemetry_path, config.enabled, middlewares, history.verdicts)
-    handler_kwargs = {"access_log": None, "keepalive_timeout": limits.idle_timeout}
-    runner = web.AppRunner(app, handle_signals=False, **handler_kwargs)
-    await runner.setup()
-    assert runner.server is not None
+    app = App(
+        scheduler,
+        config.telemetry_path,
+        config.enabled,
+        verdicts=history.verdicts,
+        max_requests=limits.max_requests,
+        live=live,
+    )
     open_files = raise_open_file_limit()
     listener = Listener(
-        runner.server,
-        handler_kwargs,
+        app,
         max_connections=connection_cap(limits.max_connections, open_files),
         idle_timeout=limits.idle_timeout,
         read_header_timeout=limits.read_header_timeout,
@@ -61,7 +58,6 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
         await listener.start(config.listen_host, config.listen_port)
     except OSError as e:
         log_event(log, logging.ERROR, "cannot listen", address=address, error=e.strerror or str(e))
-        await runner.cleanup()
         return 1
     log_event(
         log,
@@ -106,7 +102,6 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
         task.cancel()
     await listener.close()
     await asyncio.to_thread(scheduler.close, 0.5)
-    await runner.cleanup()
     return 0
 
 

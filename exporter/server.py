@@ -1,4 +1,4 @@
-"""HTTP endpoints: metrics (text or OpenMetrics, optionally gzip), health, readiness, landing page."""
+"""HTTP endpoints (served by exporter/http.py): metrics (text or OpenMetrics, optionally gzip), health, readiness, landing page."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ import html
 import logging
 import math
 import time
-from collections.abc import Callable
-
-from aiohttp import web
+from collections.abc import Awaitable, Callable
 
 from . import __version__
+from .http import Request, Response
 from .scheduling import Scheduler
 from .snapshot import CONTENT_TYPES, OPENMETRICS, TEXT
 from .webconfig import LiveWebConfig
 
 log = logging.getLogger("netstack.http")
 
-SCHEDULER = web.AppKey("scheduler", Scheduler)
 TIMEOUT_MARGIN = 0.5  # seconds kept back from Prometheus' scrape timeout for encoding and transfer
 # The shortest collection a scrape timeout header can ask for: a header of 0, -1 or 0.001 must not
 # leave collectors no time at all.
@@ -82,38 +80,96 @@ def scrape_timeout(header: str | None) -> float | None:
     return max(TIMEOUT_FLOOR, seconds - TIMEOUT_MARGIN)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    scheduler = request.app[SCHEDULER]
-    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
-    snapshot = await scheduler.snapshot(scrape_timeout(header))
-    fmt = negotiate_format(request.headers.get("Accept", ""))
-    compress = wants_gzip(request.headers.get("Accept-Encoding", ""))
-    body = await snapshot.encoded(fmt, compress, scheduler.encoder)
-    headers = {"Content-Type": CONTENT_TYPES[fmt], "Vary": "Accept, Accept-Encoding"}
-    if compress:
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+class App:
+    """The exporter's HTTP application: routing, --web.max-requests, basic auth and response
+    headers from the web config, then the handlers. Called by exporter/http.py per request."""
 
+    ALLOW = "GET, HEAD"
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        telemetry_path: str,
+        enabled: dict[str, bool],
+        verdicts: Callable[[], list] = list,
+        max_requests: int = 0,
+        live: LiveWebConfig | None = None,
+    ):
+        """`verdicts` gives the field guide's verdicts over the recent collections for the landing
+        page (objects with status, title, value, threshold, why, action)."""
+        self.scheduler = scheduler
+        self.telemetry_path = telemetry_path
+        self.enabled = enabled
+        self.verdicts = verdicts
+        self.limit = RequestLimit(max_requests)
+        self.live = live
+        self.routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            telemetry_path: self.metrics,
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/": self.landing,
+        }
 
+    async def __call__(self, request: Request) -> Response:
+        if request.path in PROBE_PATHS:
+            response = await self._route(request)
+        else:
+            response = await self.limit.run(request, self._authorized)
+        if self.live is not None:
+            response.headers.update(self.live.current.config.headers)
+        return response
 
-async def readyz(request: web.Request) -> web.Response:
-    if request.app[SCHEDULER].ready:
-        return web.Response(text="ready\n")
-    return web.Response(status=503, text="not ready: first collection has not completed\n")
+    async def _authorized(self, request: Request) -> Response:
+        auth = self.live.current.auth if self.live is not None else None
+        if (
+            auth is not None
+            and auth.enabled
+            and not await auth.authorized(request.headers.get("authorization"))
+        ):
+            return Response("Unauthorized\n", status=401, headers={"WWW-Authenticate": "Basic"})
+        return await self._route(request)
+
+    async def _route(self, request: Request) -> Response:
+        handler = self.routes.get(request.path)
+        if handler is None:
+            return Response("404: Not Found", status=404)
+        if request.method not in ("GET", "HEAD"):
+            return Response("405: Method Not Allowed", status=405, headers={"Allow": self.ALLOW})
+        return await handler(request)
+
+    async def metrics(self, request: Request) -> Response:
+        scheduler = self.scheduler
+        header = request.headers.get("x-prometheus-scrape-timeout-seconds")
+        snapshot = await scheduler.snapshot(scrape_timeout(header))
+        fmt = negotiate_format(request.headers.get("accept", ""))
+        compress = wants_gzip(request.headers.get("accept-encoding", ""))
+        body = await snapshot.encoded(fmt, compress, scheduler.encoder)
+        headers = {"Vary": "Accept, Accept-Encoding"}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, headers=headers, content_type=CONTENT_TYPES[fmt])
+
+    async def healthz(self, request: Request) -> Response:
+        return Response("ok\n")
+
+    async def readyz(self, request: Request) -> Response:
+        if self.scheduler.ready:
+            return Response("ready\n")
+        return Response("not ready: first collection has not completed\n", status=503)
+
+    async def landing(self, request: Request) -> Response:
+        return Response(await landing_page(self), content_type="text/html; charset=utf-8")
 
 
 def _age(ts: float | None) -> str:
     return "never" if ts is None else f"{time.time() - ts:.0f}s ago"
 
 
-async def landing(request: web.Request) -> web.Response:
-    scheduler = request.app[SCHEDULER]
-    path = request.app["telemetry_path"]
+async def landing_page(app: App) -> str:
+    scheduler = app.scheduler
+    path = app.telemetry_path
     rows = []
-    for name, _enabled in request.app["enabled"].items():
+    for name, _enabled in app.enabled.items():
         runner = next((r for r in scheduler.runners if r.name == name), None)
         if runner is None:
             rows.append(
@@ -129,7 +185,7 @@ async def landing(request: web.Request) -> web.Response:
         )
     if time.monotonic() - scheduler.collected_at > LANDING_FRESHNESS:
         await scheduler.snapshot()  # a fresh reading, so the verdicts' rates reach up to now
-    verdicts = _verdict_rows(request.app["verdicts"]())
+    verdicts = _verdict_rows(app.verdicts())
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>netstack-exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left;vertical-align:top}}
@@ -150,7 +206,7 @@ tr:nth-child(even){{background:#f3f3f3}}.ok{{color:#1a7f37}}.warn{{color:#9a6700
 {chr(10).join(rows)}
 </table></body></html>
 """
-    return web.Response(text=page, content_type="text/html")
+    return page
 
 
 # The landing page collects only when the last collection is older than this: a person who keeps
@@ -185,71 +241,16 @@ class RequestLimit:
         self.active = 0
         self.rejected = 0
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler):
-        if request.path in PROBE_PATHS or not self.limit:
+    async def run(self, request: Request, handler: Callable[[Request], Awaitable[Response]]) -> Response:
+        if not self.limit:
             return await handler(request)
         if self.active >= self.limit:
             self.rejected += 1
-            return web.Response(
-                status=503,
-                text=f"too many requests at once (limit {self.limit})\n",
-                headers={"Retry-After": "1"},
+            return Response(
+                f"too many requests at once (limit {self.limit})\n", status=503, headers={"Retry-After": "1"}
             )
         self.active += 1
         try:
             return await handler(request)
         finally:
             self.active -= 1
-
-
-def web_config_middleware(live: LiveWebConfig):
-    """Headers from http_server_config and basic auth from basic_auth_users, as loaded now."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler):
-        loaded = live.current
-        headers = loaded.config.headers
-        if (
-            request.path not in PROBE_PATHS
-            and loaded.auth.enabled
-            and not await loaded.auth.authorized(request.headers.get("Authorization"))
-        ):
-            response = web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
-        else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as e:
-                e.headers.update(headers)
-                raise
-        response.headers.update(headers)
-        return response
-
-    return middleware
-
-
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    # aiohttp would announce "Python/3.x aiohttp/3.y": versions help only an attacker.
-    response.headers["Server"] = "netstack-exporter"
-
-
-def build_app(
-    scheduler: Scheduler,
-    telemetry_path: str,
-    enabled: dict[str, bool],
-    middlewares=(),
-    verdicts: Callable[[], list] = list,
-) -> web.Application:
-    """`verdicts` gives the field guide's verdicts over the recent collections for the landing
-    page (objects with status, title, value, threshold, why, action)."""
-    app = web.Application(middlewares=list(middlewares))
-    app.on_response_prepare.append(_server_header)
-    app[SCHEDULER] = scheduler
-    app["verdicts"] = verdicts
-    app["telemetry_path"] = telemetry_path
-    app["enabled"] = enabled
-    app.router.add_get(telemetry_path, metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", landing)
-    return app
