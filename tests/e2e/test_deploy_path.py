@@ -50,6 +50,8 @@ DOCUMENTED_ABSENT = {
     "netstack_conntrack_insert_failed_": "no conntrack races on an idle host (rate over an empty range)",
     "netstack_kube_ipvs0_": "no kube-proxy on the CI host",
     "netstack_fsync_probe_errors_": "no probe errors on a healthy disk",
+    "netstack_conntrack_entries_by_state": "--collector.conntrack.by-state is off by default",
+    'collector="ebpf_drops"': "eBPF collectors off by default",
 }
 ALWAYS_PRESENT = (
     "netstack_cpu_",
