@@ -63,7 +63,9 @@ class Connection:
     header_started: float | None = None  # first byte of a request not yet being served
     active: int = 0  # requests being served (0 or 1: pipelined requests wait their turn)
     served: int = 0
-    write_blocked_since: float | None = None  # the client stopped reading our answers
+    write_blocked_since: float | None = None  # our write buffer is full and has not shrunk since
+    write_left: int = 0  # bytes in that buffer when last looked at
+    stream: asyncio.Transport | None = None  # what the HTTP protocol writes to (TLS or TCP)
     handshake: asyncio.Task | None = None  # the TLS handshake in progress (a reference keeps it alive)
 
 
@@ -203,6 +205,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.conn.stream = transport
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
         self._tls = transport.get_extra_info("sslcontext") is not None
@@ -234,6 +237,7 @@ class HTTPProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         self.conn.write_blocked_since = time.monotonic()
+        self.conn.write_left = self.transport.get_write_buffer_size() if self.transport else 0
 
     def resume_writing(self) -> None:
         self._write_paused = False

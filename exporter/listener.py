@@ -199,12 +199,16 @@ class Listener:
     def sweep(self, now: float) -> None:
         """Close connections past the header timeout (handshake and headers; from accept for the
         first request, from the first byte for later ones), the idle timeout, or whose client
-        has not read our answers for the header timeout (its write buffer stays full)."""
+        has read nothing of our answer for the header timeout (a full write buffer that has not
+        shrunk since the last sweep)."""
         expired = []
         for conn in self.conns:
             if conn.active:
                 continue
             if conn.write_blocked_since is not None:
+                left = conn.stream.get_write_buffer_size() if conn.stream is not None else 0
+                if left < conn.write_left:  # a slow reader, not a stalled one
+                    conn.write_left, conn.write_blocked_since = left, now
                 late = now - conn.write_blocked_since > self.read_header_timeout
             elif conn.header_started is not None:
                 late = now - conn.header_started > self.read_header_timeout

@@ -197,6 +197,29 @@ def test_a_client_that_never_reads_blocks_nobody_and_is_closed():
         assert closed(hog, 5)  # aborted: a reset or an end, not 80 MB of answers
 
 
+def test_a_slow_reader_is_not_cut_off_by_the_write_stall_timeout():
+    """A 4 MB answer read at ~1.3 MB/s takes longer than the 1 s header timeout: the buffer
+    shrinks between sweeps, so the connection is not taken for a stalled one."""
+    with serving(echo, read_header_timeout=1.0, idle_timeout=30) as (port, listener):
+        s = connect(port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        deadline = time.monotonic() + 5
+        while not listener.conns:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # a small kernel buffer on our side too: the answer waits in the transport's buffer
+        (conn,) = listener.conns
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        s.sendall(b"GET /big HTTP/1.1\r\n\r\n")
+        start, got = time.monotonic(), 0
+        while got < 4_000_000:
+            chunk = s.recv(16384)
+            assert chunk, f"closed after {got} bytes, {time.monotonic() - start:.1f} s"
+            got += len(chunk)
+            time.sleep(0.01)
+        assert time.monotonic() - start > 1.5  # slower than the timeout, or the test proves nothing
+
+
 def test_a_handler_error_is_a_500_and_the_server_goes_on(caplog):
     with caplog.at_level(logging.DEBUG, logger="netstack.http"), serving(echo) as (port, _):
         s, buf = connect(port), bytearray()
