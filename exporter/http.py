@@ -170,15 +170,16 @@ def keep_alive(request: Request) -> bool:
     return "keep-alive" in tokens
 
 
-_date_cache = [-1, ""]
+_date: tuple[int, str] = (-1, "")
 
 
 def http_date(now: float) -> str:
     """The Date header (RFC 9110 IMF-fixdate), formatted once a second."""
+    global _date
     second = int(now)
-    if _date_cache[0] != second:
-        _date_cache[:] = [second, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second))]
-    return _date_cache[1]  # type: ignore[return-value]
+    if _date[0] != second:
+        _date = (second, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)))
+    return _date[1]
 
 
 class HTTPProtocol(asyncio.Protocol):
