@@ -1,6 +1,7 @@
 """eBPF collectors on both backends side by side, in one run: load+attach time, exporter RSS
-with and without them, what the programs cost the packet path under a bounded loopback UDP
-flood, and exact counting (datagrams to a closed port -> NO_SOCKET drops).
+with and without them, each program's in-kernel run time (kernel.bpf_stats_enabled), what the
+programs cost the packet path under a bounded loopback UDP flood, and exact counting (datagrams
+to a closed port -> NO_SOCKET drops).
 
     sudo .venv/bin/python -m bench.bench_ebpf [--trials 5] [--packets 50000] [--scrapes 100]
                                               [--backends libbpf,bcc]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import shutil
 import statistics
@@ -175,7 +177,7 @@ def peak_rss(pid: int) -> float:
 
 @contextmanager
 def netns():
-    name = f"bebpf-{uuid.uuid4().hex[:8]}"
+    name = f"nse-ebpf-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
@@ -219,11 +221,53 @@ def bench_flood(backends: list[str], trials: int, packets: int) -> None:
                     cpu[config].append(c)
         what = "send+receive" if mode == "open" else "send to a closed port (NO_SOCKET drop)"
         print(f"\nloopback UDP flood, {what}: {packets} datagrams x {trials} trials per config")
-        print(f"{'attached':<22}{'median pps':>12}{'ratio':>7}{'CPU us/pkt':>12}{'ratio':>7}")
+        # paired: each trial's CPU per datagram over the same round's "none" (rounds are
+        # interleaved, so a slow stretch of the shared machine weighs on both), then the median
+        print(f"{'attached':<22}{'median pps':>12}{'ratio':>7}{'CPU us/pkt':>12}{'ratio':>7}{'paired':>8}")
         base_pps, base_cpu = statistics.median(pps["none"]), statistics.median(cpu["none"])
         for config in configs:
             p, c = statistics.median(pps[config]), statistics.median(cpu[config])
-            print(f"{config:<22}{p:>12.0f}{p / base_pps:>7.3f}{c * 1e6:>12.2f}{c / base_cpu:>7.3f}")
+            paired = statistics.median(x / y for x, y in zip(cpu[config], cpu["none"]))
+            print(
+                f"{config:<22}{p:>12.0f}{p / base_pps:>7.3f}{c * 1e6:>12.2f}{c / base_cpu:>7.3f}{paired:>8.3f}"
+            )
+
+
+STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def bpf_programs() -> dict[int, dict]:
+    """{id: bpftool's record} of every loaded BPF program (run_cnt/run_time_ns while stats on)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return {p["id"]: p for p in json.loads(out.stdout or "[]")}
+
+
+def bench_run_time(backends: list[str], packets: int) -> None:
+    """In-kernel run time per program run (kernel.bpf_stats_enabled=1 for the floods, restored
+    after): steadier than the floods' CPU ratios on a shared machine. The statistics add two
+    clock reads per run (~60 ns here, the figure an empty program shows)."""
+    if not shutil.which("bpftool") and not os.path.exists("/usr/sbin/bpftool"):
+        print("\nin-kernel run time: left out (no bpftool)")
+        return
+    print(f"\nin-kernel run time per program run, {packets} closed-port + {packets} send+receive datagrams")
+    print(f"{'backend':<9}{'program':<34}{'runs':>10}{'ns/run':>9}")
+    previous = Path(STATS_SYSCTL).read_text().strip()
+    for backend in backends:
+        before = set(bpf_programs())
+        with loaded(list(COLLECTORS), backend), netns() as ns:
+            ours = set(bpf_programs()) - before
+            Path(STATS_SYSCTL).write_text("1")
+            try:
+                flood(ns, packets, "closed")
+                flood(ns, packets, "open")
+                progs = bpf_programs()
+            finally:
+                Path(STATS_SYSCTL).write_text(previous)
+        for pid in sorted(ours & set(progs)):
+            p = progs[pid]
+            runs = p.get("run_cnt", 0)
+            if runs:
+                print(f"{backend:<9}{p.get('name', pid):<34}{runs:>10}{p['run_time_ns'] / runs:>9.1f}")
 
 
 def bench_exact(backends: list[str], datagrams: int = 5000) -> None:
@@ -260,6 +304,7 @@ def main() -> None:
         bench_load(backends, args.trials)
         bench_exact(backends)
         bench_rss(backends, args.scrapes)
+        bench_run_time(backends, args.packets)
         bench_flood(backends, args.trials, args.packets)
 
 

@@ -18,6 +18,7 @@ from exporter.contract import Option, ParseError, SourceUnavailable
 
 from .ebpf_loader import (
     BACKEND_OPTION,
+    BTF_PATH_OPTION,
     TracepointCollector,
     find_tracefs,
     print_symbolic,
@@ -61,6 +62,7 @@ class EbpfDrops(TracepointCollector):
     )
     options = (
         BACKEND_OPTION,
+        BTF_PATH_OPTION,
         Option(
             "all-reasons",
             "export every reason the kernel knows, zero until it occurs "
@@ -86,7 +88,9 @@ class EbpfDrops(TracepointCollector):
         return [("skb", "kfree_skb", "tracepoint__skb__kfree_skb")]
 
     def collect(self) -> Iterable[Metric]:
-        counts = self.program().read_map("drops")
+        program = self.program()
+        counts = program.read_map("drops")  # reasons below DENSE_REASONS, by index
+        counts.update(program.read_map("drops_high"))  # the others (disjoint keys)
         yield drops_family(counts, self.names, self.option("all-reasons"))
 
 

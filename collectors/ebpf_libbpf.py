@@ -3,7 +3,9 @@ libbpf1 through ctypes. No compiler, no kernel headers, no bcc at run time.
 
 The objects are built with the package (scripts/build_bpf.py). Their programs are raw
 tracepoints that read only tracepoint arguments, so they carry no CO-RE relocation and load as
-they are on any kernel with raw tracepoints; the collectors' settings (bcc's -D defines) are
+they are on any kernel with raw tracepoints, BTF or not. An object that does carry relocations
+is relocated against the kernel's BTF or the btf-path file (libbpf's btf_custom_path), and is
+refused with "no BTF" when there is neither. The collectors' settings (bcc's -D defines) are
 written into the object's .rodata before load, where the verifier sees them as constants, and
 map sizes that depend on them are set the same way bcc's defines set them.
 
@@ -18,6 +20,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import struct
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from exporter.contract import SourceUnavailable
 from exporter.logs import log_event
 
 from .common import read_text
-from .ebpf_loader import BPF_DIR, Loader, Program, bpf_denied_reason, check_privileges, eperm_cause
+from .ebpf_base import BPF_DIR, Loader, Program, bpf_denied_reason, check_privileges, eperm_cause
 
 log = logging.getLogger("netstack.ebpf")
 
@@ -41,6 +44,7 @@ MAX_MESSAGES = 50  # libbpf messages kept for a failure's reason
 
 
 OBJECTS_DIR = BPF_DIR  # where the package build put the objects
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"  # the running kernel's own BTF (CONFIG_DEBUG_INFO_BTF)
 
 
 def object_path(name: str, objects_dir: str | None = None) -> str:
@@ -73,6 +77,30 @@ def verifier_verdict(tail: list[str]) -> str:
         if not line.startswith(_VERIFIER_STATS):
             return line.strip()
     return tail[-1].strip() if tail else ""
+
+
+def core_relocations(elf: bytes) -> int:
+    """Bytes of CO-RE relocation records in a BPF object (.BTF.ext's core_relo part): 0 means
+    libbpf relocates nothing and needs no kernel BTF for the object."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:  # 64-bit ELF, as clang -target bpf writes
+        raise ValueError("not a 64-bit ELF object")
+    order = "<" if elf[5] == 1 else ">"
+    (shoff,) = struct.unpack_from(order + "Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", elf, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:  # (name offset, file offset, size)
+        name, _, _, _, offset, size = struct.unpack_from(order + "IIQQQQ", elf, shoff + i * shentsize)
+        return name, offset, size
+
+    _, names_at, _ = section(shstrndx)
+    for i in range(shnum):
+        name, offset, size = section(i)
+        if elf[names_at + name : names_at + name + 9] == b".BTF.ext\0" and size >= 8:
+            (hdr_len,) = struct.unpack_from(order + "I", elf, offset + 4)
+            if hdr_len < 32:  # a header from before CO-RE relocations existed
+                return 0
+            return struct.unpack_from(order + "I", elf, offset + 28)[0]
+    return 0
 
 
 def _strerror(code: int) -> str:
@@ -141,6 +169,9 @@ _SIGNATURES = {
     ),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
+    "btf__parse": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_void_p]),
+    "btf__free": (None, [ctypes.c_void_p]),
+    "libbpf_strerror": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]),
     "btf__find_by_name_kind": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
     "btf__type_by_id": (ctypes.POINTER(_BtfType), [ctypes.c_void_p, ctypes.c_uint32]),
     "btf__name_by_offset": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_uint32]),
@@ -365,8 +396,10 @@ class LibbpfLoader(Loader):
 
     name = "libbpf"
 
-    def __init__(self, objects_dir: str | None = None):
+    def __init__(self, objects_dir: str | None = None, btf_path: str = ""):
         self.objects_dir = objects_dir
+        self.btf_path = btf_path  # --collector.<name>.btf-path: BTF for CO-RE, else the kernel's
+        self._btf_checked: tuple | None = None  # (size, mtime) of the file last parsed fine
 
     def check_available(self, program: str) -> None:
         libbpf()
@@ -379,10 +412,52 @@ class LibbpfLoader(Loader):
 
     def check(self, program: str) -> None:
         self.check_available(program)
+        self.check_btf(program)
         check_privileges()
         reason = bpf_denied_reason()
         if reason:
             raise SourceUnavailable(reason)
+
+    def check_btf(self, program: str) -> None:
+        """A given BTF file must parse; without one, an object that needs relocating needs the
+        kernel's BTF. Objects without CO-RE relocations (ours today) need none."""
+        if self.btf_path:
+            try:
+                st = os.stat(self.btf_path)
+            except OSError as e:
+                raise SourceUnavailable(f"BTF file {self.btf_path} (btf-path): {e.strerror}") from None
+            if self._btf_checked == (st.st_size, st.st_mtime_ns):
+                return  # parsed at an earlier probe (re-probes come every minute)
+            lib = libbpf()
+            with lib.lock:
+                lib.capture()
+                lib.messages = []
+                ctypes.set_errno(0)
+                btf = lib.lib.btf__parse(self.btf_path.encode(), None)
+                code = ctypes.get_errno()
+                if not btf:
+                    text = ctypes.create_string_buffer(128)  # libbpf's own codes (4001: bad format)
+                    lib.lib.libbpf_strerror(code or errno.EINVAL, text, len(text))
+                    raise SourceUnavailable(
+                        f"BTF file {self.btf_path} (btf-path) cannot be used: "
+                        f"{text.value.decode(errors='replace')}{_last_message(lib.messages)}; give "
+                        "the running kernel's BTF (a BTFHub .btf file, or a vmlinux with .BTF)"
+                    )
+                lib.lib.btf__free(btf)
+            self._btf_checked = (st.st_size, st.st_mtime_ns)
+            return
+        path = object_path(program, self.objects_dir)
+        try:
+            with open(path, "rb") as f:
+                relocations = core_relocations(f.read())
+        except (OSError, ValueError, struct.error) as e:
+            raise SourceUnavailable(f"cannot read {path}: {e}") from None
+        if relocations and not os.path.exists(KERNEL_BTF):
+            raise SourceUnavailable(
+                f"no BTF: {program}.bpf.o has CO-RE relocations and this kernel has no "
+                f"{KERNEL_BTF} (built without CONFIG_DEBUG_INFO_BTF); give its BTF with the "
+                "collector's btf-path option (e.g. a BTFHub file for this kernel release)"
+            )
 
     def load(self, program: str, defines: dict[str, int], map_sizes: dict[str, int]) -> Program:
         lib = libbpf()
@@ -393,6 +468,8 @@ class LibbpfLoader(Loader):
             kernel_log_buf=ctypes.cast(verifier_log, ctypes.c_void_p),
             kernel_log_size=VERIFIER_LOG_SIZE,
             kernel_log_level=0,
+            # libbpf relocates against this file instead of the kernel's BTF (BTFHub files).
+            btf_custom_path=self.btf_path.encode() if self.btf_path else None,
         )
         with lib.lock:
             lib.capture()

@@ -1,11 +1,12 @@
-"""The small interface between the eBPF collectors and a BPF backend, the bcc backend, and the
-choice between backends.
+"""The eBPF collectors' side of the backends: the bcc backend, the choice between backends,
+and the life cycle both collectors share (TracepointCollector).
 
 A collector names its BPF program ("softirq"), hands a Loader its settings, attaches tracepoints
-and reads maps; it never touches a backend itself. Two backends implement Loader and Program:
-bcc (here: compiles bpf/<name>.c with clang at start-up, needs kernel headers) and libbpf
-(collectors/ebpf_libbpf.py: loads the precompiled bpf/<name>.bpf.o, needs neither). The two
-programs of a collector keep the same maps with the same layout, so the metrics are the same.
+and reads maps; it never touches a backend itself. Two backends implement Loader and Program
+(collectors/ebpf_base.py): bcc (here: compiles bpf/<name>.c with clang at start-up, needs kernel
+headers) and libbpf (collectors/ebpf_libbpf.py: loads the precompiled bpf/<name>.bpf.o, needs
+neither). The two programs of a collector keep the same maps with the same layout, so the
+metrics are the same. Imports go one way: this module -> ebpf_libbpf -> ebpf_base.
 
 Also here: tracefs helpers shared by both collectors (finding the tracefs mount, reading and
 parsing a tracepoint's format file) and the exact log2-slot -> Prometheus bucket conversion.
@@ -14,7 +15,6 @@ parsing a tracepoint's format file) and the exact log2-slot -> Prometheus bucket
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import re
@@ -28,19 +28,24 @@ from exporter.logs import log_event
 from exporter.snapshot import release_freed_heap
 
 from .common import read_text
+from .ebpf_base import (
+    BPF_DIR,
+    Loader,
+    Program,
+    bpf_denied_reason,
+    check_privileges,
+)
+from .ebpf_base import can_trace as can_trace  # re-exported: the collectors' tests import them here
+from .ebpf_base import effective_capabilities as effective_capabilities
+from .ebpf_base import eperm_cause as eperm_cause
+from .ebpf_base import seccomp_mode as seccomp_mode
+from .ebpf_libbpf import LibbpfLoader
 
 log = logging.getLogger("netstack.ebpf")
-
-BPF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf")
 
 # bcc resolves tracepoint formats in exactly these places (bcc/__init__.py TRACEFS), so the
 # collectors look there too, not under --path.sysfs.
 TRACEFS_CANDIDATES = ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
-
-# Capability bits (include/uapi/linux/capability.h).
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 
 BACKENDS = ("auto", "libbpf", "bcc")
 
@@ -188,23 +193,7 @@ def log2_buckets(slots: dict[int, int], first_slot: int, last_slot: int) -> list
     return buckets
 
 
-# --- privileges and headers ------------------------------------------------------------------
-
-
-def effective_capabilities(status_text: str) -> int:
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            value = line[len("CapEff:") :].strip()
-            if 0 < len(value) <= 16 and all(c in "0123456789abcdefABCDEF" for c in value):
-                return int(value, 16)
-            raise ParseError("/proc/self/status: CapEff is not a 64-bit hex mask")
-    raise ParseError("/proc/self/status: no CapEff line")
-
-
-def can_trace(cap_eff: int) -> bool:
-    """Loading tracing programs needs CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON (kernel >= 5.8)."""
-    has = lambda cap: bool(cap_eff >> cap & 1)  # noqa: E731
-    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+# --- kernel headers (bcc) ---------------------------------------------------------------
 
 
 def find_kernel_headers(
@@ -235,116 +224,6 @@ def find_kernel_headers(
         f"no kernel headers for {release}: install linux-headers-{release}, or set "
         "BCC_KERNEL_SOURCE to a tree made by scripts/kernel-headers.sh"
     )
-
-
-def check_privileges() -> None:
-    try:
-        caps = effective_capabilities(read_text("/proc/self/status"))
-    except (OSError, ParseError) as e:
-        raise SourceUnavailable(f"cannot read own capabilities: {e}") from None
-    if not can_trace(caps):
-        raise SourceUnavailable(
-            "needs root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), to load tracing BPF programs"
-        )
-
-
-def seccomp_mode(status_text: str) -> int:
-    """/proc/self/status "Seccomp:" (0 none, 1 strict, 2 filter); 0 when the kernel has none."""
-    for line in status_text.splitlines():
-        if line.startswith("Seccomp:"):
-            return int(line.split()[1])
-    return 0
-
-
-def eperm_cause(status_text: str) -> str:
-    """Why bpf() said EPERM, from what the kernel says about this process."""
-    try:
-        caps = effective_capabilities(status_text)
-    except ParseError:
-        caps = 0
-    if not can_trace(caps):
-        return "missing CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN)"
-    if seccomp_mode(status_text) == 2:
-        return (
-            "CAP_BPF and CAP_PERFMON are held but a seccomp filter denies bpf() (a container "
-            "runtime's default profile does): run with a profile that allows bpf()"
-        )
-    return (
-        "CAP_BPF and CAP_PERFMON are held and no seccomp filter is active: a security module "
-        "(SELinux, AppArmor, lockdown) denies bpf()"
-    )
-
-
-# bpf(2) syscall numbers (no libc wrapper); the probe is skipped on other architectures.
-SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "s390x": 351, "ppc64le": 361}
-BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
-
-
-def bpf_denied_reason() -> str | None:
-    """Create (and close) a one-entry array map: a reason when bpf() itself is refused (EPERM),
-    else None. Run before loading, so the reason names the cause instead of a backend's
-    "Failed to compile BPF module" or "failed to load object"."""
-    nr = SYS_BPF.get(os.uname().machine)
-    if nr is None:
-        return None
-    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 8, 1)  # type, key, value size, entries
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.syscall(
-        ctypes.c_long(nr), ctypes.c_long(BPF_MAP_CREATE), attr, ctypes.c_uint(ctypes.sizeof(attr))
-    )
-    if fd >= 0:
-        os.close(fd)
-        return None
-    code = ctypes.get_errno()
-    if code == errno.EPERM:
-        try:
-            status = read_text("/proc/self/status")
-        except OSError:
-            status = ""
-        return f"bpf() denied (EPERM): {eperm_cause(status)}"
-    if code == errno.ENOSYS:
-        return "the kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"
-    return None  # anything else (say, memlock limits before 5.11) shows up when loading
-
-
-# --- the backend interface -------------------------------------------------------------------
-
-
-class Program:
-    """A loaded BPF object: attach its functions to tracepoints, read its maps, close it."""
-
-    def attach_tracepoint(self, system: str, event: str, function: str) -> None:
-        raise NotImplementedError
-
-    def read_map(self, name: str, per_cpu: bool = False) -> dict:
-        """{key: value}. Struct keys become tuples of their fields in order, ints stay ints.
-        Per-CPU maps: the sum over CPUs, or {cpu: value} with per_cpu=True; entries that are
-        zero on every CPU are left out (an array has every key from the start)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Detach everything and release file descriptors. Safe to call twice."""
-        raise NotImplementedError
-
-
-class Loader:
-    """A backend. `program` names a collector's BPF program: bpf/<program>.c for bcc,
-    bpf/<program>.bpf.o for libbpf."""
-
-    name = ""
-
-    def check_available(self, program: str) -> None:
-        """Raise SourceUnavailable(reason) when this backend is not installed for `program`."""
-
-    def check(self, program: str) -> None:
-        """Raise SourceUnavailable(reason) when this backend cannot run `program` here (cheap:
-        no compile, no load): not installed, no privileges, bpf() denied."""
-
-    def load(self, program: str, defines: dict[str, int], map_sizes: dict[str, int]) -> Program:
-        """Compile/load; SourceUnavailable(one-line reason) on failure. `defines` are the
-        program's settings (bcc: -D; libbpf: .rodata constants of the same names); `map_sizes`
-        size maps whose size depends on them (bcc's C text computes those from the defines)."""
-        raise NotImplementedError
 
 
 def _one_line(e: BaseException) -> str:
@@ -453,21 +332,20 @@ class BccLoader(Loader):
         return BccProgram(bpf)
 
 
-def choose_loader(backend: str, program: str) -> Loader:
+def choose_loader(backend: str, program: str, btf_path: str = "") -> Loader:
     """The backend for `backend` (auto|libbpf|bcc), or SourceUnavailable with the reason.
 
     auto: libbpf when libbpf1 and the precompiled objects are there (the programs need no
     kernel BTF, see bpf/*.bpf.c), else bcc when it and kernel headers are there. Privileges and a
-    bpf() denied by seccomp concern both and are checked by Loader.check().
+    bpf() denied by seccomp concern both and are checked by Loader.check(). `btf_path` is the
+    libbpf backend's BTF file (--collector.<name>.btf-path); bcc does not use BTF.
     """
-    from .ebpf_libbpf import LibbpfLoader
-
     if backend == "libbpf":
-        return LibbpfLoader()
+        return LibbpfLoader(btf_path=btf_path)
     if backend == "bcc":
         return BccLoader()
     reasons = []
-    for loader in (LibbpfLoader(), BccLoader()):
+    for loader in (LibbpfLoader(btf_path=btf_path), BccLoader()):
         try:
             loader.check_available(program)
             return loader
@@ -576,6 +454,21 @@ BACKEND_OPTION = Option(
 )
 
 
+def _btf_file(path: str) -> None:
+    if path and not os.path.isfile(path):
+        raise ValueError(f"no such file {path!r} (a BTF file: a vmlinux with .BTF or a BTFHub .btf file)")
+
+
+BTF_PATH_OPTION = Option(
+    "btf-path",
+    "libbpf backend: kernel BTF file for CO-RE relocations, for kernels without "
+    "/sys/kernel/btf/vmlinux (a BTFHub-style .btf file of the running kernel); empty: the "
+    "kernel's own. Checked before loading: a file that is not BTF makes the collector unavailable",
+    "",
+    validate=_btf_file,
+)
+
+
 class TracepointCollector(Collector):
     """The life cycle the eBPF collectors share: choose and probe the backend, load and attach in
     the background (BackgroundLoad), read maps from the attached program, detach on close.
@@ -604,7 +497,9 @@ class TracepointCollector(Collector):
     def check_loader(self) -> None:
         """End of probe(): a backend can work here, and a failed load stays unavailable."""
         if self.load is None:  # the backend is chosen once; a started program keeps its own
-            self.loader = self._given_loader or choose_loader(self.option("backend"), self.program_name)
+            self.loader = self._given_loader or choose_loader(
+                self.option("backend"), self.program_name, self.option("btf-path")
+            )
         assert self.loader is not None
         self.loader.check(self.program_name)
         if self.load is not None:

@@ -21,6 +21,7 @@ from exporter.contract import Option, ParseError, SourceUnavailable
 from .common import parse_cpu_list, read_text
 from .ebpf_loader import (
     BACKEND_OPTION,
+    BTF_PATH_OPTION,
     TracepointCollector,
     find_tracefs,
     log2_buckets,
@@ -122,6 +123,7 @@ class EbpfSoftirq(TracepointCollector):
     )
     options = (
         BACKEND_OPTION,
+        BTF_PATH_OPTION,
         Option("all-vectors", "trace every softirq vector, not only NET_RX and NET_TX", False, "bool"),
         Option("per-cpu", "add a cpu label (series x number of CPUs)", False, "bool"),
     )

@@ -18,23 +18,31 @@
 #include <linux/skbuff.h>
 #endif
 
-// The kernel's table (~130 reasons in 6.18) plus room for values outside it (subsystem reasons,
-// e.g. mac80211's, carry high bits and are not in the table). As in drops.bpf.c.
+// The kernel's table (~130 reasons in 6.18) indexes an array; values outside it (subsystem
+// reasons, e.g. mac80211's, carry high bits) go to a hash. As in drops.bpf.c.
+#define DENSE_REASONS 256
 #define MAX_REASONS 1024
 
 // Per-CPU values: every CPU counts in its own copy, no atomics, no cache-line bouncing; the
-// collector sums the copies. A hash, not an array: subsystem reasons carry high bits.
-BPF_PERCPU_HASH(drops, u32, u64, MAX_REASONS);
+// collector sums the copies of both maps.
+BPF_PERCPU_ARRAY(drops, u64, DENSE_REASONS);
+BPF_PERCPU_HASH(drops_high, u32, u64, MAX_REASONS);
 
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
     u32 reason = args->reason;
-    u64 *count = drops.lookup(&reason);
+    if (reason < DENSE_REASONS) {
+        u64 *dense = drops.lookup(&reason);
+        if (dense)
+            *dense += 1;  // this CPU's copy; tracing programs never nest on one CPU
+        return 0;
+    }
+    u64 *count = drops_high.lookup(&reason);
     if (count) {
         *count += 1;  // this CPU's copy; tracing programs never nest on one CPU
     } else {
         u64 one = 1;  // sets this CPU's copy only; another CPU's insert cannot erase it
-        drops.update(&reason, &one);
+        drops_high.update(&reason, &one);
     }
     return 0;
 }

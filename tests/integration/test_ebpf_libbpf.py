@@ -1,6 +1,7 @@
 """The libbpf backend on the real kernel (root): the precompiled objects load without kernel BTF,
-give the same metrics as bcc, and every failure names its cause (a program that cannot attach,
-a verifier rejection, seccomp denying bpf(), missing capabilities)."""
+a BTF file given with btf-path is used for CO-RE relocations, they give the same metrics as bcc,
+and every failure names its cause (no BTF, a bad BTF file, a program that cannot attach, a
+verifier rejection, seccomp denying bpf(), missing capabilities)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,140 @@ p.close()
         )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 100
+
+
+# A drops program that reads a kernel struct field: clang emits a CO-RE relocation for it, so
+# libbpf needs BTF, the kernel's or the btf-path file, to load it.
+CORE_READ_DROPS = """
+#include <bpf/bpf_core_read.h>
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 256);
+         __type(key, __u32); __type(value, __u64); } drops SEC(".maps");
+SEC("raw_tp/kfree_skb")
+int BPF_PROG(tracepoint__skb__kfree_skb, struct sk_buff *skb, void *location, unsigned int reason)
+{
+    __u32 key = reason;
+    if (BPF_CORE_READ(skb, len) == 0)
+        return 0;
+    __u64 *count = bpf_map_lookup_elem(&drops, &key);
+    if (count)
+        *count += 1;
+    return 0;
+}
+"""
+
+HIDDEN_BTF_SCRIPT = """
+import os, socket, sys
+from collectors.ebpf_libbpf import LibbpfLoader, core_relocations
+from exporter.contract import SourceUnavailable
+objects, copy, garbage = sys.argv[1:4]
+assert not os.path.exists("/sys/kernel/btf/vmlinux")
+assert core_relocations(open(objects + "/drops.bpf.o", "rb").read()) > 0
+for path in ("", garbage):
+    try:
+        LibbpfLoader(objects, btf_path=path).check("drops")
+        print("no failure for", repr(path))
+    except SourceUnavailable as e:
+        print(e)
+loader = LibbpfLoader(objects, btf_path=copy)
+loader.check("drops")
+p = loader.load("drops", {}, {})
+p.attach_tracepoint("skb", "kfree_skb", "tracepoint__skb__kfree_skb")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(100):
+    s.sendto(b"x", ("127.0.0.1", 9))
+print(sum(p.read_map("drops").values()))
+p.close()
+"""
+
+
+def test_btf_path_relocates_without_kernel_btf(core_env, tmp_path):
+    """An object with a CO-RE relocation, /sys/kernel/btf hidden: without btf-path the reason
+    says "no BTF"; a garbage file is named; a copy of the kernel's BTF given as btf-path (as a
+    BTFHub file would be) is what libbpf relocates against, and the program loads and counts."""
+    need_tool("unshare", "util-linux")
+    compile_object(tmp_path, "drops", CORE_READ_DROPS)
+    copy, garbage = tmp_path / "vmlinux.btf", tmp_path / "garbage.btf"
+    shutil.copy("/sys/kernel/btf/vmlinux", copy)
+    garbage.write_bytes(os.urandom(4096))
+    with Netns("ebt") as ns:
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns.name, "unshare", "-m", "sh", "-c"]
+            + [
+                'mount -t tmpfs none /sys/kernel/btf && exec "$0" -c "$1" "$2" "$3" "$4"',
+                sys.executable,
+                HIDDEN_BTF_SCRIPT,
+                str(tmp_path),
+                str(copy),
+                str(garbage),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 0, out.stderr
+    no_btf, bad_file, counted = out.stdout.splitlines()
+    assert no_btf.startswith("no BTF: drops.bpf.o has CO-RE relocations and this kernel has no ")
+    assert "btf-path" in no_btf
+    assert bad_file.startswith(f"BTF file {garbage} (btf-path) cannot be used: "), bad_file
+    assert int(counted) >= 100  # the tracepoint is global: other jobs' drops count too
+
+
+def test_btf_path_given_to_both_collectors(core_env, tmp_path):
+    """The exporter with a copy of the kernel's BTF as btf-path: both collectors load and count;
+    a garbage file makes each collector unavailable with a reason naming the file."""
+    copy, garbage = tmp_path / "vmlinux.btf", tmp_path / "garbage.btf"
+    shutil.copy("/sys/kernel/btf/vmlinux", copy)
+    garbage.write_bytes(b"not BTF\n" * 100)
+    collectors = ("ebpf_drops", "ebpf_softirq")
+
+    def args(btf: Path) -> list[str]:
+        return ["--collector.disable-defaults"] + [
+            a
+            for c in collectors
+            for a in (
+                f"--collector.{c}",
+                f"--collector.{c}.backend=libbpf",
+                f"--collector.{c}.btf-path={btf}",
+            )
+        ]
+
+    with Netns("ebp") as ns, Exporter(*args(copy)) as exporter:
+        for c in collectors:
+            wait_success(exporter, c)
+        before = no_socket(exporter.scrape())
+        ns.exec(sys.executable, "-c", SEND, "1000")
+        assert no_socket(exporter.scrape()) - before >= 1000
+    reason = f"BTF file {garbage} (btf-path) cannot be used"
+    with Exporter(*args(garbage)) as exporter:
+        metrics = exporter.scrape()
+        for c in collectors:
+            assert value(metrics, "netstack_scrape_collector_success", collector=c) == 0
+        lines = exporter.log().splitlines()
+        for c in collectors:
+            assert any(f"collector={c}" in line and reason in line for line in lines), exporter.log()
+
+
+def test_btf_path_that_does_not_exist_is_refused_at_start():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--collector.ebpf_drops",
+            "--collector.ebpf_drops.btf-path=/nonexistent",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "netstack-exporter: error: --collector.ebpf_drops.btf-path: no such file '/nonexistent' "
+        "(a BTF file: a vmlinux with .BTF or a BTFHub .btf file)"
+    ]
 
 
 def test_program_attach_read_close_releases_everything(core_env):

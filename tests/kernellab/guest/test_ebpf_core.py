@@ -1,6 +1,7 @@
 """The CO-RE objects built on the host (kernel 6.18) loaded unchanged by the libbpf backend on
 Debian's 6.1 kernel: exact NO_SOCKET counts under 6.1's own reason numbering, NET_RX wait
-samples, and a program that cannot attach reported by its collector only."""
+samples, a BTF file given with btf-path (and a garbage one named), and a program that cannot
+attach reported by its collector only."""
 
 from __future__ import annotations
 
@@ -145,3 +146,28 @@ char LICENSE[] SEC("license") = "GPL";
     finally:
         drops.close()
         softirq.close()
+
+
+def test_btf_path_copy_of_the_kernels_btf_loads_and_counts(tmp_path):
+    """--collector.ebpf_drops.btf-path with a copy of 6.1's own BTF (as a BTFHub file would be
+    given): loads and counts exactly; a garbage file is named in the collector's reason."""
+    btf = tmp_path / "vmlinux-6.1.btf"
+    shutil.copy("/sys/kernel/btf/vmlinux", btf)
+    garbage = tmp_path / "garbage.btf"
+    garbage.write_bytes(b"not BTF at all\n" * 64)
+    with GuestExporter(
+        "--collector.disable-defaults",
+        "--collector.ebpf_drops",
+        "--collector.ebpf_drops.backend=libbpf",
+        f"--collector.ebpf_drops.btf-path={btf}",
+    ) as exporter:
+        exporter.scrape_until(
+            lambda m: value(m, "netstack_scrape_collector_success", collector="ebpf_drops") == 1,
+            what="ebpf_drops loaded with btf-path",
+        )
+        before = no_socket(exporter.scrape())
+        subprocess.run([sys.executable, "-c", SEND, str(N), "9"], check=True, timeout=600)
+        assert no_socket(exporter.scrape()) - before == N
+    drops = EbpfDrops(Context(options={"backend": "libbpf", "btf-path": str(garbage)}))
+    with pytest.raises(SourceUnavailable, match=rf"BTF file {garbage} \(btf-path\) cannot be used"):
+        drops.probe()
