@@ -26,8 +26,9 @@ Covered elsewhere, with the reason:
 - NetstackNetRxStarved: promtool only; it compares the 5 m processed rate with its peak of the
   hour, which a series minutes old cannot show (its 5 m rates grow as it ages);
 - NetstackNetRxSoftirqWaitHigh: promtool only; the eBPF histograms come from the kernel, not a
-  tree. tests/integration/test_netrx_starvation_alerts.py runs both starvation rules against a
-  real SCHED_FIFO busy loop on the RPS CPU (on 6.18 it does not delay NET_RX: both stay silent);
+  tree. tests/integration/test_netrx_starvation_alerts.py runs it against a real SCHED_FIFO
+  busy loop on the RPS CPU: it fires where NET_RX spills over to ksoftirqd, and NetstackNetRxStarved
+  stays silent there (nothing is dropped);
 - NetstackIPVSStrictARPOff: promtool only; kube-ipvs0 is read over rtnetlink, so the exporter
   would have to run in a network namespace of its own, out of this Prometheus' reach."""
 
