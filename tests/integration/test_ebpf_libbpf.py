@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from collectors.ebpf_drops import EbpfDrops
-from collectors.ebpf_libbpf import LibbpfLoader, object_path
+from collectors.ebpf_libbpf import LibbpfLoader, core_relocations, object_path
 from collectors.ebpf_softirq import EbpfSoftirq
 from exporter.contract import Context, SourceUnavailable
 from tests.helpers import ROOT, Exporter, Netns, need, need_tool, samples, value
@@ -91,6 +91,8 @@ def test_objects_load_and_count_without_kernel_btf(core_env):
     """/sys/kernel/btf hidden (a tmpfs over it in a private mount namespace): the objects carry
     no CO-RE relocation, so libbpf needs no kernel BTF and a kernel without it runs them."""
     need_tool("unshare", "util-linux")
+    for name in ("softirq", "drops"):
+        assert core_relocations(Path(object_path(name)).read_bytes()) == 0, name
     script = """
 import os, socket
 from collectors.ebpf_libbpf import LibbpfLoader
