@@ -34,9 +34,8 @@ import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+from exporter.metrics import GaugeMetricFamily, Metric
 
 DEFAULT_SOCKETS = (
     "/var/run/calico/bird.ctl",

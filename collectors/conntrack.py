@@ -24,10 +24,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 from exporter.logs import log_event
+from exporter.metrics import CounterMetricFamily, GaugeMetricFamily
 
 from .common import WrappingCounters, read_int, read_text
 from .netlink import (

@@ -13,10 +13,9 @@ import os
 import time
 from collections.abc import Iterable
 
-from prometheus_client.core import CounterMetricFamily, Metric
-
 from exporter.contract import Collector, ParseError
 from exporter.exposition import CompactFamily, LabelSets
+from exporter.metrics import CounterMetricFamily, Metric
 
 from .common import MonotonicCounters, parse_counter, parse_cpu_list, read_text, require_file
 

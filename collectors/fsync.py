@@ -25,11 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
-
 from exporter.contract import Collector, Failed, Option, ParseError
 from exporter.logs import log_event
+from exporter.metrics import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, go_float
 
 from .common import PeriodicLoop, read_text
 
@@ -280,7 +278,7 @@ class Histogram:
         out, running = [], 0
         for bound, n in zip(self.bounds + (math.inf,), self.counts):
             running += n
-            out.append((floatToGoString(bound), running))
+            out.append((go_float(bound), running))
         return out
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, Metric
-
 from exporter.contract import Collector, ParseError
+from exporter.metrics import CounterMetricFamily, Metric
 
 from .common import read_text, require_file
 

@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from exporter.contract import Collector, Context, Option, ParseError, SourceUnavailable
 from exporter.logs import log_event
+from exporter.metrics import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from . import overlay_rtnl as rtnl
 from .netlink import NetlinkDumpInterrupted

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from exporter.contract import Collector, Option, ParseError
 from exporter.exposition import CompactFamily, LabelSets
+from exporter.metrics import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .common import U32_MAX, WrappingCounters, parse_counter, read_int, read_text, require_file
 

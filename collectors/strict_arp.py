@@ -20,9 +20,8 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
+from exporter.metrics import GaugeMetricFamily, Metric
 
 from .common import read_text
 from .netlink import NLMSGHDR, NetlinkSocket, data_messages

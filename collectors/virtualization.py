@@ -31,10 +31,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from exporter.contract import Collector, Option, Paths
 from exporter.logs import log_event
+from exporter.metrics import GaugeMetricFamily, Metric
 
 log = logging.getLogger("netstack.virtualization")
 

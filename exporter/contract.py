@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from prometheus_client.core import Metric
+from .metrics import Metric
 
 
 class SourceUnavailable(Exception):

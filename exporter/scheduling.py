@@ -18,12 +18,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-
-from prometheus_client.core import Metric
+from collections.abc import Callable, Sequence
 
 from .contract import Collector, Failed, NotReady, SourceUnavailable
 from .logs import log_event
+from .metrics import Metric
 from .snapshot import INLINE_ENCODE_SAMPLES, Outcome, Snapshot, release_freed_heap
 
 log = logging.getLogger("netstack.exporter")
@@ -306,7 +305,7 @@ class Scheduler:
     """Coalesces scrapes: while a collection runs, every scrape waits for that same collection."""
 
     def __init__(
-        self, runners: list[CollectorRunner], own_families: Callable[[], list[Metric]], timeout: float
+        self, runners: list[CollectorRunner], own_families: Callable[[], Sequence[Metric]], timeout: float
     ):
         self.runners = runners
         self.own_families = own_families
@@ -361,7 +360,7 @@ class Scheduler:
 
     def _own_families(self) -> list[Metric]:
         try:
-            families = self.own_families()
+            families = list(self.own_families())
         except Exception as e:  # our own /proc/self (out of descriptors?): not worth a failed scrape
             error = f"{type(e).__name__}: {e}"
             if error != self._own_error:

@@ -20,10 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client.core import Metric
-
 from .exposition import CompactFamily, LabelSets, encode_openmetrics, encode_text
 from .logs import log_event
+from .metrics import Metric
 
 
 class Submitter(Protocol):

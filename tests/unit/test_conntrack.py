@@ -17,7 +17,6 @@ import struct
 from collections import Counter
 
 import pytest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_stats, nfct_stats_cpu
 
 from collectors import conntrack
@@ -31,6 +30,7 @@ from collectors.conntrack import (
     stats_from_netlink,
 )
 from exporter.contract import Context, ParseError, Paths, SourceUnavailable
+from exporter.metrics import CounterMetricFamily, GaugeMetricFamily
 from tests.helpers import FIXTURES
 
 DIR = FIXTURES / "conntrack"

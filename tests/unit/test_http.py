@@ -38,8 +38,7 @@ def test_gzip_refused_with_q_0_is_not_sent():
 def test_a_snapshot_is_encoded_once_per_format():
     import asyncio
 
-    from prometheus_client.core import GaugeMetricFamily
-
+    from exporter.metrics import GaugeMetricFamily
     from exporter.scheduling import Worker
     from exporter.snapshot import Outcome, Snapshot
 

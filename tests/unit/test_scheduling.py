@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
-from prometheus_client.core import GaugeMetricFamily
 
 from exporter.contract import Collector, Context, Failed, NotReady, SourceUnavailable
 from exporter.exposition import CompactFamily
+from exporter.metrics import GaugeMetricFamily
 from exporter.scheduling import CollectorRunner, Scheduler
 from exporter.snapshot import OPENMETRICS, TEXT
 from tests.helpers import parse_metrics, value
