@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bcrypt
-import yaml
 
 from .logs import log_event
 
@@ -139,21 +139,26 @@ class WebConfig:
     http2: bool = True  # accepted for compatibility; responses are HTTP/1.1 either way
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (Go's strict YAML does too)."""
+@functools.cache
+def _strict_loader() -> type:
+    """A SafeLoader that refuses a key given twice in one mapping (Go's strict YAML does too).
+    PyYAML is imported only when a web config is read: most nodes run without one."""
+    import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        pass
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise WebConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice")
-        seen.add(key)
-    return loader.construct_mapping(node)
+    def construct_mapping(loader: StrictLoader, node: yaml.MappingNode) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise WebConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice")
+            seen.add(key)
+        return loader.construct_mapping(node)
 
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return StrictLoader
 
 
 def _mapping(value: Any, where: str) -> dict:
@@ -332,8 +337,10 @@ def _parse_http(raw: dict) -> tuple[dict[str, str], bool]:
 
 def parse_web_config(text: str, base_dir: str = ".") -> WebConfig:
     """The file's content -> WebConfig. Checks structure and values; reads no other file."""
+    import yaml
+
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)
+        raw = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as e:
         raise WebConfigError(f"not valid YAML: {e}") from None
     top = _mapping(raw, "the file")
