@@ -302,6 +302,15 @@ def zero_range(fd: int, size: int) -> bool:
     raise OSError(err, os.strerror(err))
 
 
+def _require_room_for_another_file(fd: int, size: int) -> None:
+    """ENOSPC when the filesystem has less free space than one more probe file. Writes into the
+    preallocated file keep succeeding on a full disk, as etcd's do into its current WAL segment;
+    etcd fails when it cuts the next segment, and so does this probe, a segment early."""
+    vfs = os.fstatvfs(fd)
+    if vfs.f_blocks and vfs.f_bfree * vfs.f_frsize < size:  # f_bfree: what root may still use
+        raise OSError(errno.ENOSPC, f"less than {size} bytes free: no room for the next WAL segment")
+
+
 @dataclass
 class ProbeResult:
     durations: list[float] = field(default_factory=list)  # one per completed fdatasync
@@ -351,6 +360,7 @@ def run_probe(
             # unwritten extents reproduces that cost without freeing the space.
             zero_range(fd, size)
         os.fdatasync(fd)  # make the preparation durable outside the measured syncs
+        _require_room_for_another_file(fd, size)
         for i in range(writes):
             if should_stop():
                 result.stopped = True

@@ -236,6 +236,37 @@ def test_enospc_on_a_full_tmpfs(tmp_path, caplog):
         assert not (small / PROBE_FILE).exists()
 
 
+def test_a_disk_that_fills_after_the_start_fails_the_probe_and_recovers(tmp_path):
+    """The probe's file is allocated once, so its writes succeed on a full disk (as etcd's do into
+    its current WAL segment); the free-space check makes the probe fail as etcd would at its next
+    segment, and succeed again once room is made."""
+    disk, good = tmp_path / "disk", tmp_path / "good"
+    disk.mkdir(), good.mkdir()
+    with mounted(disk, "-t", "tmpfs", "-o", "size=512k", "tmpfs"):
+        c = make([disk, good])
+        with running(c):
+            wait_for(lambda: succeeded(scrape(c), disk) or None, what="a first good probe")
+            filler = disk / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            with contextlib.suppress(OSError):  # ENOSPC: every block taken
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            os.close(fd)
+            m = wait_for(
+                lambda: (lambda m: m if errors(m, disk)["no_space"] >= 1 else None)(scrape(c)),
+                what="no_space",
+            )
+            assert set(errors(m, good).values()) == {0.0}
+            filler.unlink()
+            before = value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(disk))
+            wait_for(
+                lambda: (
+                    value(scrape(c), "netstack_fsync_duration_seconds_count", path=str(disk)) > before or None
+                ),
+                what="probes succeeding again",
+            )
+
+
 def test_read_only_bind_mount(tmp_path):
     ro, good = tmp_path / "ro", tmp_path / "good"
     ro.mkdir(), good.mkdir()
