@@ -1,7 +1,7 @@
 """Exposition: label sets, compact families and the Prometheus text (0.0.4) and OpenMetrics
 (1.0.0) encoders.
 
-Collectors build prometheus_client metric families; for thousands of series they use
+Collectors build metric families (exporter.metrics); for thousands of series they use
 CompactFamily rows, and label sets they keep across collections are LabelSets, formatted once.
 The encoders produce the same exposition as prometheus_client's with less work per sample: values
 are escaped only when they need it, integers are written exactly, and label sets shared by rows
@@ -11,10 +11,10 @@ or kept across collections are formatted once. Timestamps are written; exemplars
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterable, Sequence
 
-from prometheus_client.core import Metric
-from prometheus_client.samples import Sample
+from .metrics import Metric, Sample
 
 
 def _escape_label_value(value: str) -> str:
@@ -86,6 +86,46 @@ class CompactFamily(Metric):
         return [Sample(self.sample_name, labels, value) for labels, value in self.rows]
 
 
+class ColumnRows(Sequence):
+    """The rows of a ColumnFamily, (labels, value) pairs made only when asked for."""
+
+    __slots__ = ("labels", "values")
+
+    def __init__(self, labels: Sequence[dict[str, str]], values: Sequence[float]):
+        self.labels, self.values = labels, values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(zip(self.labels[i], self.values[i]))
+        return self.labels[i], self.values[i]
+
+    def __iter__(self):
+        return zip(self.labels, self.values)
+
+
+class ColumnFamily(CompactFamily):
+    """A CompactFamily whose rows are two columns: label sets and values. Several families of one
+    table (the IPVS collector's eight per-service families) share one list of LabelSets; the
+    encoder formats that list once per encoding and writes each family's lines in one join, with
+    no (labels, value) tuple per series."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        typ: str,
+        labels: Sequence[dict[str, str]],
+        values: Sequence[float],
+    ):
+        super().__init__(name, documentation, typ)
+        if len(labels) != len(values):
+            raise ValueError(f"{name}: {len(labels)} label sets for {len(values)} values")
+        self.rows = ColumnRows(labels, values)  # type: ignore[assignment]
+
+
 _TEXT_TYPES = {
     "counter": "counter",
     "gauge": "gauge",
@@ -147,15 +187,46 @@ def _rows(family, out: list[str], label_strings: dict) -> None:
         out.append(f"{name}{_label_text(labels, label_strings)} {v if type(v) is int else _value(v)}")
 
 
+def _columns(family: ColumnFamily, out: list[str], label_strings: dict) -> None:
+    """A ColumnFamily's lines as one string, with no Python code per series: "name" + the
+    row's labels and a space (made once per encoding for the label list, kept in label_strings
+    so its id cannot be reused meanwhile, and shared by the families after it) + the value,
+    joined by a line break and the name."""
+    rows: ColumnRows = family.rows  # type: ignore[assignment]
+    cached = label_strings.get(id(rows.labels))
+    if cached is None or cached[0] is not rows.labels:
+        texts = [(x.text if type(x) is LabelSet else format_labels(x)) + " " for x in rows.labels]
+        cached = label_strings[id(rows.labels)] = (rows.labels, texts)
+    values = rows.values
+    as_text = map(str, values) if set(map(type, values)) == {int} else map(_value, values)
+    name = family.sample_name
+    out.append(name + ("\n" + name).join(map(operator.add, cached[1], as_text)))
+
+
 def _family_samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
-    if hasattr(family, "rows"):
+    if type(family) is ColumnFamily:
+        if len(family.rows):
+            _columns(family, out, label_strings)
+    elif hasattr(family, "rows"):
         _rows(family, out, label_strings)
     else:
         _samples(family, out, openmetrics)
 
 
+_FLUSH_LINES = 2000  # lines kept as strings before they are encoded to bytes
+
+
+def _flush(out: list[str], pieces: list[bytes]) -> None:
+    """Move the lines so far to pieces as bytes: a large collection's text is never held whole
+    as lines, as one string and as bytes at the same time."""
+    out.append("")
+    pieces.append("\n".join(out).encode())
+    out.clear()
+
+
 def encode_text(families: Iterable[Metric]) -> bytes:
     out: list[str] = []
+    pieces: list[bytes] = []
     label_strings: dict = {}
     for family in families:
         name = family.name
@@ -167,12 +238,15 @@ def encode_text(families: Iterable[Metric]) -> bytes:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, 'untyped')}")
         _family_samples(family, out, False, label_strings)
-    out.append("")
-    return "\n".join(out).encode()
+        if len(out) > _FLUSH_LINES or type(family) is ColumnFamily:
+            _flush(out, pieces)
+    _flush(out, pieces)
+    return b"".join(pieces)
 
 
 def encode_openmetrics(families: Iterable[Metric]) -> bytes:
     out: list[str] = []
+    pieces: list[bytes] = []
     label_strings: dict = {}
     for family in families:
         help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
@@ -181,5 +255,8 @@ def encode_openmetrics(families: Iterable[Metric]) -> bytes:
         if family.unit:
             out.append(f"# UNIT {family.name} {family.unit}")
         _family_samples(family, out, True, label_strings)
-    out.append("# EOF\n")
-    return "\n".join(out).encode()
+        if len(out) > _FLUSH_LINES or type(family) is ColumnFamily:
+            _flush(out, pieces)
+    out.append("# EOF")
+    _flush(out, pieces)
+    return b"".join(pieces)

@@ -83,10 +83,18 @@ def test_service_line_cache_follows_the_table():
     text = (FIX / "full/net/ip_vs").read_text()
     known: dict = {}
     first = ipvs.parse_ip_vs(text, known=known)
-    assert len(known) == 11
+    lines = {k for k in known if "\n" not in k}
+    assert len(lines) == len(first) == 11  # one entry per service line
+    blocks = {k for k in known if "\n" in k}  # each service with backends: its whole block
+    assert len(blocks) == sum(1 for s in first if s.backends)
     again = ipvs.parse_ip_vs(text, known=known)
-    assert [s.labels for s in again] == [s.labels for s in first]
+    assert again == first
     assert all(a.labels is b.labels for a, b in zip(first, again))  # parsed once, reused
+    # a service whose connection counts changed is summed again, with the same labels
+    changed = text.replace("Masq    1      12         3", "Masq    1      13         3", 1)
+    third = ipvs.parse_ip_vs(changed, known=known)
+    assert third[0].active == first[0].active + 1 and third[0].labels is first[0].labels
+    assert third[1:] == first[1:]
     ipvs.parse_ip_vs((FIX / "empty/net/ip_vs").read_text(), known=known)
     assert known == {}  # services that disappeared are forgotten
 
@@ -832,12 +840,12 @@ def test_stats_wider_than_a_counter_are_a_parse_error():
         ipvs.parse_ip_vs_stats(text, "ip_vs_stats")
 
 
-def test_an_endless_line_or_a_huge_table_fails_only_the_collection(tmp_path):
-    import io
-
-    huge = io.StringIO(HEADER + "TCP  0A600001:0050 rr " + "x" * 10_000_000 + "\n")
-    with pytest.raises(ParseError, match="longer than"):
-        list(ipvs.bounded_lines(huge, "ip_vs"))
-    many = io.StringIO("  -> 0A000001:0050 Masq 1 0 0\n" * 1000)
-    with pytest.raises(ParseError):
-        list(ipvs.bounded_lines(many, "ip_vs", max_bytes=10_000))
+def test_an_endless_or_huge_table_fails_only_the_collection(tmp_path):
+    table = tmp_path / "ip_vs"
+    table.write_text(HEADER + "TCP  0A600001:0050 rr " + "x" * 20_000 + "\n")
+    with pytest.raises(ParseError, match="larger than"):
+        ipvs.read_table_text(str(table), max_bytes=10_000)
+    table.write_text(HEADER + "TCP  0A600001:0050 rr \n" + "  -> 0A000001:0050 Masq 1 0 0\n" * 1000)
+    with pytest.raises(ParseError, match="larger than"):
+        ipvs.read_table_text(str(table), max_bytes=10_000)
+    assert ipvs.read_table_text(str(table), max_bytes=table.stat().st_size) == table.read_text()
