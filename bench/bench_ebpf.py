@@ -4,13 +4,14 @@ programs cost the packet path under a bounded loopback UDP flood, and exact coun
 to a closed port -> NO_SOCKET drops).
 
     sudo .venv/bin/python -m bench.bench_ebpf [--trials 5] [--packets 50000] [--scrapes 100]
-                                              [--backends libbpf,bcc]
+                                              [--backends libbpf,bcc] [--sample-every 1,4,16]
 
 Needs root; libbpf1 and the CO-RE objects (built by the package build) for libbpf; bcc
 (python3-bpfcc linked into the venv) and headers for bcc (scripts/kernel-headers.sh is run into
 a temporary directory when BCC_KERNEL_SOURCE is not set). A backend that cannot run is reported
 and left out. Mounts tracefs if it is not mounted and unmounts it afterwards. The floods run in
-network namespaces of their own.
+network namespaces of their own. --sample-every lists ebpf_softirq's sample-every values to
+compare (each one's floods and in-kernel run time, in the same interleaved rounds).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from collectors.ebpf_softirq import EbpfSoftirq
 from exporter.contract import Context, SourceUnavailable
 
 COLLECTORS = {
-    "ebpf_softirq": lambda backend: EbpfSoftirq(Context(options={"backend": backend})),
-    "ebpf_drops": lambda backend: EbpfDrops(Context(options={"backend": backend})),
+    "ebpf_softirq": lambda backend, every=1: EbpfSoftirq(
+        Context(options={"backend": backend, "sample-every": every})
+    ),
+    "ebpf_drops": lambda backend, every=1: EbpfDrops(Context(options={"backend": backend})),
 }
 BACKENDS = ("libbpf", "bcc")
 
@@ -97,9 +100,10 @@ def usable_backends(wanted: list[str]) -> list[str]:
 
 
 @contextmanager
-def loaded(names: list[str], backend: str):
-    """The named collectors probed, loaded and attached in this process until the block ends."""
-    collectors = [COLLECTORS[n](backend) for n in names]
+def loaded(names: list[str], backend: str, every: int = 1):
+    """The named collectors probed, loaded and attached in this process until the block ends
+    (ebpf_softirq with sample-every=every)."""
+    collectors = [COLLECTORS[n](backend, every) for n in names]
     try:
         for c in collectors:
             c.probe()
@@ -198,24 +202,28 @@ def flood(ns: str, packets: int, mode: str) -> tuple[float, float]:
     return packets / elapsed, cpu / packets
 
 
-def flood_configs(backends: list[str]) -> dict[str, tuple[list[str], str]]:
-    configs: dict[str, tuple[list[str], str]] = {"none": ([], "")}
+def flood_configs(backends: list[str], everies: list[int]) -> dict[str, tuple[list[str], str, int]]:
+    configs: dict[str, tuple[list[str], str, int]] = {"none": ([], "", 1)}
     for backend in backends:
-        configs[f"{backend}: ebpf_softirq"] = (["ebpf_softirq"], backend)
-        configs[f"{backend}: ebpf_drops"] = (["ebpf_drops"], backend)
-        configs[f"{backend}: both"] = (["ebpf_softirq", "ebpf_drops"], backend)
+        for every in everies:
+            tag = "" if everies == [1] else f" N={every}"
+            configs[f"{backend}: ebpf_softirq{tag}"] = (["ebpf_softirq"], backend, every)
+        configs[f"{backend}: ebpf_drops"] = (["ebpf_drops"], backend, 1)
+        for every in everies:
+            tag = "" if everies == [1] else f" N={every}"
+            configs[f"{backend}: both{tag}"] = (["ebpf_softirq", "ebpf_drops"], backend, every)
     return configs
 
 
-def bench_flood(backends: list[str], trials: int, packets: int) -> None:
-    configs = flood_configs(backends)
+def bench_flood(backends: list[str], trials: int, packets: int, everies: list[int]) -> None:
+    configs = flood_configs(backends, everies)
     for mode in ("open", "closed"):
         pps: dict[str, list[float]] = {c: [] for c in configs}
         cpu: dict[str, list[float]] = {c: [] for c in configs}
         with netns() as ns:
             for _ in range(trials):  # interleaved, so every config sees the same machine noise
-                for config, (names, backend) in configs.items():
-                    with loaded(names, backend):
+                for config, (names, backend, every) in configs.items():
+                    with loaded(names, backend, every):
                         p, c = flood(ns, packets, mode)
                     pps[config].append(p)
                     cpu[config].append(c)
@@ -223,13 +231,13 @@ def bench_flood(backends: list[str], trials: int, packets: int) -> None:
         print(f"\nloopback UDP flood, {what}: {packets} datagrams x {trials} trials per config")
         # paired: each trial's CPU per datagram over the same round's "none" (rounds are
         # interleaved, so a slow stretch of the shared machine weighs on both), then the median
-        print(f"{'attached':<22}{'median pps':>12}{'ratio':>7}{'CPU us/pkt':>12}{'ratio':>7}{'paired':>8}")
+        print(f"{'attached':<26}{'median pps':>12}{'ratio':>7}{'CPU us/pkt':>12}{'ratio':>7}{'paired':>8}")
         base_pps, base_cpu = statistics.median(pps["none"]), statistics.median(cpu["none"])
         for config in configs:
             p, c = statistics.median(pps[config]), statistics.median(cpu[config])
             paired = statistics.median(x / y for x, y in zip(cpu[config], cpu["none"]))
             print(
-                f"{config:<22}{p:>12.0f}{p / base_pps:>7.3f}{c * 1e6:>12.2f}{c / base_cpu:>7.3f}{paired:>8.3f}"
+                f"{config:<26}{p:>12.0f}{p / base_pps:>7.3f}{c * 1e6:>12.2f}{c / base_cpu:>7.3f}{paired:>8.3f}"
             )
 
 
@@ -242,7 +250,7 @@ def bpf_programs() -> dict[int, dict]:
     return {p["id"]: p for p in json.loads(out.stdout or "[]")}
 
 
-def bench_run_time(backends: list[str], packets: int) -> None:
+def bench_run_time(backends: list[str], packets: int, everies: list[int]) -> None:
     """In-kernel run time per program run (kernel.bpf_stats_enabled=1 for the floods, restored
     after): steadier than the floods' CPU ratios on a shared machine. The statistics add two
     clock reads per run (~60 ns here, the figure an empty program shows)."""
@@ -250,11 +258,11 @@ def bench_run_time(backends: list[str], packets: int) -> None:
         print("\nin-kernel run time: left out (no bpftool)")
         return
     print(f"\nin-kernel run time per program run, {packets} closed-port + {packets} send+receive datagrams")
-    print(f"{'backend':<9}{'program':<34}{'runs':>10}{'ns/run':>9}")
+    print(f"{'backend':<9}{'N':>5} {'program':<34}{'runs':>10}{'ns/run':>9}")
     previous = Path(STATS_SYSCTL).read_text().strip()
-    for backend in backends:
+    for backend, every in [(b, e) for b in backends for e in everies]:
         before = set(bpf_programs())
-        with loaded(list(COLLECTORS), backend), netns() as ns:
+        with loaded(list(COLLECTORS), backend, every), netns() as ns:
             ours = set(bpf_programs()) - before
             Path(STATS_SYSCTL).write_text("1")
             try:
@@ -267,7 +275,8 @@ def bench_run_time(backends: list[str], packets: int) -> None:
             p = progs[pid]
             runs = p.get("run_cnt", 0)
             if runs:
-                print(f"{backend:<9}{p.get('name', pid):<34}{runs:>10}{p['run_time_ns'] / runs:>9.1f}")
+                name = p.get("name", pid)
+                print(f"{backend:<9}{every:>5} {name:<34}{runs:>10}{p['run_time_ns'] / runs:>9.1f}")
 
 
 def bench_exact(backends: list[str], datagrams: int = 5000) -> None:
@@ -292,7 +301,13 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=50000)
     parser.add_argument("--scrapes", type=int, default=100)
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--sample-every", default="1", help="ebpf_softirq sample-every values, e.g. 1,4,16")
+    parser.add_argument(
+        "--only", default="", help="comma-separated parts to run: load,exact,rss,runtime,flood (default all)"
+    )
     args = parser.parse_args()
+    everies = [int(v) for v in args.sample_every.split(",")]
+    parts = set(args.only.split(",")) if args.only else {"load", "exact", "rss", "runtime", "flood"}
     with prerequisites():
         print(
             f"kernel {os.uname().release}, {os.cpu_count()} CPUs, "
@@ -301,11 +316,16 @@ def main() -> None:
         backends = usable_backends(args.backends.split(","))
         if not backends:
             sys.exit("bench_ebpf: no backend can run here")
-        bench_load(backends, args.trials)
-        bench_exact(backends)
-        bench_rss(backends, args.scrapes)
-        bench_run_time(backends, args.packets)
-        bench_flood(backends, args.trials, args.packets)
+        if "load" in parts:
+            bench_load(backends, args.trials)
+        if "exact" in parts:
+            bench_exact(backends)
+        if "rss" in parts:
+            bench_rss(backends, args.scrapes)
+        if "runtime" in parts:
+            bench_run_time(backends, args.packets, everies)
+        if "flood" in parts:
+            bench_flood(backends, args.trials, args.packets, everies)
 
 
 if __name__ == "__main__":

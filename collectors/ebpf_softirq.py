@@ -6,6 +6,10 @@ busy in another softirq. Service time (entry -> irq:softirq_exit) shows budget e
 The BPF program (bpf/softirq.bpf.c for libbpf, bpf/softirq.c for bcc: same maps, same layout)
 keeps log2 histograms in nanoseconds; they become Prometheus histograms with exact bucket
 boundaries (see ebpf_loader.log2_buckets).
+
+With sample-every=N > 1 the programs time one run in N per CPU and vector (the others cost no
+clock read); the histograms are scaled by N, so rates and increases estimate every run and
+quantiles are those of the sample, and netstack_softirq_sample_every says N.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from exporter.contract import Option, ParseError, SourceUnavailable
 
@@ -39,6 +43,7 @@ MAX_VECS = 32  # MAX_VECS in bpf/softirq{,.bpf}.c
 # Published buckets: slot 8 (le = 255 ns) .. slot 32 (le = 4.29 s), 25 buckets + +Inf.
 # Shorter values fold into the first bucket, longer ones only into +Inf (and _sum).
 FIRST_SLOT, LAST_SLOT = 8, 32
+MAX_SAMPLE_EVERY = 1024
 
 
 def vector_selection(names: dict[int, str], all_vectors: bool) -> dict[int, str]:
@@ -79,11 +84,13 @@ def histograms(
     sums: dict[tuple, int],
     vectors: dict[int, str],
     cpus: list[int] | None,
+    sample_every: int = 1,
 ) -> tuple[HistogramMetricFamily, HistogramMetricFamily]:
     """Decoded map contents -> the two histogram families.
 
     cpus=None: one series per vector (keys have cpu None); else one per vector and CPU.
-    Every selected vector (and CPU) gets a series, zero until it has samples.
+    Every selected vector (and CPU) gets a series, zero until it has samples. Counts and sums
+    are multiplied by sample_every (one run timed in sample_every stands for sample_every runs).
     """
     labels = ["vector"] if cpus is None else ["vector", "cpu"]
     families = {
@@ -106,10 +113,11 @@ def histograms(
             for cpu in all_cpus if all_cpus is not None else [None]:
                 key = (kind, vec, cpu)
                 label_values = [name] if cpu is None else [name, str(cpu)]
+                counts = {slot: n * sample_every for slot, n in slots.get(key, {}).items()}
                 family.add_metric(
                     label_values,
-                    log2_buckets(slots.get(key, {}), FIRST_SLOT, LAST_SLOT),
-                    sums.get(key, 0) / 1e9,
+                    log2_buckets(counts, FIRST_SLOT, LAST_SLOT),
+                    sums.get(key, 0) * sample_every / 1e9,
                 )
     return families[KIND_WAIT], families[KIND_SERVICE]
 
@@ -126,6 +134,14 @@ class EbpfSoftirq(TracepointCollector):
         BTF_PATH_OPTION,
         Option("all-vectors", "trace every softirq vector, not only NET_RX and NET_TX", False, "bool"),
         Option("per-cpu", "add a cpu label (series x number of CPUs)", False, "bool"),
+        Option(
+            "sample-every",
+            "time one softirq run in N per CPU and vector (1 = every run); counts are scaled by N",
+            1,
+            "int",
+            min=1,
+            max=MAX_SAMPLE_EVERY,
+        ),
     )
 
     def __init__(self, ctx, loader=None):
@@ -156,7 +172,11 @@ class EbpfSoftirq(TracepointCollector):
             return list(range(os.cpu_count() or 1))
 
     def defines(self) -> dict:
-        return {"VEC_MASK": sum(1 << v for v in self.vectors), "NR_VECS": self.nr_vecs}
+        return {
+            "VEC_MASK": sum(1 << v for v in self.vectors),
+            "NR_VECS": self.nr_vecs,
+            "SAMPLE_EVERY": self.option("sample-every"),
+        }
 
     def map_sizes(self) -> dict:
         # as bpf/softirq.c sizes them from NR_VECS
@@ -171,7 +191,15 @@ class EbpfSoftirq(TracepointCollector):
         slots, sums = decode(
             program.read_map("hist", per_cpu), program.read_map("sums", per_cpu), self.nr_vecs
         )
-        yield from histograms(slots, sums, self.vectors, self.cpus)
+        sample_every = self.option("sample-every")
+        yield from histograms(slots, sums, self.vectors, self.cpus, sample_every)
+        if sample_every > 1:  # only then: the default output stays as it was
+            yield GaugeMetricFamily(
+                "netstack_softirq_sample_every",
+                "One softirq run in this many is timed (ebpf_softirq sample-every); the "
+                "netstack_softirq_*_seconds counts and sums are the sampled ones times this.",
+                value=sample_every,
+            )
 
 
 COLLECTOR = EbpfSoftirq

@@ -11,6 +11,7 @@
 // Settings (written by the loader into .rodata before load; the verifier sees constants):
 //   VEC_MASK  bit v set = record softirq vector v
 //   NR_VECS   number of softirq vectors in the running kernel's table (array row count)
+//   SAMPLE_EVERY  time one raise -> run of N per CPU and vector (1 = every run, exact)
 // The loader also sizes `hist` and `sums` for NR_VECS, as the bcc program's defines do.
 // Index of a count: ((kind * NR_VECS) + vec) * NR_SLOTS + slot; of a sum: kind * NR_VECS + vec.
 
@@ -23,9 +24,12 @@
 #define NR_KINDS 2
 #define NR_SLOTS 65
 #define MAX_VECS 32
+// raised_at value of a raise seen but not timed (SAMPLE_EVERY > 1): no clock reads 2^64 - 1 ns
+#define RAISED_UNTIMED 0xffffffffffffffffULL
 
 const volatile __u32 VEC_MASK = 0;
 const volatile __u32 NR_VECS = 0;
+const volatile __u32 SAMPLE_EVERY = 1;
 
 #define PERCPU_ARRAY(name, entries)                                                   \
     struct {                                                                          \
@@ -38,6 +42,8 @@ const volatile __u32 NR_VECS = 0;
 // Per CPU, per vector: when the vector was first raised since it last ran, and when it started.
 PERCPU_ARRAY(raised_at, MAX_VECS);
 PERCPU_ARRAY(entered_at, MAX_VECS);
+// Per CPU, per vector: raises seen with none pending (one per run), to pick every SAMPLE_EVERY-th.
+PERCPU_ARRAY(raises, MAX_VECS);
 // log2 histograms (counts per slot) and sums, in nanoseconds, read by the collector. Declared
 // for MAX_VECS; the loader shrinks them to NR_VECS rows before load.
 PERCPU_ARRAY(hist, NR_KINDS * MAX_VECS * NR_SLOTS);
@@ -77,6 +83,9 @@ static __always_inline void record(__u32 kind, __u32 vec, __u64 ns)
 }
 
 // Program names are the bcc program's function names: the collectors attach by those names.
+// Sampling (SAMPLE_EVERY > 1): raise times one run in SAMPLE_EVERY and marks the others
+// RAISED_UNTIMED; entry and exit read the clock only for a timed run, so an untimed run costs
+// array lookups and no clock read. SAMPLE_EVERY == 1 is a constant the verifier prunes on.
 SEC("raw_tp/softirq_raise")
 int BPF_PROG(tracepoint__irq__softirq_raise, unsigned int vec)
 {
@@ -84,8 +93,20 @@ int BPF_PROG(tracepoint__irq__softirq_raise, unsigned int vec)
         return 0;
     __u64 *ts = bpf_map_lookup_elem(&raised_at, &vec);
     // Keep the first raise: a vector raised again before it ran has waited since the first.
-    if (ts && *ts == 0)
-        *ts = bpf_ktime_get_ns();
+    if (!ts || *ts != 0)
+        return 0;
+    if (SAMPLE_EVERY > 1) {
+        __u64 *seen = bpf_map_lookup_elem(&raises, &vec);
+        if (!seen)
+            return 0;
+        __u64 nth = *seen;
+        *seen = nth + 1;
+        if (nth % SAMPLE_EVERY != 0) {
+            *ts = RAISED_UNTIMED;
+            return 0;
+        }
+    }
+    *ts = bpf_ktime_get_ns();
     return 0;
 }
 
@@ -94,11 +115,19 @@ int BPF_PROG(tracepoint__irq__softirq_entry, unsigned int vec)
 {
     if (!wanted(vec))
         return 0;
-    __u64 now = bpf_ktime_get_ns();
     __u64 *raised = bpf_map_lookup_elem(&raised_at, &vec);
+    if (!raised)
+        return 0;
+    __u64 raised_ns = *raised;
+    // Sampling: an untimed run, or one whose raise was not seen, is not timed at all.
+    if (SAMPLE_EVERY > 1 && (raised_ns == RAISED_UNTIMED || raised_ns == 0)) {
+        *raised = 0;
+        return 0;
+    }
+    __u64 now = bpf_ktime_get_ns();
     // No raise seen (raised before attach): no wait sample, but service time is still valid.
-    if (raised && *raised) {
-        record(KIND_WAIT, vec, now - *raised);
+    if (raised_ns) {
+        record(KIND_WAIT, vec, now - raised_ns);
         *raised = 0;
     }
     __u64 *entered = bpf_map_lookup_elem(&entered_at, &vec);

@@ -11,6 +11,7 @@
 // Compile-time defines (set by collectors/ebpf_softirq.py):
 //   VEC_MASK  bit v set = record softirq vector v
 //   NR_VECS   number of softirq vectors in the running kernel's table (array row count)
+//   SAMPLE_EVERY  time one raise -> run of N per CPU and vector (1 = every run, exact)
 //
 // Histograms live in per-CPU arrays: each CPU increments its own copy without atomics or
 // cache-line bouncing, and the collector sums the copies (or keeps them apart for per-cpu).
@@ -21,10 +22,14 @@
 #define NR_KINDS 2
 #define NR_SLOTS 65
 #define MAX_VECS 32
+// raised_at value of a raise seen but not timed (SAMPLE_EVERY > 1): no clock reads 2^64 - 1 ns
+#define RAISED_UNTIMED 0xffffffffffffffffULL
 
 // Per CPU, per vector: when the vector was first raised since it last ran, and when it started.
 BPF_PERCPU_ARRAY(raised_at, u64, MAX_VECS);
 BPF_PERCPU_ARRAY(entered_at, u64, MAX_VECS);
+// Per CPU, per vector: raises seen with none pending (one per run), to pick every SAMPLE_EVERY-th.
+BPF_PERCPU_ARRAY(raises, u64, MAX_VECS);
 
 // log2 histograms (counts per slot) and sums, in nanoseconds, read by the collector.
 BPF_PERCPU_ARRAY(hist, u64, NR_KINDS * NR_VECS * NR_SLOTS);
@@ -63,6 +68,9 @@ static inline void record(u32 kind, u32 vec, u64 ns)
         *sum += ns;
 }
 
+// Sampling (SAMPLE_EVERY > 1): raise times one run in SAMPLE_EVERY and marks the others
+// RAISED_UNTIMED; entry and exit read the clock only for a timed run, so an untimed run costs
+// array lookups and no clock read. SAMPLE_EVERY == 1 is a constant the compiler prunes on.
 TRACEPOINT_PROBE(irq, softirq_raise)
 {
     u32 vec = args->vec;
@@ -70,8 +78,20 @@ TRACEPOINT_PROBE(irq, softirq_raise)
         return 0;
     u64 *ts = raised_at.lookup(&vec);
     // Keep the first raise: a vector raised again before it ran has waited since the first.
-    if (ts && *ts == 0)
-        *ts = bpf_ktime_get_ns();
+    if (!ts || *ts != 0)
+        return 0;
+    if (SAMPLE_EVERY > 1) {
+        u64 *seen = raises.lookup(&vec);
+        if (!seen)
+            return 0;
+        u64 nth = *seen;
+        *seen = nth + 1;
+        if (nth % SAMPLE_EVERY != 0) {
+            *ts = RAISED_UNTIMED;
+            return 0;
+        }
+    }
+    *ts = bpf_ktime_get_ns();
     return 0;
 }
 
@@ -80,11 +100,19 @@ TRACEPOINT_PROBE(irq, softirq_entry)
     u32 vec = args->vec;
     if (!wanted(vec))
         return 0;
-    u64 now = bpf_ktime_get_ns();
     u64 *raised = raised_at.lookup(&vec);
+    if (!raised)
+        return 0;
+    u64 raised_ns = *raised;
+    // Sampling: an untimed run, or one whose raise was not seen, is not timed at all.
+    if (SAMPLE_EVERY > 1 && (raised_ns == RAISED_UNTIMED || raised_ns == 0)) {
+        *raised = 0;
+        return 0;
+    }
+    u64 now = bpf_ktime_get_ns();
     // No raise seen (raised before attach): no wait sample, but service time is still valid.
-    if (raised && *raised) {
-        record(KIND_WAIT, vec, now - *raised);
+    if (raised_ns) {
+        record(KIND_WAIT, vec, now - raised_ns);
         *raised = 0;
     }
     u64 *entered = entered_at.lookup(&vec);

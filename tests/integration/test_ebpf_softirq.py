@@ -4,11 +4,15 @@ with /proc/softirqs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from collectors.common import parse_cpu_list
-from tests.helpers import Exporter, Netns, samples, value
+from tests.helpers import ROOT, Exporter, Netns, samples, value
 from tests.integration.test_ebpf_loader import backend_env, ebpf_env, wait_success  # noqa: F401
 
 N = 3000
@@ -162,3 +166,66 @@ TRACEPOINT_PROBE(syscalls, sys_enter_lseek)
         program.close()
     assert set(seen) == values
     assert {v: seen[v] for v in values} == {v: slot_of(v) for v in values}
+
+
+def test_sampled_runs_are_about_one_in_n(backend_env):  # noqa: F811
+    """sample-every=8: the program times one NET_RX run in 8 per CPU, the exported counts are
+    the sampled ones times 8 (multiples of 8), and they still estimate every run."""
+    backend, env = backend_env
+    every = 8
+    with (
+        Netns("ebs") as ns,
+        Exporter(
+            "--collector.disable-defaults",
+            "--collector.ebpf_softirq",
+            f"--collector.ebpf_softirq.backend={backend}",
+            f"--collector.ebpf_softirq.sample-every={every}",
+            env=env,
+        ) as exporter,
+    ):
+        wait_success(exporter, "ebpf_softirq")
+        proc_before = net_rx_total()  # encloses the scrapes' window, as above
+        before = exporter.scrape()
+        ns.exec(sys.executable, "-c", TRAFFIC, str(N))
+        after = exporter.scrape()
+        proc_after = net_rx_total()
+        assert value(after, "netstack_softirq_sample_every") == every
+        delta = {}
+        for name in ("netstack_softirq_wait_seconds", "netstack_softirq_service_seconds"):
+            check_histogram(after, name, vector="NET_RX")
+            count = value(after, f"{name}_count", vector="NET_RX")
+            assert count % every == 0, count
+            delta[name] = count - value(before, f"{name}_count", vector="NET_RX")
+        wait, service = delta["netstack_softirq_wait_seconds"], delta["netstack_softirq_service_seconds"]
+        proc = proc_after - proc_before
+        # every 8th raised run per CPU is timed: sampled = runs / 8 within one per CPU, so the
+        # scaled count is within 8 per CPU of the runs (other host traffic adds runs to both)
+        cpus = os.cpu_count() or 1
+        assert 0.8 * N <= wait <= proc + every * cpus, (wait, proc)
+        assert wait / every < 0.2 * proc, (wait, proc)  # not every run: about one in 8
+        # a timed run is timed from raise to exit, so wait and service are the same runs
+        assert abs(service - wait) <= every * (cpus + 2), (service, wait)
+        wait_sum = value(after, "netstack_softirq_wait_seconds_sum", vector="NET_RX") - value(
+            before, "netstack_softirq_wait_seconds_sum", vector="NET_RX"
+        )
+        assert 0 < wait_sum / wait < 0.1
+
+
+@pytest.mark.parametrize("bad", ["0", "100000", "x"])
+def test_sample_every_out_of_range_is_refused_at_start(bad):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--collector.ebpf_softirq",
+            f"--collector.ebpf_softirq.sample-every={bad}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("netstack-exporter: error: --collector.ebpf_softirq.sample-every"), line

@@ -140,10 +140,54 @@ def test_probe_reports_missing_tracefs(tmp_path, monkeypatch):
 def test_options_declared():
     assert {o.name: (o.kind, o.default) for o in EbpfSoftirq.options} == {
         "backend": ("str", "auto"),
+        "btf-path": ("str", ""),
         "all-vectors": ("bool", False),
         "per-cpu": ("bool", False),
+        "sample-every": ("int", 1),
     }
     assert EbpfSoftirq.default_enabled is False
+    [sample_every] = [o for o in EbpfSoftirq.options if o.name == "sample-every"]
+    for bad in (0, 1025, 100_000):
+        with pytest.raises(ValueError):
+            sample_every.check(bad)
+    sample_every.check(1)
+    sample_every.check(1024)
+
+
+def test_sampled_histograms_are_scaled():
+    """sample_every=N: every count and the sum are N times the sampled ones, so rates of _count
+    and bucket increases estimate all runs, and quantiles (bucket ratios) are unchanged."""
+    hist = {_idx(KIND_WAIT, 3, 0): 3, _idx(KIND_WAIT, 3, 9): 2}
+    sums = {KIND_WAIT * 10 + 3: 600}
+    plain, _ = histograms(*decode(hist, sums, 10), {3: "NET_RX"}, None)
+    scaled, _ = histograms(*decode(hist, sums, 10), {3: "NET_RX"}, None, sample_every=16)
+    p, s = _by_labels(plain), _by_labels(scaled)
+    assert p.keys() == s.keys()
+    for key, v in p.items():
+        assert s[key] == pytest.approx(16 * v), key
+    rx = (("vector", "NET_RX"),)
+    assert s[("netstack_softirq_wait_seconds_count", rx)] == 80
+    assert s[("netstack_softirq_wait_seconds_bucket", (("le", "2.55e-07"), *rx))] == 48
+
+
+def test_sample_every_reaches_the_program_and_the_output(monkeypatch):
+    """The setting is one of the program's defines (bcc -D / libbpf .rodata), and the
+    collector says N in a gauge only when sampling (the default output stays as it was)."""
+
+    class FakeProgram:
+        def read_map(self, name, per_cpu=False):
+            return {_idx(KIND_WAIT, 3, 9, nr_vecs=4): 5} if name == "hist" else {KIND_WAIT * 4 + 3: 1500}
+
+    for n, gauge in ((1, []), (8, [8.0])):
+        collector = EbpfSoftirq(Context(options={"sample-every": n}))
+        collector.vectors, collector.nr_vecs = {3: "NET_RX"}, 4
+        assert collector.defines() == {"VEC_MASK": 1 << 3, "NR_VECS": 4, "SAMPLE_EVERY": n}
+        monkeypatch.setattr(collector, "program", FakeProgram)
+        families = {f.name: f for f in collector.collect()}
+        found = families.get("netstack_softirq_sample_every")
+        assert ([s.value for s in found.samples] if found else []) == gauge
+        wait = _by_labels(families["netstack_softirq_wait_seconds"])
+        assert wait[("netstack_softirq_wait_seconds_count", (("vector", "NET_RX"),))] == 5 * n
 
 
 def test_map_sizes_follow_the_vector_table():

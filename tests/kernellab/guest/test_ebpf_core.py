@@ -87,6 +87,30 @@ def test_net_rx_wait_samples(core_exporter):
     assert after - before >= 500
 
 
+def test_sampled_net_rx_wait(core_exporter):
+    """sample-every=4 on 6.1 (the verifier takes the sampling code there too): counts are the
+    timed runs times 4 and still about one per datagram (the guest has no other traffic)."""
+    softirq = EbpfSoftirq(Context(options={"backend": "libbpf", "sample-every": 4}))
+
+    def rx_wait():
+        [wait] = [f for f in softirq.collect() if f.name == "netstack_softirq_wait_seconds"]
+        return sum(
+            s.value for s in wait.samples if s.name.endswith("_count") and s.labels["vector"] == "NET_RX"
+        )
+
+    try:
+        softirq.probe()
+        softirq.start()
+        assert softirq.load.wait(120)
+        before = rx_wait()
+        subprocess.run([sys.executable, "-c", ECHO, "800"], check=True, timeout=600)
+        after = rx_wait()
+    finally:
+        softirq.close()
+    assert after % 4 == 0 and before % 4 == 0
+    assert 600 <= after - before <= 1200, (before, after)
+
+
 def test_a_program_that_cannot_attach_is_reported_by_its_collector(tmp_path):
     """A drops object reading a fifth kfree_skb argument (6.1 has three): EINVAL at attach,
     reported by ebpf_drops; ebpf_softirq from the same directory works."""
