@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client.core import CounterMetricFamily, Metric
-
 from exporter.contract import Option, ParseError, SourceUnavailable
+from exporter.metrics import CounterMetricFamily, Metric
 
 from .ebpf_loader import (
     BACKEND_OPTION,

@@ -18,9 +18,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
-
 from exporter.contract import Option, ParseError, SourceUnavailable
+from exporter.metrics import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .common import parse_cpu_list, read_text
 from .ebpf_loader import (

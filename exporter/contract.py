@@ -4,7 +4,7 @@ A collector is a plain object. The exporter calls, in this order:
 
     probe()    in a worker thread; raises SourceUnavailable(reason) when the source is not there
     start()    once, after the first successful probe (periodic collectors start their loop here)
-    collect()  in a worker thread, once per collection; yields prometheus_client metric families
+    collect()  in a worker thread, once per collection; yields metric families (exporter.metrics)
                (or exposition.CompactFamily for thousands of series)
     unavailable_families()  instead of collect() while unavailable; usually nothing
     close()    once, on shutdown

@@ -65,7 +65,7 @@ class LabelSets:
 
 class CompactFamily(Metric):
     """A metric family for thousands of series (one per IPVS service): rows of (labels, value)
-    instead of one prometheus_client Sample each. The exporter's encoder writes the rows directly,
+    instead of one Sample each. The exporter's encoder writes the rows directly,
     which saves building a Sample per series; .samples builds
     Samples for anything else that asks (tests, prometheus_client's own encoders).
 
