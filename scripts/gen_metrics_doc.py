@@ -130,8 +130,11 @@ LIVE_COLLECTORS: dict[str, Live] = {
         None,
         "netstack_fsync_probe_quantile_seconds",
     ),
-    "ebpf_softirq": Live(
-        ("--collector.ebpf_softirq.backend=libbpf",), None, "netstack_softirq_wait_seconds", netns=False
+    "ebpf_softirq": Live(  # sampled, so that netstack_softirq_sample_every is listed too
+        ("--collector.ebpf_softirq.backend=libbpf", "--collector.ebpf_softirq.sample-every=2"),
+        None,
+        "netstack_softirq_wait_seconds",
+        netns=False,
     ),
     "ebpf_drops": Live(
         ("--collector.ebpf_drops.backend=libbpf", "--collector.ebpf_drops.all-reasons"),
