@@ -451,6 +451,7 @@ BACKEND_OPTION = Option(
     "objects are there, else bcc",
     "auto",
     choices=BACKENDS,
+    group="ebpf",
 )
 
 
@@ -466,6 +467,7 @@ BTF_PATH_OPTION = Option(
     "kernel's own. Checked before loading: a file that is not BTF makes the collector unavailable",
     "",
     validate=_btf_file,
+    group="ebpf",
 )
 
 

@@ -273,7 +273,26 @@ def build_parser(
         )
         for opt in cls.options:
             _add(group, settings, f"--collector.{cls.name}.{opt.name}", opt)
+    for group_name, opts in shared_options(collector_classes).items():
+        members = ", ".join(
+            sorted({c.name for c in collector_classes for o in c.options if o.group == group_name})
+        )
+        group = parser.add_argument_group(
+            f"collectors {members}", "Options they share; a collector's own flag wins."
+        )
+        for opt in opts:
+            _add(group, settings, f"--collector.{group_name}.{opt.name}", opt)
     return parser, settings
+
+
+def shared_options(collector_classes: Sequence[type[Collector]]) -> dict[str, list[Option]]:
+    """group -> the options declared with that group (once each, by name)."""
+    out: dict[str, dict[str, Option]] = {}
+    for cls in collector_classes:
+        for opt in cls.options:
+            if opt.group:
+                out.setdefault(opt.group, {}).setdefault(opt.name, opt)
+    return {group: list(opts.values()) for group, opts in out.items()}
 
 
 # Flags of the process itself: (flag, option with its bounds, parser, metavar).
@@ -427,6 +446,7 @@ def parse_config(
     parser, settings = build_parser(collector_classes, extra, prog)
     ns = vars(parser.parse_args(argv))
     values = {s.flag: _resolve(s, ns[s.dest], environ) for s in settings}
+    given = {s.flag for s in settings if ns[s.dest] is not None or env_name(s.flag) in environ}
     host, port = values["--web.listen-address"]
     disable_defaults = bool(values["--collector.disable-defaults"])
     enabled = {}
@@ -436,7 +456,12 @@ def parse_config(
         enabled[cls.name] = (
             explicit if explicit is not None else (cls.default_enabled and not disable_defaults)
         )
-        options[cls.name] = {opt.name: values[f"--collector.{cls.name}.{opt.name}"] for opt in cls.options}
+        options[cls.name] = {}
+        for opt in cls.options:
+            own, shared = f"--collector.{cls.name}.{opt.name}", f"--collector.{opt.group}.{opt.name}"
+            options[cls.name][opt.name] = values[
+                shared if opt.group and own not in given and shared in given else own
+            ]
         try:
             cls.check_options(options[cls.name])
         except ValueError as e:

@@ -64,6 +64,8 @@ class Option:
     kind: bool | int | float | str | duration (seconds) | regex | list (repeatable flag of str;
     comma-separated in the environment). choices, min and max bound the parsed value (each element
     of a list); validate(value) raises ValueError for anything else a value must satisfy.
+    group: the option is also --collector.<group>.<name>, which sets it for every collector that
+    declares it (both eBPF collectors' backend) unless a collector's own flag or variable is given.
     """
 
     name: str
@@ -74,6 +76,7 @@ class Option:
     min: float | None = None
     max: float | None = None
     validate: Callable[[Any], None] | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in OPTION_KINDS:

@@ -197,3 +197,35 @@ def test_help_lists_flags_and_their_environment_variables():
 def test_version():
     result = _run("--version")
     assert result.returncode == 0 and re.match(r"netstack-exporter \d+\.\d+\.\d+", result.stdout)
+
+
+def backends(c) -> tuple[str, str]:
+    return c.collector_options["ebpf_softirq"]["backend"], c.collector_options["ebpf_drops"]["backend"]
+
+
+def test_a_group_flag_sets_the_option_of_every_collector_that_shares_it():
+    assert backends(config()) == ("auto", "auto")
+    assert backends(config("--collector.ebpf.backend=bcc")) == ("bcc", "bcc")
+    assert backends(config(env={"NETSTACK_COLLECTOR_EBPF_BACKEND": "libbpf"})) == ("libbpf", "libbpf")
+    # a collector's own flag or variable wins over the group's
+    assert backends(config("--collector.ebpf.backend=bcc", "--collector.ebpf_drops.backend=libbpf")) == (
+        "bcc",
+        "libbpf",
+    )
+    own_env = {"NETSTACK_COLLECTOR_EBPF_SOFTIRQ_BACKEND": "libbpf"}
+    assert backends(config("--collector.ebpf.backend=bcc", env=own_env)) == ("libbpf", "bcc")
+
+
+def test_a_group_flag_is_validated_like_the_collectors_own(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape("--collector.ebpf.backend: ")):
+        config("--collector.ebpf.backend=clang")
+    with pytest.raises(ConfigError, match=re.escape("--collector.ebpf.btf-path: ")):
+        config(f"--collector.ebpf.btf-path={tmp_path / 'missing.btf'}")
+    btf = tmp_path / "vmlinux.btf"
+    btf.write_bytes(b"\x9f\xeb")
+    c = config(f"--collector.ebpf.btf-path={btf}")
+    assert (
+        c.collector_options["ebpf_softirq"]["btf-path"]
+        == c.collector_options["ebpf_drops"]["btf-path"]
+        == str(btf)
+    )
