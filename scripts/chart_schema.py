@@ -64,6 +64,8 @@ OVERRIDES: dict[str, dict] = {
     "log.level": {"enum": ["debug", "info", "warn", "error"]},
     "log.format": {"enum": ["logfmt", "json"]},
     "ebpf.backend": {"enum": ["auto", "libbpf", "bcc"]},
+    "ebpf.softirqSampleEvery": {"type": "integer", "minimum": 1, "maximum": 1024},
+    "ebpf.btfPath": {"type": "string", "pattern": "^(|/.*)$"},
     "service.type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
     "image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
     "image.digest": {"type": "string", "pattern": "^(|sha256:[0-9a-f]+)$"},

@@ -264,6 +264,10 @@ def test_ebpf_core_needs_no_header_mounts_and_adds_capabilities():
     assert "--collector.ebpf_softirq" in c["args"] and "--collector.ebpf_drops" in c["args"]
     assert "--collector.ebpf_softirq.backend=auto" in c["args"]
     assert "--collector.ebpf_drops.backend=auto" in c["args"]
+    assert "--collector.ebpf_softirq.sample-every=16" in c["args"]  # within 5% of CPU (docs/ebpf.md)
+    assert not any(a.startswith("--collector.ebpf.btf-path") for a in c["args"])
+    btf = container(render({**ALL_ON, "ebpf": {**ALL_ON["ebpf"], "btfPath": "/btf/vmlinux.btf"}}))
+    assert "--collector.ebpf.btf-path=/btf/vmlinux.btf" in btf["args"]
     caps = c["securityContext"]["capabilities"]
     assert caps["drop"] == ["ALL"]
     assert {"NET_ADMIN", "BPF", "PERFMON"} == set(caps["add"])
