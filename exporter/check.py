@@ -344,28 +344,31 @@ class VerdictHistory:
 
     Reducing a collection costs about as much as encoding it, and it is called on every one:
     collections are reduced only about every window/6 seconds (the starts of the rate windows),
-    and the latest one only when the page asks for verdicts."""
+    and the latest one only when the page asks for verdicts. What is kept of the latest is the
+    families the checks read, never the snapshot: that would keep its encoded body (megabytes
+    with a large IPVS table) alive until the next collection."""
 
     def __init__(self, runners: Sequence[CollectorRunner], window: float = 60.0):
         self.runners = runners
         self.window = window
         self.spacing = window / 6
         self._readings: deque[tuple[float, dict[str, field_guide.Series], dict[str, str]]] = deque()
-        self._latest: tuple[float, Snapshot, dict[str, str]] | None = None
-        self._latest_reduced: tuple[Snapshot, dict[str, field_guide.Series]] | None = None
+        self._latest: tuple[float, list, dict[str, str]] | None = None
+        self._latest_reduced: tuple[list, dict[str, field_guide.Series]] | None = None
         self._lock = threading.Lock()
 
     def add(self, snapshot: Snapshot) -> None:
         now = time.monotonic()
         problems = problems_of(self.runners, snapshot)
+        families = [f for f in families_of(snapshot) if f.name in field_guide.FAMILIES]
         with self._lock:
-            self._latest = (now, snapshot, problems)
+            self._latest = (now, families, problems)
             if self._readings and now - self._readings[-1][0] < self.spacing:
                 return
-        reduced = _reduce(snapshot)
+        reduced = field_guide.flatten(families)
         with self._lock:
             self._readings.append((now, reduced, problems))
-            self._latest_reduced = (snapshot, reduced)
+            self._latest_reduced = (families, reduced)
             # Keep one reading older than the window, so the rate spans the whole window.
             while len(self._readings) > 2 and self._readings[1][0] <= now - self.window:
                 self._readings.popleft()
@@ -375,17 +378,13 @@ class VerdictHistory:
             if not self._readings or self._latest is None:
                 return []
             then, before, _ = self._readings[0]
-            now, snapshot, problems = self._latest
+            now, families, problems = self._latest
             cached = self._latest_reduced
-        if cached is not None and cached[0] is snapshot:
+        if cached is not None and cached[0] is families:
             after = cached[1]
         else:
-            after = _reduce(snapshot)
+            after = field_guide.flatten(families)
             with self._lock:
-                self._latest_reduced = (snapshot, after)
+                self._latest_reduced = (families, after)
         readings = field_guide.Readings(before, after, now - then, problems)
         return field_guide.evaluate(readings)
-
-
-def _reduce(snapshot: Snapshot) -> dict[str, field_guide.Series]:
-    return field_guide.flatten(families_of(snapshot), field_guide.FAMILIES)

@@ -16,6 +16,7 @@ import concurrent.futures
 import ctypes
 import gzip
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,11 +81,22 @@ class Snapshot:
 
     def encode(self, fmt: str, compress: bool) -> bytes:
         body = self._bodies.get(fmt)
-        if body is None:
-            body = self._bodies[fmt] = self._encode(fmt)
-        return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
+        if body is not None:
+            return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
+        pieces = self._pieces(fmt)
+        if not compress:
+            body = self._bodies[fmt] = b"".join(pieces)
+            return body
+        # Compressed straight from the pieces: the joined text, a second copy of a large IPVS
+        # table's 4 MB at the peak, is never made (an uncompressed request encodes again).
+        gzipper = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+        out = [gzipper.compress(piece) for piece in pieces]
+        del pieces
+        out.append(gzipper.flush())
+        return b"".join(out)
 
-    def _encode(self, fmt: str) -> bytes:
+    def _pieces(self, fmt: str) -> list[bytes | memoryview]:
+        """The exposition in pieces, one per collector, then the status and own families."""
         openmetrics = fmt == OPENMETRICS
         encode = encode_openmetrics if openmetrics else encode_text
 
@@ -138,7 +150,7 @@ class Snapshot:
             )
         if openmetrics:
             pieces.append(_EOF)
-        return b"".join(pieces)
+        return pieces
 
     async def encoded(self, fmt: str, compress: bool, worker: Submitter) -> bytes:
         key = (fmt, compress)
