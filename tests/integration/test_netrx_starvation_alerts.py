@@ -279,8 +279,10 @@ def reproduce(tmp_path, costly_rules: int = 0, rate: int = 0, hold: float = HOG)
             print(f"  {name:<16} before {before[name]:12.6g}  during {during[name]:12.6g}")
         print(f"  alerts seen: {sorted(seen)}")
         # the busy loop held the CPU: it ran whenever NET_RX did not (never idle but for the 5 % RT
-        # throttling leaves to others); alone on the machine it gets ~55-90 % of it, the rest softirq
-        assert during["idle_share"] < 0.1 and during["user_share"] > 0.2, during
+        # throttling leaves to others). Its share is what softirq leaves: ~55-90 % with the paced
+        # costly flood, down to ~11 % (CI, alone on the machine) with the unpaced light one, whose
+        # NET_RX runs at interrupt exit, above the loop
+        assert during["idle_share"] < 0.1 and during["user_share"] > 0.05, during
         return before, during, seen
 
 
