@@ -636,27 +636,24 @@ class IpvsNetlink:
             self.genl.close()
             raise
 
-    def dump_services(self) -> list[Service]:
-        """The services with their traffic counters, without destinations (one request)."""
+    def _service_dump(self, decode: Callable):
+        """One IPVS_CMD_GET_SERVICE dump (every service, no destinations), decoded by `decode`."""
         with _needs_privilege():
             return self.genl.dump(
                 self.family,
                 IPVS_CMD_GET_SERVICE,
                 IPVS_GENL_VERSION,
                 b"",
-                lambda chunks: decode_services(chunks, self.family),
+                lambda chunks: decode(chunks, self.family),
             )
+
+    def dump_services(self) -> list[Service]:
+        """The services with their traffic counters, without destinations (one request)."""
+        return self._service_dump(decode_services)
 
     def dump_traffic(self, decoder: TrafficDecoder) -> dict[tuple, tuple[int, ...]]:
         """Per-service traffic counters (one request), keyed like /proc/net/ip_vs services."""
-        with _needs_privilege():
-            return self.genl.dump(
-                self.family,
-                IPVS_CMD_GET_SERVICE,
-                IPVS_GENL_VERSION,
-                b"",
-                lambda chunks: decoder.decode(chunks, self.family),
-            )
+        return self._service_dump(decoder.decode)
 
     def services(self, want_dests: bool) -> list[Service]:
         """The services and, one dump per service, their destinations."""

@@ -61,7 +61,11 @@ class Metric:
 class _Family(Metric):
     """A family whose samples share label names, given once; a value alone makes one sample."""
 
-    def __init__(self, name: str, documentation: str, typ: str, labels: Sequence[str] | None, unit: str):
+    def __init__(
+        self, name: str, documentation: str, typ: str, labels: Sequence[str] | None, unit: str, value: Any
+    ):
+        if labels is not None and value is not None:
+            raise ValueError("give a value or label names, not both")
         super().__init__(name, documentation, typ, unit)
         self._labelnames = tuple(labels or ())
 
@@ -78,9 +82,7 @@ class GaugeMetricFamily(_Family):
         labels: Sequence[str] | None = None,
         unit: str = "",
     ):
-        if labels is not None and value is not None:
-            raise ValueError("give a value or label names, not both")
-        super().__init__(name, documentation, "gauge", labels, unit)
+        super().__init__(name, documentation, "gauge", labels, unit, value)
         if value is not None:
             self.add_metric([], value)
 
@@ -100,9 +102,7 @@ class CounterMetricFamily(_Family):
         created: float | None = None,
         unit: str = "",
     ):
-        if labels is not None and value is not None:
-            raise ValueError("give a value or label names, not both")
-        super().__init__(name.removesuffix("_total"), documentation, "counter", labels, unit)
+        super().__init__(name.removesuffix("_total"), documentation, "counter", labels, unit, value)
         if value is not None:
             self.add_metric([], value, created)
 
@@ -133,9 +133,7 @@ class HistogramMetricFamily(_Family):
     ):
         if sum_value is not None and buckets is None:
             raise ValueError("a sum needs buckets")
-        if labels is not None and buckets is not None:
-            raise ValueError("give buckets or label names, not both")
-        super().__init__(name, documentation, "histogram", labels, unit)
+        super().__init__(name, documentation, "histogram", labels, unit, buckets)
         if buckets is not None:
             self.add_metric([], buckets, sum_value)
 

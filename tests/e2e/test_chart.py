@@ -538,9 +538,11 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
     ]
 
 
-def expand(expr: str, node: str) -> str:
-    for name in sorted(SUBSTITUTE, key=len, reverse=True):
-        expr = expr.replace(name, SUBSTITUTE[name])
+def expand(expr: str, node: str, values: dict[str, str] | None = None) -> str:
+    """The query Prometheus gets from Grafana for `node`: SUBSTITUTE, with `values` over it."""
+    values = {**SUBSTITUTE, **(values or {})}
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace(name, values[name])
     expr = expr.replace("$node", node)
     assert "$" not in expr, f"variable left in {expr}"
     return expr

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_chart import by_kind, daemonset, render
+from tests.e2e.test_chart import by_kind, daemonset, dashboard_queries, expand, render
 from tests.helpers import ROOT, free_port, parse_metrics, prometheus_server, samples
 from tests.image import podman
 from tests.integration.test_ebpf_loader import tracefs_mounted
@@ -182,16 +182,6 @@ def prometheus_config(tmp: Path, target: str, rules: list[dict], job: str) -> st
     )
 
 
-def dashboard_queries() -> list[tuple[str, str, str]]:
-    out = []
-    for path in sorted((ROOT / "dashboards").glob("*.json")):  # fleet, node and every drill-down
-        name = path.name
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                out.append((name, panel["title"], target["expr"]))
-    return out
-
-
 VARIANTS = {
     "defaults": {},
     "ebpf": {"ebpf": {"enabled": True}},
@@ -282,18 +272,11 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
         )
 
         # every dashboard query: data, or documented as absent on this host
-        subst = {
-            "$__rate_interval": "10s",
-            "$__range": "1m",
-            "$fsync_window": "30s",
-            "$node": NODE,
-            "$job": job,
-        }
+        # every dashboard (fleet, node, drill-downs) as Grafana asks; the fsync window holds two probes
+        windows = {"$fsync_window": "30s", "$job": job}
         empty = []
         for name, title, expr in dashboard_queries():
-            for k, v in subst.items():
-                expr = expr.replace(k, v)
-            expr = re.sub(r"\$\w+", ".*", expr)  # a drill-down's own variable (cpu, device, peer...) at "All"
+            expr = expand(expr, NODE, windows)
             result = _api(base, "/api/v1/query", query=expr)
             assert result["status"] == "success", (name, title, expr)
             if result["data"]["result"]:
