@@ -15,6 +15,7 @@ import pytest
 from tests.bird import TwoNodes, config, mesh_name
 from tests.e2e.test_chart import DOCUMENTED_ABSENT, LIVE, _get, _wait, dashboard_queries, query_result
 from tests.helpers import Exporter, Netns, free_port, need_root, need_tool, prometheus_server, stop_process
+from tests.integration.test_ebpf_loader import tracefs_mounted
 from tests.integration.test_overlay import ARGS as OVERLAY_ARGS
 from tests.integration.test_overlay import overlay_pair, send_udp, two_hosts
 
@@ -68,7 +69,8 @@ def test_bgp_and_ebpf_panels_on_real_bird_and_kernel(tmp_path):
     need_root()
     queries = [q for q in live_queries() if OVERLAY not in q[2]]
     assert any("netstack_bgp_" in e for _, _, e in queries) and any("skb_drops" in e for _, _, e in queries)
-    with TwoNodes() as nodes:
+    # tracefs: the eBPF collectors read the running kernel's vector and drop-reason names there
+    with tracefs_mounted(), TwoNodes() as nodes:
         a_peers = {
             mesh_name(nodes.B4): (nodes.B4, nodes.A4),
             "Node_" + ABSENT_PEER.replace(".", "_"): (ABSENT_PEER, nodes.A4),
