@@ -110,6 +110,7 @@ class Scenario:
         once: Callable[[HostTree], None] = lambda tree: None,
         started: Callable[[Exporter], None] = lambda exporter: None,
         may_pend: frozenset[str] = frozenset(),
+        may_fire: frozenset[str] = frozenset(),
     ):
         self.name, self.expect, self.sick, self.setup, self.flags, self.once = (
             name,
@@ -121,6 +122,7 @@ class Scenario:
         )
         self.started = started  # called with the running exporter (a cgroup to put it in)
         self.may_pend = may_pend  # alerts that may go pending on the way, but never fire
+        self.may_fire = may_fire  # alerts that are right too, but not always reached
         self.tree: HostTree | None = None
         self.processed = {0: 1000, 1: 1000, 3: 1000}  # packets per second per online CPU
         self.processed_when_sick = self.processed
@@ -251,7 +253,14 @@ def real_nodes(tmp_path):
             throttle.add(exporter.proc.pid)
 
         out = [
-            Scenario("fsync-ok", set(), flags=fsync_flags(disks["ok"].mountpoint / "probe")),
+            # healthy, p99 ~5 ms against 10 ms on this 2-CPU machine: a few syncs delayed by the
+            # other nodes' load can lift it for an evaluation (pending); it must never fire
+            Scenario(
+                "fsync-ok",
+                set(),
+                flags=fsync_flags(disks["ok"].mountpoint / "probe"),
+                may_pend=frozenset({"NetstackFsyncSlow"}),
+            ),
             Scenario(
                 "fsync-no-space",
                 {"NetstackFsyncProbeFailing"},
@@ -272,6 +281,8 @@ def real_nodes(tmp_path):
                 "fsync-stale",
                 {"NetstackFsyncProbeStale"},
                 may_pend=frozenset({"NetstackFsyncProbeFailing"}),
+                # a sync that completes just as the throttle starts is slow: right, not required
+                may_fire=frozenset({"NetstackFsyncSlow"}),
                 flags=fsync_flags(disks["stale"].mountpoint / "probe", timeout="500ms"),
                 started=put_in_cgroup,
                 once=throttled("stale"),
@@ -457,8 +468,11 @@ def test_each_sick_node_raises_its_alerts_and_a_healthy_one_none(tmp_path, read_
         missing = expected - set(fired_at)
         assert not missing, f"never fired: {sorted(missing)}; seen: {sorted(seen)}"
         may_pend = {(node.name, a) for node in nodes for a in node.may_pend}
+        expected_or_allowed = expected | {(node.name, a) for node in nodes for a in node.may_fire}
         unexpected = {
-            s for s in seen if s[:2] not in expected and not (s[2] == "pending" and s[:2] in may_pend)
+            s
+            for s in seen
+            if s[:2] not in expected_or_allowed and not (s[2] == "pending" and s[:2] in may_pend)
         }
         assert not unexpected, f"raised but not expected: {sorted(unexpected)}"
         # every rule is healthy in the real server (no evaluation errors)
