@@ -8,7 +8,8 @@ The exporter usually runs in a container itself (the DaemonSet), so everything i
 --path.procfs / --path.sysfs: the host's /proc shows the host's PID 1 and PID 2. Sources, most
 specific first:
 
-  shared kernel  /proc/vz without /proc/bc (OpenVZ/Virtuozzo container; the host node has both);
+  shared kernel  /proc/vz or /proc/user_beancounters without /proc/bc (OpenVZ/Virtuozzo
+                 container; the host node has /proc/bc as well);
                  PID 1's `container=` environment variable and /run/systemd/container (read via
                  /proc/1/root); engine names in PID 1's cgroup paths; otherwise, when the PID
                  namespace is not the first one (PID 2 is not the kernel's kthreadd), marker files
@@ -99,6 +100,7 @@ class Facts:
     """What the host's /proc and /sys say; None where a source could not be read."""
 
     vz: bool = False
+    beancounters: bool = False
     bc: bool = False
     pid1_visible: bool = False
     pid2_kthreadd: bool = False
@@ -165,6 +167,7 @@ def acpi_oem_id(header: bytes) -> str | None:
 def read_facts(paths: Paths) -> Facts:
     f = Facts()
     f.vz = os.path.exists(paths.proc("vz"))
+    f.beancounters = os.path.exists(paths.proc("user_beancounters"))
     f.bc = os.path.exists(paths.proc("bc"))
     status1 = _text(paths.proc("1", "status"))
     f.pid1_visible = status1 is not None
@@ -212,8 +215,9 @@ def detect(f: Facts) -> tuple[str, str, str]:
 
 
 def _container(f: Facts) -> tuple[str, str] | None:
-    if f.vz and not f.bc:
-        return "openvz", "/proc/vz without /proc/bc"
+    if (f.vz or f.beancounters) and not f.bc:
+        found = "/proc/vz" if f.vz else "/proc/user_beancounters"
+        return "openvz", f"{found} without /proc/bc"
     if f.pid1_environ and f.pid1_environ.get("container"):
         name = f.pid1_environ["container"]
         return CONTAINER_NAMES.get(name, "container-other"), f"PID 1 container={name}"

@@ -98,6 +98,19 @@ def test_openvz_host_node_is_not_a_container(tmp_path):
     (tree / "proc/vz").mkdir()
     (tree / "proc/bc").mkdir()
     assert detect(read_facts(paths(tree)))[1] == "none"
+    shutil.rmtree(tree / "proc/vz")
+    (tree / "proc/user_beancounters").write_text("Version: 2.5\n")
+    assert detect(read_facts(paths(tree)))[1] == "none"  # the host node has /proc/bc
+
+
+def test_openvz_container_known_by_its_beancounters_alone(tmp_path):
+    # /proc/vz hidden from the container: /proc/user_beancounters without /proc/bc still says OpenVZ
+    tree = tmp_path / "vz"
+    shutil.copytree(TREES / "openvz", tree)
+    shutil.rmtree(tree / "proc/vz")
+    evidence = "/proc/user_beancounters without /proc/bc"
+    assert detect(read_facts(paths(tree))) == ("openvz", "container", evidence)
+    assert collect(tree)["netstack_kernel_modules_loadable"] == {(("reason", "shared_kernel"),): 0}
 
 
 def test_empty_tree_is_none(tmp_path):
