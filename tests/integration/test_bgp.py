@@ -75,6 +75,24 @@ def test_established_sessions_between_bird_1_6_and_bird_2(mesh):
     assert value(a, "netstack_scrape_collector_success", collector="bgp") == 1
 
 
+def test_counts_mode_on_real_bird(mesh):
+    """--collector.bgp.peer-series=counts (large meshes): `show protocols` to both daemons, only
+    the per-state counts, no per-peer series."""
+    counts = ("--collector.bgp.peer-series=counts",)
+    ea, eb = (
+        exporter_for(mesh.bird_a.socket_path, args=counts),
+        exporter_for(mesh.bird_b.socket_path, args=counts),
+    )
+    with ea, eb:
+        a, b = ea.scrape(), eb.scrape()
+    for m in (a, b):
+        assert value(m, "netstack_bgp_peers", type="mesh", state="Established") == 1
+        assert not samples(m, "netstack_bgp_peer_up") and not samples(m, "netstack_bgp_peer_info")
+        assert value(m, "netstack_scrape_collector_success", collector="bgp") == 1
+    assert value(a, "netstack_bgp_peers", type="node", state="Established") == 0
+    assert sum(value(a, "netstack_bgp_peers", type="node", state=s) for s in ("Connect", "Active")) == 1
+
+
 def test_disabled_peer_is_not_established_within_one_scrape(mesh):
     name_on_a, name_on_b = mesh_name(mesh.B4), mesh_name(mesh.A4)
     with exporter_for(mesh.bird_a.socket_path) as ea, exporter_for(mesh.bird_b.socket_path) as eb:
