@@ -628,9 +628,9 @@ def _bgp(r: Readings):
     "virtualization.kernel",
     "Own kernel, modules loadable",
     "virtualization",
-    "OpenVZ/LXC 'VPS' share the host's kernel: ip_vs, wireguard or vxlan cannot be loaded and "
-    "Kubernetes networking breaks in surprising ways.",
-    "Run Kubernetes nodes on full VMs or bare metal.",
+    "OpenVZ/LXC 'VPS' share the host's kernel, and some kernels cannot load modules: ip_vs, "
+    "wireguard or vxlan are then missing and Kubernetes networking breaks in surprising ways.",
+    "Shared kernel: run Kubernetes nodes on full VMs or bare metal. Modules: see the reason below.",
 )
 def _virtualization(r: Readings):
     info = r.latest("netstack_virtualization_info")
@@ -642,13 +642,25 @@ def _virtualization(r: Readings):
     if labels.get("role") == "container":
         return THRESHOLDS["shared_kernel"].crossed, text + ": shared kernel", "own kernel", []
     if modules and not modules[0][1]:
+        reason = modules[0][0].get("reason", "?")
         return (
             WARN,
-            f"{text}, modules cannot be loaded: {modules[0][0].get('reason', '?')}",
+            f"{text}, modules cannot be loaded: {reason}",
             "own kernel, modules loadable",
-            [],
+            [MODULES_ADVICE.get(reason, reason)],
         )
     return OK, text, "own kernel, modules loadable", []
+
+
+# What to do about a kernel of its own that cannot load modules, by netstack_kernel_modules_loadable's reason.
+MODULES_ADVICE = {
+    "no_module_support": "the kernel is built without loadable modules (CONFIG_MODULES=n): what "
+    "kube-proxy and the CNI need (ip_vs, vxlan, wireguard, br_netfilter) must be built in",
+    "modules_disabled": "kernel.modules_disabled=1: nothing more can be loaded until a reboot; "
+    "load what the node needs at boot (modules-load.d) before that sysctl is set",
+    "no_modules_directory": "no module tree for the running kernel under the modules path: install "
+    "its modules package, or mount the host's /lib/modules (chart: virtualization.hostModulesDirectory)",
+}
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

@@ -238,6 +238,16 @@ def test_shared_kernel_container(tree):
     assert status == 0 and run_check(tree, "--strict")[0] == 1
 
 
+def test_modules_that_cannot_load_say_why_and_what_to_do(tree):
+    (tree.proc / "sys" / "kernel" / "modules_disabled").write_text("1\n")
+    status, report = run_check(tree)
+    v = verdict(report, "virtualization.kernel")
+    assert v["status"] == "warn" and v["value"].endswith(", modules cannot be loaded: modules_disabled")
+    assert v["details"] == [field_guide.MODULES_ADVICE["modules_disabled"]]
+    assert "modules-load.d" in v["details"][0]
+    assert status == 0 and run_check(tree, "--strict")[0] == 1
+
+
 def test_failing_collector_is_reported_not_hidden(tree):
     (tree.proc / "net" / "softnet_stat").write_text("garbage\n")
     status, report = run_check(tree)
