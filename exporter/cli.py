@@ -256,7 +256,8 @@ def build_parser(
         "Kubernetes networking: CPU steal, softirq/softnet, conntrack, IPVS, overlay "
         "MTU and drops, fsync latency, eBPF softirq latency and drop reasons.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Durations use Prometheus syntax (500ms, 30s, 1m). Boolean flags have a --no- form.",
+        epilog="Durations use Prometheus syntax (500ms, 30s, 1m). Boolean flags have a --no- form. "
+        "A bad value, as a flag or in the environment, exits with status 2 and one line naming it.",
     )
     settings: list[_Setting] = []
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")

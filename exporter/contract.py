@@ -99,9 +99,16 @@ class Option:
                 raise ValueError(f"{value!r} is not a finite number")
             unit = "s" if self.kind == "duration" else ""
             if self.min is not None and value < self.min:
-                raise ValueError(f"{value:g}{unit} is below the minimum {self.min:g}{unit}")
+                raise ValueError(f"{_number(value)}{unit} is below the minimum {_number(self.min)}{unit}")
             if self.max is not None and value > self.max:
-                raise ValueError(f"{value:g}{unit} is above the maximum {self.max:g}{unit}")
+                raise ValueError(f"{_number(value)}{unit} is above the maximum {_number(self.max)}{unit}")
+
+
+def _number(value: float) -> str:
+    """A bound or value as the user writes it: 268435456, not 2.68435e+08; 0.01, not 1e-02."""
+    if float(value).is_integer() and abs(value) < 1e18:
+        return str(int(value))
+    return f"{value:g}"
 
 
 def option_values(declared: Sequence[Option], given: Mapping[str, Any]) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class Listener:
         except (TimeoutError, OSError, ConnectionError) as e:
             # plain HTTP to the TLS port, no or a wrong client certificate, a port scanner
             self.handshake_failures += 1
-            log.debug("TLS handshake failed: %s", e)
+            log_event(log, logging.DEBUG, "TLS handshake failed", error=str(e))
             conn.transport.abort()
             self.forget(conn)
             return
@@ -155,7 +155,7 @@ class Listener:
         )
         if allowed and not peer_sans(tls.get_extra_info("peercert")) & set(allowed):
             self.handshake_failures += 1
-            log.debug("client certificate has none of client_allowed_sans")
+            log_event(log, logging.DEBUG, "TLS client refused", reason="no SAN of client_allowed_sans")
             tls.abort()
             self.forget(conn)
             return

@@ -149,6 +149,35 @@ def test_bad_environment_value_exits_2_naming_the_variable():
     )
 
 
+# issue 10's values that used to start or die with a traceback, in their environment form
+ISSUE_VALUES = [
+    ("--collector.ipvs.source", "bogus", "invalid value 'bogus' (one of auto, netlink, procfs)"),
+    ("--collector.fsync.writes", "0", "0 is below the minimum 1"),
+    ("--scrape.timeout", "0", "0s is below the minimum 0.01s"),
+    ("--collector.fsync.block-size", "1000000000000", "1000000000000 is above the maximum 268435456"),
+    ("--scrape.timeout", "9" * 309 + "ms", "(311 characters) is too large"),
+]
+
+
+@pytest.mark.parametrize("flag,raw,reason", ISSUE_VALUES)
+def test_bad_environment_values_exit_2_with_one_line_naming_variable_and_flag(flag, raw, reason):
+    import os
+
+    variable = env_name(flag)
+    result = _run(env={**os.environ, variable: raw})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"netstack-exporter: error: {variable} (env for {flag}): ")
+    assert reason in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flag,raw,reason", ISSUE_VALUES)
+def test_bad_flag_line_says_what_is_wrong(flag, raw, reason):
+    result = _run(f"{flag}={raw}")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"netstack-exporter: error: {flag}: ") and reason in result.stderr
+
+
 def test_every_option_has_its_default_in_the_context():
     from exporter.contract import Context
 
@@ -190,8 +219,9 @@ def test_help_lists_flags_and_their_environment_variables():
         "--log.format",
         "--version",
         ":9977",
+        "exits with status 2 and one line naming it",
     ):
-        assert needle in result.stdout, needle
+        assert needle in " ".join(result.stdout.split()), needle
 
 
 def test_version():
