@@ -117,7 +117,6 @@ def _kube_ipvs0(ns) -> None:
 
 
 LIVE_COLLECTORS: dict[str, Live] = {
-    "virtualization": Live((), None, "netstack_virtualization_info"),
     "strict_arp": Live((), _kube_ipvs0, "netstack_ipvs_kube_ipvs0_addresses"),
     "overlay": Live((), _vxlan_pair, "netstack_overlay_info"),
     "conntrack": Live(
