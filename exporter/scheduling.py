@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 
 from .contract import Collector, Failed, NotReady, SourceUnavailable
@@ -56,6 +57,10 @@ class Worker:
             try:
                 future.set_result(fn())
             except BaseException as e:  # delivered to the awaiting coroutine
+                # The traceback keeps the failed call's frames, and the job keeps the exception
+                # in a cycle only the GC breaks: clear their locals (a big read that failed its
+                # limit) now. File and line numbers stay for the debug traceback.
+                traceback.clear_frames(e.__traceback__)
                 future.set_exception(e)
 
     def stop(self) -> None:
