@@ -4,19 +4,24 @@ certificates, basic auth with htpasswd-made hashes, client certificates, SIGHUP 
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from exporter.listener import RESERVED_FDS
 from tests.helpers import ROOT, Exporter, need_tool, parse_metrics, value
 from tests.tls import (
     TLSExporter,
@@ -112,6 +117,44 @@ def test_sighup_rotates_the_certificate_and_a_bad_file_keeps_the_old(pki, tmp_pa
         assert e.proc.poll() is None
 
 
+def test_changed_files_are_reloaded_without_a_signal(pki, tmp_path):
+    """A Kubernetes Secret volume: the files are symlinks through ..data, which the kubelet points
+    at a new directory on an update. Without a signal, within a few polls (every 2 s) the
+    exporter serves the new certificate and checks the new password."""
+    volume = tmp_path / "secret"
+
+    def version(name: str, pair, password: str) -> None:
+        d = volume / name
+        d.mkdir(parents=True)
+        shutil.copy(pair.cert, d / "tls.crt")
+        shutil.copy(pair.key, d / "tls.key")
+        (d / "web.yml").write_text(
+            "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+            f"basic_auth_users:\n  prometheus: '{bcrypt_hash(password)}'\n"
+        )
+
+    version("..v1", pki["server"], "old-pw")
+    (volume / "..data").symlink_to("..v1")
+    for name in ("web.yml", "tls.crt", "tls.key"):
+        (volume / name).symlink_to(f"..data/{name}")
+    config = volume / "web.yml"
+    with TLSExporter(*CORE, f"--web.config.file={config}", ctx=client_context(pki["ca"])) as e:
+        status, _, _, peer = e.get_tls(headers=basic("prometheus", "old-pw"))
+        assert status == 200 and peer["serialNumber"] == serial_of(pki["server"])
+        version("..v2", pki["server2"], "new-pw")
+        (volume / "..data_tmp").symlink_to("..v2")
+        os.replace(volume / "..data_tmp", volume / "..data")  # one atomic swap, as the kubelet does
+        swapped = time.monotonic()
+        while e.get_tls("/healthz")[3]["serialNumber"] != serial_of(pki["server2"]):
+            assert time.monotonic() - swapped < 8, e.log()
+            time.sleep(0.1)
+        assert e.get_tls(headers=basic("prometheus", "old-pw"))[0] == 401
+        assert e.get_tls(headers=basic("prometheus", "new-pw"))[0] == 200
+        log = e.log()
+        assert 'msg="web config loaded" trigger="file change"' in log, log
+        assert "SIGHUP" not in log
+
+
 def test_bad_web_config_exits_2_naming_the_key(tmp_path):
     config = tmp_path / "web.yml"
     config.write_text("tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth: x\n")
@@ -158,6 +201,59 @@ def test_scrape_timeout_header_values(header):
         assert value(m, "netstack_scrape_collector_success", collector="softirq") == 1
 
 
+@pytest.fixture
+def slow_bird(tmp_path):
+    """A BIRD control socket that answers every conversation 0.8 s late, with the bytes a real
+    BIRD 2 sent (tests/fixtures/bgp): the bgp collector then takes 0.8 s."""
+    greeting, _, reply = (
+        (ROOT / "tests/fixtures/bgp/bird2-isolong-dualstack-all.txt").read_bytes().partition(b"\n")
+    )
+    path = tmp_path / "bird.ctl"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(16)
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            time.sleep(0.8)
+            conn.sendall(greeting + b"\n")
+            conn.recv(100)
+            conn.sendall(reply)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed at the end of the test
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield path
+    server.close()
+
+
+def test_a_short_scrape_timeout_header_fails_no_other_scrape(slow_bird):
+    """The issue's case: one client's header of 0, -1, NaN or 0.001 while a 0.8 s collector runs.
+    Ignored values give the full budget; 0.001 gets the 0.5 s floor and only that scrape misses
+    the slow collector: a header-less scrape arriving meanwhile and the next one have it."""
+
+    def bgp_success(e: Exporter, header: str | None) -> float:
+        headers = {} if header is None else {"X-Prometheus-Scrape-Timeout-Seconds": header}
+        with e.get(headers=headers) as r:
+            return value(
+                parse_metrics(r.read().decode()), "netstack_scrape_collector_success", collector="bgp"
+            )
+
+    args = ("--collector.disable-defaults", "--collector.bgp", f"--collector.bgp.socket=ipv4={slow_bird}")
+    with Exporter(*args) as e, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for header, own in (("0", 1), ("-1", 1), ("NaN", 1), ("0.001", 0)):
+            short = pool.submit(bgp_success, e, header)
+            time.sleep(0.1)  # the other client arrives while the short collection runs
+            other = pool.submit(bgp_success, e, None)
+            assert (short.result(), other.result(), bgp_success(e, None)) == (own, 1, 1), header
+
+
 def _raise_own_fd_limit(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
@@ -196,19 +292,27 @@ def test_idle_and_slowloris_flood_under_a_1024_file_limit(pki, tmp_path, tls):
     with exporter as e:
         held = []
         try:
-            for _ in range(1400):
+            for i in range(1400):
                 s = socket.socket()
                 s.setblocking(False)
                 s.connect_ex(("127.0.0.1", e.port))
                 held.append(s)
-            # SYNs dropped while the accept queue was full are sent again after 1 s and 3 s:
-            # wait until every connection had its chance to be accepted
-            time.sleep(4.5)
-            for s in held[1200:]:  # slowloris
-                try:
-                    s.send(head)
-                except OSError:
-                    pass
+                # In batches the accept queue (128) holds: a burst overflows it, and with SYN
+                # cookies the client then holds "established" connections the exporter never
+                # saw (the test passed that way even without the connection cap).
+                if i % 50 == 49:
+                    wait_for_accept_queue(e.port)
+            wait_for_accept_queue(e.port)
+            # The flood reached the exporter: every connection the client still holds is one
+            # the exporter holds, at most the cap (1,024 - 256); the rest it closed (evicted).
+            cap = 1024 - RESERVED_FDS
+            deadline = time.monotonic() + 5
+            while (counts := established(e.port))[0] != counts[1] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ours, theirs = counts
+            assert ours == theirs and cap - 8 <= ours <= cap, (ours, theirs, cap)
+            for s in held[1200:]:  # slowloris: the newest, kept by the eviction order
+                s.send(head)
             latencies = []
             for _ in range(5):
                 start = time.monotonic()
@@ -230,6 +334,33 @@ def test_idle_and_slowloris_flood_under_a_1024_file_limit(pki, tmp_path, tls):
     assert "Traceback" not in log
     accept_errors = log.count("out of system resource")
     assert accept_errors <= 5, log[-3000:]
+
+
+def wait_for_accept_queue(port: int, timeout: float = 10) -> None:
+    """Until the listening socket on 127.0.0.1:port has no connection waiting to be accepted
+    (a listener's rx_queue in /proc/net/tcp is its accept queue's length)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            listening = fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+            if listening and int(fields[4].split(":")[1], 16) == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"connections still waiting to be accepted on port {port} after {timeout}s")
+
+
+def established(port: int) -> tuple[int, int]:
+    """(server side, client side) ESTABLISHED IPv4 TCP connections of 127.0.0.1:port, from
+    /proc/net/tcp: accepted or waiting in the accept queue, and held by clients."""
+    server = client = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] != "01":  # TCP_ESTABLISHED
+            continue
+        server += int(fields[1].rsplit(":", 1)[1], 16) == port
+        client += int(fields[2].rsplit(":", 1)[1], 16) == port
+    return server, client
 
 
 def test_accept_errors_logged_at_most_once_a_second_with_a_count(tmp_path):
