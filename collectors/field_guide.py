@@ -630,7 +630,8 @@ def _bgp(r: Readings):
     "virtualization",
     "OpenVZ/LXC 'VPS' share the host's kernel, and some kernels cannot load modules: ip_vs, "
     "wireguard or vxlan are then missing and Kubernetes networking breaks in surprising ways.",
-    "Shared kernel: run Kubernetes nodes on full VMs or bare metal. Modules: see the reason below.",
+    "Shared kernel: run Kubernetes nodes on full VMs or bare metal. Modules: build in or load at "
+    "boot what the node needs (ip_vs, vxlan, wireguard, br_netfilter).",
 )
 def _virtualization(r: Readings):
     info = r.latest("netstack_virtualization_info")
