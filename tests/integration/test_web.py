@@ -155,9 +155,24 @@ def test_changed_files_are_reloaded_without_a_signal(pki, tmp_path):
         assert "SIGHUP" not in log
 
 
-def test_bad_web_config_exits_2_naming_the_key(tmp_path):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth: x\n",
+            "tls_server_config.client_auth: unknown key",
+        ),
+        ("basic_auth_users:\n  prometheus: plaintext\n", "basic_auth_users.prometheus: not a bcrypt hash"),
+        (
+            "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+            "missing.crt): No such file or directory",
+        ),
+    ],
+    ids=["unknown-key", "bad-value", "missing-file"],
+)
+def test_bad_web_config_exits_2_naming_the_key(tmp_path, text, message):
     config = tmp_path / "web.yml"
-    config.write_text("tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth: x\n")
+    config.write_text(text)
     proc = subprocess.run(
         [sys.executable, "-m", "exporter", f"--web.config.file={config}"],
         cwd=ROOT,
@@ -167,7 +182,7 @@ def test_bad_web_config_exits_2_naming_the_key(tmp_path):
         timeout=30,
     )
     assert proc.returncode == 2
-    assert "--web.config.file" in proc.stderr and "tls_server_config.client_auth: unknown key" in proc.stderr
+    assert "--web.config.file" in proc.stderr and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
