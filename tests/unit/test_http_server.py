@@ -174,6 +174,52 @@ def test_a_zero_content_length_and_leading_empty_lines_are_fine():
         assert read_response(s, buf)[2] == b"GET /b-c "
 
 
+def test_the_connection_cap_closes_the_oldest_idle_connection_never_a_busy_one():
+    """Past the cap a newcomer closes the oldest connection that serves nothing and never
+    completed a request (a flood's), before a kept-alive one that did (Prometheus'); a
+    connection whose request is in flight is never closed: its client gets the answer."""
+
+    def wait(condition) -> None:
+        deadline = time.monotonic() + 5
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    with serving(echo, cap=4) as (port, listener):
+        kept, kept_buf = connect(port), bytearray()
+        kept.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+        assert read_response(kept, kept_buf)[0] == 200
+        busy, busy_buf = connect(port), bytearray()
+        busy.sendall(b"GET /slow HTTP/1.1\r\n\r\n")  # 0.3 s in the handler
+        wait(lambda: any(c.active for c in listener.conns))
+        flood = []
+        for n in range(5):
+            flood.append(connect(port))
+            wait(lambda n=n: len(listener.conns) + listener.evicted == 3 + n)
+        assert listener.evicted == 3 and len(listener.conns) == 4
+        assert all(closed(s, 1) for s in flood[:3])  # the oldest never-served ones
+        assert read_response(busy, busy_buf)[0] == 200
+        kept.sendall(b"GET /b HTTP/1.1\r\n\r\n")
+        assert read_response(kept, kept_buf)[2] == b"GET /b "
+        # nothing never-served left: the oldest kept-alive one goes, never the busy one
+        for s in flood[3:]:
+            s.close()
+        wait(lambda: len(listener.conns) == 2)
+        served = [connect(port), connect(port)]
+        for s in served:
+            s.sendall(b"GET /a HTTP/1.1\r\n\r\n")
+            assert read_response(s, bytearray())[0] == 200
+        busy.sendall(b"GET /slow HTTP/1.1\r\n\r\n")
+        wait(lambda: any(c.active for c in listener.conns))
+        newcomer = connect(port)
+        wait(lambda: listener.evicted == 4)
+        assert closed(kept, 1)
+        assert read_response(busy, busy_buf)[0] == 200
+        assert not any(closed(s, 0.2) for s in (*served, newcomer))
+        for s in (kept, busy, newcomer, *flood, *served):
+            s.close()
+
+
 def test_a_client_that_never_reads_blocks_nobody_and_is_closed():
     """Twenty pipelined requests for 4 MB each and no reading: the others are answered at once,
     the server holds at most one answer for it, and closes it after the header timeout."""
