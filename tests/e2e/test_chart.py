@@ -44,7 +44,7 @@ def _yaml():
     try:
         import yaml
     except ImportError:
-        need(False, "needs PyYAML (scripts/tools.sh installs it)")
+        need(False, "needs PyYAML (a dependency of the package)")
     return yaml
 
 
@@ -90,7 +90,7 @@ def container(docs: list[dict]) -> dict:
 
 
 def validate_core(docs: list[dict]) -> None:
-    need(VALIDATE.exists(), "needs kubernetes-validate: run scripts/tools.sh")
+    need(VALIDATE.exists(), "needs kubernetes-validate: pip install -e '.[test]'")
     core = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rendered.yaml"
@@ -108,7 +108,7 @@ def validate_crd(doc: dict) -> None:
     try:
         from cloudcoil.models.prometheus_operator import v1
     except ImportError:
-        need(False, "needs cloudcoil-models-prometheus-operator: run scripts/tools.sh")
+        need(False, "needs cloudcoil-models-prometheus-operator: pip install -e '.[test]'")
     model = getattr(v1, doc["kind"]).model_validate(doc)
     assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc
 

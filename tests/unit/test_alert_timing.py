@@ -23,7 +23,7 @@ TARGET = {"warning": 10, "critical": 5}  # minutes to fire at twice the threshol
 
 
 def _yaml(path):
-    need(yaml is not None, "needs PyYAML (scripts/tools.sh installs it)")
+    need(yaml is not None, "needs PyYAML (a dependency of the package)")
     return yaml.safe_load(path.read_text())
 
 

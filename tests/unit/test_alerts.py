@@ -7,7 +7,7 @@ import re
 
 from tests.helpers import ROOT, need, need_tool, run
 
-try:  # installed with kubernetes-validate by scripts/tools.sh
+try:  # a dependency of the package
     import yaml
 except ImportError:
     yaml = None
@@ -18,13 +18,13 @@ CHART_RULES = ROOT / "charts" / "netstack-exporter" / "files" / "netstack.rules.
 
 
 def alerting_rules() -> list[dict]:
-    need(yaml is not None, "needs PyYAML (scripts/tools.sh installs it)")
+    need(yaml is not None, "needs PyYAML (a dependency of the package)")
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
 def alert_cases() -> list[dict]:
-    need(yaml is not None, "needs PyYAML (scripts/tools.sh installs it)")
+    need(yaml is not None, "needs PyYAML (a dependency of the package)")
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     return [case for test in tests for case in test.get("alert_rule_test", [])]
 
@@ -131,7 +131,7 @@ def _promql_parser():
     try:
         import promql_parser
     except ImportError:
-        need(False, "needs PyPI promql-parser (scripts/tools.sh installs it)")
+        need(False, "needs PyPI promql-parser (the test extra installs it)")
     return promql_parser
 
 

@@ -23,7 +23,7 @@ def _promql():
     try:
         import promql_parser
     except ImportError:
-        need(False, "needs PyPI promql-parser (scripts/tools.sh installs it)")
+        need(False, "needs PyPI promql-parser (the test extra installs it)")
     return promql_parser
 
 

@@ -53,7 +53,7 @@ def _promql_parser():
     try:
         import promql_parser
     except ImportError:
-        need(False, "needs PyPI promql-parser (scripts/tools.sh installs it)")
+        need(False, "needs PyPI promql-parser (the test extra installs it)")
     return promql_parser
 
 
@@ -61,7 +61,7 @@ def _need_sdk():
     try:
         import grafana_foundation_sdk  # noqa: F401
     except ImportError:
-        need(False, "needs PyPI grafana-foundation-sdk (scripts/tools.sh installs it)")
+        need(False, "needs PyPI grafana-foundation-sdk (the test extra installs it)")
 
 
 def test_committed_json_is_what_the_generator_writes():

@@ -98,7 +98,7 @@ def test_the_generator_writes_every_committed_dashboard():
     try:
         from dashboards import generate
     except ImportError:
-        need(False, "needs PyPI grafana-foundation-sdk (scripts/tools.sh installs it)")
+        need(False, "needs PyPI grafana-foundation-sdk (the test extra installs it)")
 
     assert {p.name for p in DASHBOARDS} == set(generate.DASHBOARDS)
     assert set(by_uid()) == {FLEET_UID, NODE_UID, *DRILLDOWNS}
@@ -112,7 +112,7 @@ def test_round_trip_through_the_sdk_model(path):
         from grafana_foundation_sdk.cog.encoder import JSONEncoder
         from grafana_foundation_sdk.models.dashboard import Dashboard
     except ImportError:
-        need(False, "needs PyPI grafana-foundation-sdk (scripts/tools.sh installs it)")
+        need(False, "needs PyPI grafana-foundation-sdk (the test extra installs it)")
 
     def round_trip(model: dict) -> dict:
         return json.loads(json.dumps(Dashboard.from_json(model), cls=JSONEncoder))
@@ -219,7 +219,7 @@ def test_queries_parse_and_select_the_job_and_node(path):
     try:
         import promql_parser
     except ImportError:
-        need(False, "needs PyPI promql-parser (scripts/tools.sh installs it)")
+        need(False, "needs PyPI promql-parser (the test extra installs it)")
     d = load(path)
     for p in panels(d):
         assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
