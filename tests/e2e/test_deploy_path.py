@@ -213,6 +213,8 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
         timings["ready"] = time.monotonic() - started
         assert ready, podman("logs", cid, check=False).stderr[-2000:]
         assert probe(c, "livenessProbe", port) == 200
+        exec_check(cid, c)
+        timings["exec check"] = time.monotonic() - started
 
         # every enabled collector: successful, or unavailable for a documented reason
         metrics = parse_metrics(_get(f"http://127.0.0.1:{port}/metrics")[1])
@@ -292,6 +294,38 @@ def run_pod(variant: str, docs: list[dict], built_image: str, tmp_path: Path) ->
             + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
             file=sys.stderr,
         )
+
+
+def exec_check(cid: str, c: dict) -> None:
+    """`kubectl -n <ns> exec ds/<name> -- netstack-exporter check` (docs/check.md): `podman exec`
+    runs it in the running container as kubectl would, with the container's user, capabilities,
+    read-only root, mounts and environment, not its arguments. The check reads the host through
+    the chart's mounts and probes the writable fsync mount, in its own subdirectory."""
+    out = podman(
+        *("exec", cid, "netstack-exporter", "check"),
+        *("--check.duration=1s", "--check.fsync-size=100k", "--output=json"),
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    fsync_dirs = [e["value"] for e in c["env"] if e["name"] == "NETSTACK_COLLECTOR_FSYNC_DIRECTORY"]
+    assert report["fsync_probe"]["path"] == fsync_dirs[0].split(",")[0], report["fsync_probe"]
+    assert report["fsync_probe"]["syncs"] > 0
+    checks = {v["check"]: v for v in report["checks"]}
+    for check_id in (
+        "cpu.steal_node",
+        "softnet.squeezes",
+        "conntrack.fill",
+        "fsync.p99",
+        "virtualization.kernel",
+    ):
+        assert checks[check_id]["status"] != "skip", checks[check_id]
+    # the collectors the exporter runs, no more and no fewer: none "not enabled", none failing
+    assert "not enabled" not in " ".join(checks["collectors"]["details"]), checks["collectors"]
+    assert "failing" not in checks["collectors"]["value"], checks["collectors"]
+    # the node, not the pod: the host's PID 1 through /host/proc (this CI host is a VM guest)
+    assert "(guest)" in checks["virtualization.kernel"]["value"], checks["virtualization.kernel"]
 
 
 def _try(fn):
