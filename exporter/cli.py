@@ -214,7 +214,7 @@ def _add(
     shown = "" if default in (None, [], "") else f" (default: {_show(default, kind)})"
     help_text = option.help
     if option.choices and kind != "bool":
-        help_text += f"; one of {', '.join(option.choices)}"
+        help_text = help_text.removesuffix(".") + f"; one of {', '.join(option.choices)}"
     help_full = f"{help_text}{shown} [env {env_name(flag)}]"
     metavar = metavar or OPTION_METAVARS.get(kind)
     if kind == "bool":
