@@ -8,6 +8,7 @@ their own collector, so they keep serving when rtnetlink is refused to the overl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,6 +16,14 @@ from exporter.contract import Collector, ParseError
 from exporter.metrics import CounterMetricFamily, Metric
 
 from .common import read_text, require_file
+
+_KERNEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+
+
+def _named(token: str) -> str:
+    """A section or field name for an error line: the kernel's names are short identifiers;
+    anything else is the file's content, which an error line does not repeat."""
+    return token if _KERNEL_NAME.fullmatch(token) else "?"
 
 
 def parse_snmp(text: str, path: str) -> dict[str, dict[str, int]]:
@@ -38,16 +47,20 @@ def parse_snmp(text: str, path: str) -> dict[str, dict[str, int]]:
         header = None
         values = rest.split()
         if prefix != name:
-            raise ParseError(f"{path}:{lineno}: values for {prefix!r} follow the header of {name!r}")
+            raise ParseError(
+                f"{path}:{lineno}: values for {_named(prefix)!r} follow the header of {_named(name)!r}"
+            )
         if len(values) != len(names):
-            raise ParseError(f"{path}:{lineno}: {name} has {len(names)} names but {len(values)} values")
+            raise ParseError(
+                f"{path}:{lineno}: {_named(name)} has {len(names)} names but {len(values)} values"
+            )
         try:
             numbers = [int(v) for v in values]
         except ValueError:
-            raise ParseError(f"{path}:{lineno}: non-numeric value in {name}") from None
+            raise ParseError(f"{path}:{lineno}: non-numeric value in {_named(name)}") from None
         sections.setdefault(name, {}).update(zip(names, numbers))
     if header is not None:
-        raise ParseError(f"{path}:{header[2]}: header of {header[0]!r} has no values line")
+        raise ParseError(f"{path}:{header[2]}: header of {_named(header[0])!r} has no values line")
     return sections
 
 
@@ -63,7 +76,7 @@ def parse_snmp6(text: str, path: str) -> dict[str, int]:
         try:
             out[fields[0]] = int(fields[1])
         except ValueError:
-            raise ParseError(f"{path}:{lineno}: non-numeric value for {fields[0]}") from None
+            raise ParseError(f"{path}:{lineno}: non-numeric value for {_named(fields[0])}") from None
     return out
 
 

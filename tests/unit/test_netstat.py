@@ -182,3 +182,23 @@ def test_serves_when_rtnetlink_is_refused(monkeypatch):
     c = collector(FX / "linux-6.18-sender")
     c.probe()
     assert _values(c.collect())[("netstack_ip_fragments_created_total", "ipv4")] == 14
+
+
+@pytest.mark.parametrize(
+    "text, path",
+    [
+        ("Ip: Forwarding\n" + "Q" * 2000 + ": 1\n", "snmp"),  # a values line of another section
+        ("Ip" + "Q" * 2000 + ": Forwarding\nIpQ: 1\n", "snmp"),
+        ("Q" * 2000 + ": Forwarding\n" + "Q" * 2000 + ": x\n", "snmp"),  # non-numeric value
+        ("Ip" + "Q" * 2000 + ": Forwarding\n", "snmp"),  # a header without values
+        ("Q" * 2000 + " x\n", "snmp6"),
+    ],
+)
+def test_parse_errors_never_echo_more_than_a_kernel_name(text, path):
+    # Issue 11.16: a bad file is named by file and line; a section or field name is shown only
+    # when it looks like the kernel's (an identifier of a few characters), never the content.
+    parse = parse_snmp6 if path == "snmp6" else parse_snmp
+    with pytest.raises(ParseError) as e:
+        parse(text, path)
+    assert "QQQQ" not in str(e.value) and len(str(e.value)) < 100
+    assert str(e.value).startswith(f"{path}:")
