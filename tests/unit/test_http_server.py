@@ -145,6 +145,7 @@ def test_pipelined_requests_are_answered_in_order():
         (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400),  # int() refuses it
         (b"GET / HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody", 400),  # no bodies
         (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\n\r\n", 505),
