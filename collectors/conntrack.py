@@ -28,7 +28,7 @@ from exporter.contract import Collector, Option, ParseError, SourceUnavailable
 from exporter.logs import log_event
 from exporter.metrics import CounterMetricFamily, GaugeMetricFamily
 
-from .common import WrappingCounters, read_int, read_text
+from .common import U32_MAX, WrappingCounters, parse_counter, read_int, read_text
 from .netlink import (
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -151,9 +151,10 @@ def parse_procfs_stats(
         if len(fields) != len(header):
             raise ParseError(f"{path}:{row + 2}: {len(fields)} fields, header has {len(header)}")
         try:
-            values = dict(zip(header, (int(f, 16) for f in fields)))
+            numbers = [parse_counter(f, 16, U32_MAX) for f in fields]  # the kernel's unsigned ints
         except ValueError:
-            raise ParseError(f"{path}:{row + 2}: not hexadecimal") from None
+            raise ParseError(f"{path}:{row + 2}: a column is not a 32-bit hex counter") from None
+        values = dict(zip(header, numbers))
         entries = values["entries"]
         stats[row] = {key: values[col] for col, key in PROCFS_COLUMNS.items() if col in values}
     return entries, stats
@@ -385,8 +386,10 @@ class ConntrackCollector(Collector):
                 raise SourceUnavailable(netlink_reason)
         try:
             self.read_procfs()
-        except (OSError, ParseError) as e:
+        except OSError as e:
             raise SourceUnavailable(f"{netlink_reason}; procfs: {e}") from None
+        except ParseError:
+            pass  # the file is there and says something wrong: collect() fails with the reason
         if wanted == "auto":
             log_event(log, logging.WARNING, "conntrack served from procfs", reason=netlink_reason)
 

@@ -130,7 +130,13 @@ def test_procfs_real_file_from_this_kernel():
         ("", "empty"),
         ("cpu found\n00000001 00000002\n", "header without an 'entries' column"),
         ("entries  found drop\n00000001  00000002\n", "x:2: 2 fields, header has 3"),
-        ("entries  found drop\n00000001  0000000g 00000003\n", "x:2: not hexadecimal"),
+        ("entries  found drop\n00000001  0000000g 00000003\n", "x:2: a column is not a 32-bit hex counter"),
+        # issue 11.7: wider than the kernel's unsigned int, down to a ~3,600-digit value
+        ("entries  found drop\n00000001  100000000 00000003\n", "x:2: a column is not a 32-bit hex counter"),
+        (
+            "entries  found drop\n00000001  " + "f" * 3600 + " 00000003\n",
+            "x:2: a column is not a 32-bit hex counter",
+        ),
     ],
 )
 def test_procfs_bad_input_is_one_clear_error(text, message):
@@ -295,6 +301,21 @@ def test_bad_procfs_file_fails_the_collection_with_a_parse_error(tmp_path):
     (tree / "net" / "stat" / "nf_conntrack").write_text("entries  drop\n00000001\n")
     with pytest.raises(ParseError, match="nf_conntrack:2: 1 fields, header has 2"):
         collector(tree).read_procfs()
+
+
+def test_a_garbled_file_at_start_is_a_failure_not_an_absence(tmp_path):
+    # Issue 11.1/11.7: the file is there, what it says is wrong: the collector stays available
+    # (success 0, available 1) and each collection fails with the reason until it parses.
+    tree = procfs_tree(tmp_path, "stat-6.x.txt")
+    stat = tree / "net" / "stat" / "nf_conntrack"
+    good = stat.read_text()
+    stat.write_text("entries  drop\n00000001  " + "f" * 3600 + "\n")
+    c = COLLECTOR(Context(paths=Paths(procfs=str(tree)), options={"source": "procfs"}))
+    c.probe()  # no SourceUnavailable
+    with pytest.raises(ParseError, match="nf_conntrack:2: a column is not a 32-bit hex counter"):
+        list(c.collect())
+    stat.write_text(good)
+    assert "netstack_conntrack_drop" in by_name(c.collect())
 
 
 def test_probe_without_nf_conntrack_is_unavailable_and_does_not_touch_netlink(tmp_path):
