@@ -648,7 +648,7 @@ class FsyncCollector(Collector):
             )
         except FileNotFoundError:
             devname = None  # not a block device: tmpfs, overlay, nfs
-        except OSError as e:
+        except (OSError, ParseError) as e:
             devname = None
             if not self._mounts_warned:
                 self._mounts_warned = True

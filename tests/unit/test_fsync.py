@@ -189,3 +189,19 @@ def test_device_label_is_the_same_whether_or_not_sysfs_answers(tmp_path):
     device, _ = with_sysfs._labels("/var/lib/etcd")
     fallback, _ = without._labels("/var/lib/etcd")
     assert device == fallback == "nvme1n1p1"
+
+
+def test_an_oversized_uevent_is_logged_once_and_the_label_falls_back(tmp_path, caplog):
+    """A uevent past the read limit (a ParseError, not an OSError) must not crash the probe."""
+    import shutil
+
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIX / "sys", sysfs)
+    for uevent in sysfs.rglob("uevent"):
+        uevent.write_text("DEVNAME=x\n" * 200_000)  # ~2 MiB
+    c = FsyncCollector(
+        Context(Paths(procfs=str(FIX / "proc"), sysfs=str(sysfs)), {"directory": ["/var/lib/etcd"]})
+    )
+    assert c._labels("/var/lib/etcd")[0] == "nvme1n1p1"  # the mount source, as without sysfs
+    c._labels("/var/lib/etcd")
+    assert [r.getMessage() for r in caplog.records].count("fsync cannot read the device name") == 1
