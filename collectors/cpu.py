@@ -116,7 +116,9 @@ class CpuCollector(Collector):
         except OSError:
             online = None  # no sysfs (a fixture tree, an old container): trust the file
         if online is not None and cpus != online:
-            raise ParseError(f"{path}: {len(cpus)} CPUs, but {online_path} lists {len(online)}")
+            raise ParseError(
+                f"{path}: its {len(cpus)} CPUs are not the {len(online)} online ones {online_path} lists"
+            )
         self._cpus = cpus
 
 

@@ -111,8 +111,13 @@ def test_a_cpu_set_that_disagrees_with_the_online_cpus_fails(tmp_path):
     collector = CpuCollector(Context(paths=Paths(procfs=str(tmp_path / "proc"), sysfs=str(tmp_path / "sys"))))
     collect(collector)
     stat.write_text("cpu  0 0 0 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 5\n")  # cpu1 line lost
-    with pytest.raises(ParseError, match="lists 2"):
+    with pytest.raises(ParseError, match="its 1 CPUs are not the 2 online ones"):
         collect(collector)
+    # as many CPUs as are online, not the same ones (the old message read "2 CPUs, but ... lists 2")
+    stat.write_text("cpu  0 0 0 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 5\ncpu2 1 0 0 0 0 0 0 5\n")
+    with pytest.raises(ParseError, match="its 2 CPUs are not the 2 online ones"):
+        collect(collector)
+    stat.write_text("cpu  0 0 0 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 5\n")
     (online / "online").write_text("0\n")  # now really offline: believed
     assert len(collect(collector)["netstack_cpu_seconds"].samples) == 8
 
