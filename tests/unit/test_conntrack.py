@@ -386,3 +386,17 @@ def test_unusable_source_is_a_command_line_error(argv, message):
 
     with pytest.raises(ConfigError, match=message):
         parse_config(argv, {}, [ConntrackCollector])
+
+
+def test_an_unreadable_buckets_sysctl_is_logged_once_and_the_rest_served(tmp_path, caplog):
+    # Issue 11.16: this read error used to be silent.
+    tree = procfs_tree(tmp_path, "stat-6.x.txt")
+    (tree / "sys" / "net" / "netfilter" / "nf_conntrack_buckets").write_text("not a number\n")
+    c = COLLECTOR(Context(paths=Paths(procfs=str(tree)), options={"source": "procfs"}))
+    c.probe()
+    for _ in range(2):
+        families = by_name(c.collect())
+        assert "netstack_conntrack_buckets" not in families
+        assert families["netstack_conntrack_entries"].samples[0].value == 0x1F4
+    warned = [r for r in caplog.records if r.getMessage() == "conntrack cannot read nf_conntrack_buckets"]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
