@@ -187,7 +187,7 @@ def breakdown(repeats: int) -> None:
     text = ipvs.read_table_text(path)
     collector.collect()  # the caches, as after a first scrape
     table = collector.read_table()
-    families = ipvs.build_metrics(table, False, ipvs.DEFAULT_MAX_SERIES)
+    families = ipvs.build_metrics(table, False, ipvs.DEFAULT_MAX_SERIES, collector.row_template)
     phases = {
         "read /proc/net/ip_vs (kernel + decode)": lambda: ipvs.read_table_text(path),
         "netlink service dump, datagrams only": lambda: nl.genl.dump(
@@ -198,9 +198,11 @@ def breakdown(repeats: int) -> None:
             text, path, False, collector.known_lines
         ),
         "parse_ip_vs (no cache: every service new)": lambda: ipvs.parse_ip_vs(text, path, False, {}),
-        "read_table (all of the above)": collector.read_table,
-        "build_metrics": lambda: ipvs.build_metrics(table, False, ipvs.DEFAULT_MAX_SERIES),
-        "encode_text": lambda: encode_text(families),
+        "read_table (the read overlapping the dump)": collector.read_table,
+        "build_metrics": lambda: ipvs.build_metrics(
+            table, False, ipvs.DEFAULT_MAX_SERIES, collector.row_template
+        ),
+        "encode_text (the collector's row template)": lambda: encode_text(families),
     }
     print(f"\nin-process breakdown of the default collection, median of {repeats}:")
     for name, fn in phases.items():

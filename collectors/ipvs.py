@@ -22,6 +22,7 @@ implementations check each other.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from exporter.contract import Collector, Option, ParseError, SourceUnavailable
-from exporter.exposition import ColumnFamily, CompactFamily, LabelSet
+from exporter.exposition import ColumnFamily, CompactFamily, LabelSet, RowTemplate
 from exporter.logs import log_event
 from exporter.metrics import CounterMetricFamily, GaugeMetricFamily, Metric, Sample
 
@@ -332,6 +333,7 @@ DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 
 STATS_COUNTERS = (1, 2, 3, 4, 5)
 
 _U16 = struct.Struct("=H")
+_LENGTH_TYPE = struct.Struct("=IH")  # of a netlink message header
 _BE16 = struct.Struct(">H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
@@ -456,12 +458,19 @@ class TrafficDecoder:
     nests, so messages of one length keep their counters at the same offsets. A full decode of
     the first message of each length learns where (and the attribute headers found there); a
     later message of that length whose headers match costs one unpack, and its identity bytes
-    are decoded once while they stay the same. Anything else is decoded fully."""
+    are decoded once while they stay the same. A datagram made only of such messages (the
+    usual case: one kind of service fills the ~32 KB datagrams of a dump) is unpacked by one
+    struct call for all of them. Anything else is decoded fully."""
+
+    MAX_BATCH_SHAPES = 64  # (length, count) pairs whose datagram struct is kept
 
     def __init__(self):
-        # message length -> (identity length, struct over headers and counters, expected headers)
-        self.layouts: dict[int, tuple[int, struct.Struct, tuple[int, ...]]] = {}
+        # message length -> (identity length, struct over headers and counters, expected headers,
+        # the headers' offsets after the identity)
+        self.layouts: dict[int, tuple[int, struct.Struct, tuple[int, ...], tuple[int, ...]]] = {}
         self.keys: dict[bytes, tuple] = {}  # identity bytes -> _traffic_key
+        # (length, count) -> (datagram struct, [(offset, the byte expected there in every message)])
+        self.batches: dict[tuple[int, int], tuple[struct.Struct, list[tuple[int, bytes]]]] = {}
 
     def decode(self, chunks: Iterable[bytes], family_id: int) -> dict[tuple, tuple[int, ...]]:
         """{_traffic_key: (connections, in packets, out packets, in bytes, out bytes)}."""
@@ -469,34 +478,97 @@ class TrafficDecoder:
         previous = self.keys
         keys: dict[bytes, tuple] = {}
         self.keys = keys
-        layouts = self.layouts
         try:
-            # data_messages, not genl_messages: one generator less per message (5,000 of them)
-            for buf, _kind, start, end in data_messages(chunks, family_id):
-                off = start + 20  # 16 nlmsghdr + 4 genlmsghdr
-                layout = layouts.get(end - off)
-                key = None
-                if layout is not None:
-                    size, shape, headers = layout
-                    values = shape.unpack_from(buf, off + size)
-                    if values[0::2] == headers:
-                        identity = buf[off : off + size]
-                        key = previous.get(identity) or keys.get(identity)
-                        if key is not None:
-                            keys[identity] = key
-                            stats = values[1::2]
-                if key is None:
-                    found = self._learn(buf, off, end)
-                    if found is None:
-                        continue
-                    key, stats = found
-                seen = traffic.get(key)
-                traffic[key] = stats if seen is None else tuple(map(sum, zip(seen, stats)))
+            for chunk in chunks:
+                batch = self._batch(chunk, family_id, previous, keys)
+                if batch is None:
+                    self._messages(chunk, family_id, previous, keys, traffic)
+                    continue
+                found = dict(batch)
+                if len(found) == len(batch) and traffic.keys().isdisjoint(found):
+                    traffic.update(found)
+                else:  # a firewall-mark pair in this datagram or across two: summed
+                    for key, stats in batch:
+                        seen = traffic.get(key)
+                        traffic[key] = stats if seen is None else tuple(map(sum, zip(seen, stats)))
         except _DECODE_ERRORS as e:
             if isinstance(e, ParseError):
                 raise
             raise _malformed("service", e) from None
         return traffic
+
+    def _batch(self, buf: bytes, family_id: int, previous: dict, keys: dict) -> list[tuple] | None:
+        """[(key, counters)] of a datagram whose messages all have one learnt layout, from one
+        struct call; None for anything else, or an identity not seen before."""
+        size = len(buf)
+        if size < 20:
+            return None
+        length, kind = _LENGTH_TYPE.unpack_from(buf)
+        layout = self.layouts.get(length - 20)
+        step = (length + 3) & ~3
+        if kind != family_id or layout is None or size % step:
+            return None
+        count = size // step
+        batch = self.batches.get((length, count))
+        if batch is None:
+            if len(self.batches) >= self.MAX_BATCH_SHAPES:
+                self.batches.clear()
+            batch = self.batches[(length, count)] = self._batch_shape(length, family_id, layout, count)
+        shape, constant = batch
+        # Every message's length, type and counter headers: one strided slice per byte.
+        for at, expected in constant:
+            if buf[at::step] != expected:
+                return None
+        values = shape.unpack_from(buf)
+        width = 1 + len(STATS_COUNTERS)  # identity, counters
+        identities = values[0::width]
+        found = list(map(previous.get, identities))
+        if None in found:
+            found = [k or keys.get(i) for k, i in zip(found, identities)]
+            if None in found:
+                return None  # a new service: decoded (and learnt) one message at a time
+        keys.update(zip(identities, found))
+        return list(zip(found, zip(*(values[at::width] for at in range(1, width)))))
+
+    @staticmethod
+    def _batch_shape(length: int, family_id: int, layout: tuple, count: int) -> tuple:
+        """The struct that reads the identity and counters of `count` messages of one layout,
+        and the bytes that must be the same in each (length, type, the counters' headers)."""
+        identity, _, headers, offsets = layout
+        step = (length + 3) & ~3
+        one, at = f"20x{identity}s", 0
+        expected = {i: b for i, b in enumerate(_LENGTH_TYPE.pack(length, family_id))}
+        for offset, header in zip(offsets, headers):
+            one += f"{offset - at}x4xQ"
+            at = offset + 12
+            for i, b in enumerate(_U32.pack(header)):
+                expected[20 + identity + offset + i] = b
+        one += f"{step - 20 - identity - at}x"
+        return struct.Struct("=" + one * count), [(i, bytes([b]) * count) for i, b in expected.items()]
+
+    def _messages(self, chunk: bytes, family_id: int, previous: dict, keys: dict, traffic: dict) -> None:
+        """The datagram's messages one at a time, adding to traffic."""
+        layouts = self.layouts
+        for buf, _kind, start, end in data_messages((chunk,), family_id):
+            off = start + 20  # 16 nlmsghdr + 4 genlmsghdr
+            layout = layouts.get(end - off)
+            key = None
+            if layout is not None:
+                size, shape, headers, _ = layout
+                values = shape.unpack_from(buf, off + size)
+                if values[0::2] == headers:
+                    identity = buf[off : off + size]
+                    key = previous.get(identity) or keys.get(identity)
+                    if key is not None:
+                        keys[identity] = key
+                        stats = values[1::2]
+            if key is None:
+                found = self._learn(buf, off, end)
+                if found is None:
+                    continue
+                key, stats = found
+            seen = traffic.get(key)
+            traffic[key] = stats if seen is None else tuple(map(sum, zip(seen, stats)))
 
     def _learn(self, buf: bytes, off: int, end: int) -> tuple[tuple, tuple[int, ...]] | None:
         found = _service_at(buf, off, end)
@@ -519,7 +591,7 @@ class TrafficDecoder:
                         at = o + 12
                     shape = struct.Struct(fmt)
                     headers = shape.unpack_from(buf, nest)[0::2]
-                    self.layouts[end - off] = (nest - off, shape, headers)
+                    self.layouts[end - off] = (nest - off, shape, headers, tuple(offsets))
                     self.keys[bytes(buf[off:nest])] = key
         return key, stats
 
@@ -768,6 +840,8 @@ class IpvsCollector(Collector):
         self.known_lines: dict[str, tuple] = {}  # /proc/net/ip_vs service line -> (identity, labels)
         self.netlink_error = ""  # last netlink failure after the probe, logged once
         self.traffic_decoder = TrafficDecoder()  # learns the dump's layout once
+        self.dump_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self.row_template = RowTemplate()  # the per-service lines, remade when the services change
 
     def probe(self) -> None:
         wanted = self.option("source")
@@ -816,37 +890,64 @@ class IpvsCollector(Collector):
         self.close()
         return why
 
+    def _dump_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self.dump_thread is None:
+            self.dump_thread = concurrent.futures.ThreadPoolExecutor(1, "netstack-ipvs-dump")
+        return self.dump_thread
+
     def close(self) -> None:
         if self.netlink is not None:
             self.netlink.close()
             self.netlink = None
+        if self.dump_thread is not None:
+            self.dump_thread.shutdown(wait=False)
+            self.dump_thread = None
+
+    def _netlink_failed(self, why: str) -> None:
+        """IPVS unloaded or privileges dropped since the probe: /proc this time, and a new
+        connection next time (the family id changes when ip_vs is reloaded)."""
+        if why != self.netlink_error:  # one line per distinct failure, not per scrape
+            log_event(log, logging.INFO, "IPVS netlink failed, reading /proc/net/ip_vs", reason=why)
+        self.netlink_error = why
+        self.close()
 
     def read_table(self) -> Table:
         want_dests = self.option("backends")
         table = None
-        dumped = None  # auto: the netlink service dump whose traffic counters /proc lacks
+        dumping = None  # auto: the service dump, whose traffic counters /proc lacks
         if self.source in ("netlink", NETLINK_AND_PROCFS):
-            # after a failure, connect again: the family id changes when ip_vs is reloaded
             why = self.open_netlink() if self.netlink is None else ""
-            if not why and self.netlink is not None:
+            if why:
+                self._netlink_failed(why)
+            elif self.netlink is not None and self.source == "netlink":
                 try:
-                    if self.source == "netlink":
-                        table = Table("netlink", self.netlink.services(want_dests))
-                    else:
-                        dumped = self.netlink.dump_traffic(self.traffic_decoder)
+                    table = Table("netlink", self.netlink.services(want_dests))
+                    self.netlink_error = ""
                 except (NetlinkUnavailable, OSError) as e:
-                    why = f"netlink: {e}"
-                    self.close()
-            if why and why != self.netlink_error:  # one line per distinct failure, not per scrape
-                # IPVS unloaded or privileges dropped since the probe: use /proc this time
-                log_event(log, logging.INFO, "IPVS netlink failed, reading /proc/net/ip_vs", reason=why)
-            self.netlink_error = why
+                    self._netlink_failed(f"netlink: {e}")
+            elif self.netlink is not None:
+                # The dump runs on another thread while this one reads /proc/net/ip_vs: both are
+                # mostly kernel time, during which the GIL is free. Not the other way round: a
+                # thread waits for the GIL after each of its system calls while the other runs
+                # Python, and the dump makes a few dozen, the read several hundred (the kernel
+                # returns a page of the table per read).
+                dumping = self._dump_thread().submit(self.netlink.dump_traffic, self.traffic_decoder)
         if table is None:
             path = self.paths.proc("net", "ip_vs")
             try:
                 services = parse_ip_vs(read_table_text(path), path, want_dests, self.known_lines)
             except FileNotFoundError:  # ip_vs unloaded since the probe
                 raise SourceUnavailable(f"IPVS not available: {path} does not exist") from None
+            finally:
+                if dumping is not None:  # never leave a dump running on the socket
+                    concurrent.futures.wait([dumping])
+            dumped = None
+            if dumping is not None:
+                try:
+                    dumped = dumping.result()
+                    self.netlink_error = ""
+                except (NetlinkUnavailable, OSError) as e:
+                    self._netlink_failed(f"netlink: {e}")
             if dumped is not None:
                 add_traffic(services, dumped)
                 table = Table(NETLINK_AND_PROCFS, services)
@@ -882,7 +983,9 @@ class IpvsCollector(Collector):
         return out
 
     def collect(self) -> Iterable[Metric]:
-        return build_metrics(self.read_table(), self.option("backends"), self.option("max-series"))
+        return build_metrics(
+            self.read_table(), self.option("backends"), self.option("max-series"), self.row_template
+        )
 
     def unavailable_families(self) -> Iterable[Metric]:
         # Without IPVS, which of its modules are missing is exactly what an IPVS-mode node needs.
@@ -925,7 +1028,11 @@ def _gauge(name: str, doc: str, value: float | None = None) -> GaugeMetricFamily
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]:
+def build_metrics(
+    table: Table, backends: bool, max_series: int, template: RowTemplate | None = None
+) -> list[Metric]:
+    """The collection's families; `template`, kept across collections, writes the per-service
+    series."""
     services = table.services
     out: list[Metric] = []
 
@@ -981,7 +1088,7 @@ def build_metrics(table: Table, backends: bool, max_series: int) -> list[Metric]
 
     listed = _merge_fwmark_duplicates(services) if emit_services else []
     if emit_services:
-        out += _service_families(listed, has_traffic)
+        out += _service_families(listed, has_traffic, template)
     if emit_backends:
         out += _backend_families(listed)
 
@@ -1006,26 +1113,29 @@ def prerequisite_families(loaded: dict[str, bool], sysctls: dict[str, int]) -> l
     return out
 
 
-def _service_families(services: list[Service], has_traffic: bool) -> list[Metric]:
+def _service_families(
+    services: list[Service], has_traffic: bool, template: RowTemplate | None
+) -> list[Metric]:
     """Eight series per service at 5,000 services: columns sharing one list of label sets, which
     the encoder formats once (exporter.exposition.ColumnFamily), not a row per series."""
     labels = [service_labels(svc) for svc in services]
+    family: Callable[..., ColumnFamily] = functools.partial(ColumnFamily, template=template)
     families: list[Metric] = [
-        ColumnFamily(
+        family(
             "netstack_ipvs_service_backends",
             "Backends of this virtual service.",
             "gauge",
             labels,
             [svc.backends for svc in services],
         ),
-        ColumnFamily(
+        family(
             "netstack_ipvs_service_connections_active",
             "Active (established) connections, summed over the service's backends.",
             "gauge",
             labels,
             [svc.active for svc in services],
         ),
-        ColumnFamily(
+        family(
             "netstack_ipvs_service_connections_inactive",
             "Inactive connections, summed over the service's backends.",
             "gauge",
@@ -1037,9 +1147,10 @@ def _service_families(services: list[Service], has_traffic: bool) -> list[Metric
         counted = [svc for svc in services if svc.stats is not None]
         if len(counted) < len(services):  # services that appeared between the dump and the read
             labels = [service_labels(svc) for svc in counted]
+            family = ColumnFamily  # another label list: the template stays the one of all services
         columns = zip(*[svc.stats for svc in counted])  # stats is set on these
         families += [
-            ColumnFamily(name, doc + " Netlink source only.", "counter", labels, column)
+            family(name, doc + " Netlink source only.", "counter", labels, column)
             for (name, doc), column in zip(SERVICE_TRAFFIC, columns)
         ]
     return families

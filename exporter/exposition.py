@@ -10,6 +10,7 @@ or kept across collections are formatted once. Timestamps are written; exemplars
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Iterable, Sequence
@@ -106,11 +107,29 @@ class ColumnRows(Sequence):
         return zip(self.labels, self.values)
 
 
+class RowTemplate:
+    """The lines of a list of label sets as one bytes template, b"%s{labels} %d\n" a row. A
+    collector keeps it across collections and it is remade only when the list changes: the
+    ColumnFamilies of integers that carry it are then written by one % each (IPVS: eight
+    families of 5,000 services), with no string made per series."""
+
+    def __init__(self):
+        self._labels: list[dict[str, str]] | None = None
+        self._template = b""
+
+    def template(self, labels: Sequence[dict[str, str]]) -> bytes:
+        if self._labels is None or labels != self._labels:  # the same LabelSets: compared by identity
+            rows = ((x.text if type(x) is LabelSet else format_labels(x)).replace("%", "%%") for x in labels)
+            self._template = "".join(f"%s{text} %d\n" for text in rows).encode()
+            self._labels = list(labels)
+        return self._template
+
+
 class ColumnFamily(CompactFamily):
     """A CompactFamily whose rows are two columns: label sets and values. Several families of one
     table (the IPVS collector's eight per-service families) share one list of LabelSets; the
     encoder formats that list once per encoding and writes each family's lines in one join, with
-    no (labels, value) tuple per series."""
+    no (labels, value) tuple per series; with a RowTemplate for that list, in one % of it."""
 
     def __init__(
         self,
@@ -119,11 +138,13 @@ class ColumnFamily(CompactFamily):
         typ: str,
         labels: Sequence[dict[str, str]],
         values: Sequence[float],
+        template: RowTemplate | None = None,
     ):
         super().__init__(name, documentation, typ)
         if len(labels) != len(values):
             raise ValueError(f"{name}: {len(labels)} label sets for {len(values)} values")
         self.rows = ColumnRows(labels, values)  # type: ignore[assignment]
+        self.template = template
 
 
 _TEXT_TYPES = {
@@ -203,6 +224,17 @@ def _columns(family: ColumnFamily, out: list[str], label_strings: dict) -> None:
     out.append(name + ("\n" + name).join(map(operator.add, cached[1], as_text)))
 
 
+def _templated(family: ColumnFamily) -> bytes | None:
+    """A ColumnFamily's lines from its RowTemplate; None without one, or for values that are not
+    all integers (%d would cut floats)."""
+    values = family.rows.values  # type: ignore[attr-defined]
+    if family.template is None or set(map(type, values)) != {int}:
+        return None
+    template = family.template.template(family.rows.labels)  # type: ignore[attr-defined]
+    name = family.sample_name.encode()
+    return template % tuple(itertools.chain.from_iterable(zip(itertools.repeat(name), values)))
+
+
 def _family_samples(family: Metric, out: list[str], openmetrics: bool, label_strings: dict) -> None:
     if type(family) is ColumnFamily:
         if len(family.rows):
@@ -224,7 +256,29 @@ def _flush(out: list[str], pieces: list[bytes]) -> None:
     out.clear()
 
 
+def _write_templated(family: Metric, out: list[str], pieces: list[bytes]) -> bool:
+    """A templated ColumnFamily's lines, after the lines so far, as pieces; False for any other."""
+    if type(family) is not ColumnFamily or not len(family.rows):
+        return False
+    body = _templated(family)
+    if body is None:
+        return False
+    _flush(out, pieces)
+    pieces.append(body)
+    return True
+
+
 def encode_text(families: Iterable[Metric]) -> bytes:
+    return b"".join(text_pieces(families))
+
+
+def encode_openmetrics(families: Iterable[Metric]) -> bytes:
+    return b"".join(openmetrics_pieces(families))
+
+
+def text_pieces(families: Iterable[Metric]) -> list[bytes]:
+    """The text exposition in pieces (a large family's lines are one), never joined here: the
+    exporter writes them to the client one after another."""
     out: list[str] = []
     pieces: list[bytes] = []
     label_strings: dict = {}
@@ -237,14 +291,18 @@ def encode_text(families: Iterable[Metric]) -> bytes:
         help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {_TEXT_TYPES.get(family.type, 'untyped')}")
+        if _write_templated(family, out, pieces):
+            continue
         _family_samples(family, out, False, label_strings)
         if len(out) > _FLUSH_LINES or type(family) is ColumnFamily:
             _flush(out, pieces)
     _flush(out, pieces)
-    return b"".join(pieces)
+    return pieces
 
 
-def encode_openmetrics(families: Iterable[Metric]) -> bytes:
+def openmetrics_pieces(families: Iterable[Metric], eof: bool = True) -> list[bytes]:
+    """The OpenMetrics exposition in pieces; without its "# EOF" line when eof is False (a part
+    of an exposition that goes on)."""
     out: list[str] = []
     pieces: list[bytes] = []
     label_strings: dict = {}
@@ -254,9 +312,12 @@ def encode_openmetrics(families: Iterable[Metric]) -> bytes:
         out.append(f"# TYPE {family.name} {family.type}")
         if family.unit:
             out.append(f"# UNIT {family.name} {family.unit}")
+        if _write_templated(family, out, pieces):
+            continue
         _family_samples(family, out, True, label_strings)
         if len(out) > _FLUSH_LINES or type(family) is ColumnFamily:
             _flush(out, pieces)
-    out.append("# EOF")
+    if eof:
+        out.append("# EOF")
     _flush(out, pieces)
-    return b"".join(pieces)
+    return pieces

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .logs import log_event
@@ -33,6 +33,9 @@ log = logging.getLogger("netstack.http")
 MAX_HEAD = 8192  # bytes of request line + headers: Prometheus sends about 300
 MAX_HEADERS = 100
 MAX_PENDING = 65536  # bytes of received, not yet answered requests before reading stops
+# An answer larger than this is written a slice at a time as the client reads it, so that the
+# transport never holds a copy of it (asyncio buffers what a send() did not take).
+WRITE_SLICE = 65536
 SERVER = "netstack-exporter"  # no Python or library versions: they help only an attacker
 
 REASONS = {
@@ -86,11 +89,13 @@ class Response:
 
     def __init__(
         self,
-        body: bytes | str = b"",
+        body: bytes | str | tuple[bytes, ...] = b"",
         status: int = 200,
         headers: dict[str, str] | None = None,
         content_type: str = "text/plain; charset=utf-8",
     ):
+        """body: bytes, text, or pieces of bytes sent one after another (a large exposition,
+        never joined into a copy)."""
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
         self.headers = {"Content-Type": content_type}
@@ -182,6 +187,13 @@ def http_date(now: float) -> str:
     return _date[1]
 
 
+def _slices(pieces: Iterable[bytes]) -> Iterator[memoryview]:
+    for piece in pieces:
+        view = memoryview(piece)
+        for at in range(0, len(view), WRITE_SLICE):
+            yield view[at : at + WRITE_SLICE]
+
+
 class HTTPProtocol(asyncio.Protocol):
     """One connection's HTTP/1.x. `forget` is called once when the connection is gone."""
 
@@ -200,6 +212,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._closing = False
         self._tls = False
         self._task: asyncio.Task | None = None  # the request being served (a reference keeps it alive)
+        self._unsent: Iterator[memoryview] | None = None  # the rest of the answer being written
+        self._close_after = False  # close once it is written
 
     # -- asyncio.Protocol --
 
@@ -233,6 +247,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closing = True
         self._buffer.clear()
+        self._unsent = None
         self.forget(self.conn)
 
     def pause_writing(self) -> None:
@@ -243,13 +258,20 @@ class HTTPProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self.conn.write_blocked_since = None
+        self._send()
         self._process()
 
     # -- requests --
 
     def _process(self) -> None:
         """Start serving the next complete request, if any and if it is its turn."""
-        if self._busy or self._write_paused or self._closing or self.transport is None:
+        if (
+            self._busy
+            or self._write_paused
+            or self._unsent is not None
+            or self._closing
+            or self.transport is None
+        ):
             return
         buf = self._buffer
         while buf[:2] == b"\r\n":  # empty lines before a request line are ignored (RFC 9112 2.2)
@@ -315,9 +337,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         status = response.status
         body = response.body
+        pieces = body if isinstance(body, tuple) else (body,)
+        length = sum(map(len, pieces))
         lines = [
             f"{request.version} {status} {REASONS.get(status, 'Unknown')}\r\n"
-            f"Server: {SERVER}\r\nDate: {http_date(time.time())}\r\nContent-Length: {len(body)}\r\n"
+            f"Server: {SERVER}\r\nDate: {http_date(time.time())}\r\nContent-Length: {length}\r\n"
         ]
         lines += [f"{name}: {value}\r\n" for name, value in response.headers.items()]
         if not keep:
@@ -326,15 +350,36 @@ class HTTPProtocol(asyncio.Protocol):
             lines.append("Connection: keep-alive\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode()
-        if request.method == "HEAD" or not body:
+        if request.method == "HEAD" or not length:
             transport.write(head)
-        elif len(body) < 65536:  # one send() for a typical answer
-            transport.write(head + body)
+        elif length < WRITE_SLICE:  # one send() for a typical answer
+            transport.write(b"".join((head, *pieces)))
         else:
             transport.write(head)
-            transport.write(body)
+            self._unsent = _slices(pieces)
+            self._send()
+            if self._unsent is not None:  # the rest as the client reads
+                self._close_after = not keep
+                return
         if not keep:
             self._close()
+
+    def _send(self) -> None:
+        """Write the current answer's slices while the transport takes them (it buffers at
+        most about a slice beyond its high-water mark); the rest when it resumes writing."""
+        unsent = self._unsent
+        transport = self.transport
+        while unsent is not None and not self._write_paused:
+            if transport is None or self._closing or transport.is_closing():
+                self._unsent = None
+                return
+            piece = next(unsent, None)
+            if piece is None:
+                self._unsent = None
+                if self._close_after:
+                    self._close()
+                return
+            transport.write(piece)
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a request we cannot parse, then close: its framing cannot be trusted."""

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
-import gzip
 import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .exposition import CompactFamily, LabelSets, encode_openmetrics, encode_text
+from .exposition import CompactFamily, LabelSets, openmetrics_pieces, text_pieces
 from .logs import log_event
 from .metrics import Metric
 
@@ -29,7 +28,12 @@ from .metrics import Metric
 class Submitter(Protocol):
     """Where large encodings run: the scheduler's encoder worker (a thread)."""
 
-    def submit(self, fn: Callable[[], bytes]) -> concurrent.futures.Future: ...
+    def submit(self, fn: Callable[[], Body]) -> concurrent.futures.Future: ...
+
+
+# An encoded exposition: gzip-compressed bytes, or the uncompressed text in pieces that are
+# written one after another (never joined: a large IPVS table's 4 MB would be copied again).
+Body = bytes | tuple[bytes, ...]
 
 
 log = logging.getLogger("netstack.exporter")
@@ -76,36 +80,32 @@ class Snapshot:
         self.outcomes = outcomes
         self.own = list(own)  # the exporter's own families, after the collectors' status
         self.samples = sum(_sample_count(o.families) for o in outcomes) + _sample_count(self.own)
-        self._bodies: dict[str, bytes] = {}
-        self._encoded: dict[tuple[str, bool], bytes | asyncio.Future] = {}
+        self._bodies: dict[str, tuple[bytes, ...]] = {}
+        self._encoded: dict[tuple[str, bool], Body | asyncio.Future] = {}
 
-    def encode(self, fmt: str, compress: bool) -> bytes:
-        body = self._bodies.get(fmt)
-        if body is not None:
-            return gzip.compress(body, compresslevel=1, mtime=0) if compress else body
-        pieces = self._pieces(fmt)
+    def encode(self, fmt: str, compress: bool) -> Body:
+        pieces = self._bodies.get(fmt)
         if not compress:
-            body = self._bodies[fmt] = b"".join(pieces)
-            return body
-        # Compressed straight from the pieces: the joined text, a second copy of a large IPVS
-        # table's 4 MB at the peak, is never made (an uncompressed request encodes again).
+            if pieces is None:
+                pieces = self._bodies[fmt] = tuple(self._pieces(fmt))
+            return pieces
+        # Compressed straight from the pieces, which are kept only if an uncompressed request
+        # made them (Prometheus asks for gzip: the text is then never held whole).
         gzipper = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
-        out = [gzipper.compress(piece) for piece in pieces]
+        out = [gzipper.compress(piece) for piece in (pieces or self._pieces(fmt))]
         del pieces
         out.append(gzipper.flush())
         return b"".join(out)
 
-    def _pieces(self, fmt: str) -> list[bytes | memoryview]:
-        """The exposition in pieces, one per collector, then the status and own families."""
+    def _pieces(self, fmt: str) -> list[bytes]:
+        """The exposition in pieces: each collector's, then the status and own families."""
         openmetrics = fmt == OPENMETRICS
-        encode = encode_openmetrics if openmetrics else encode_text
 
-        def piece(families: list[Metric]):
-            body = encode(families)
-            # Every piece but the last goes without the end marker (a view: no copy).
-            return memoryview(body)[: -len(_EOF)] if openmetrics else body
+        def piece(families: list[Metric]) -> list[bytes]:
+            # every part but the last goes without the end marker
+            return openmetrics_pieces(families, eof=False) if openmetrics else text_pieces(families)
 
-        pieces = []
+        pieces: list[bytes] = []
         success = CompactFamily(
             "netstack_scrape_collector_success",
             "1 if the collector's last collection succeeded, 0 if it failed or its source is unavailable.",
@@ -125,7 +125,7 @@ class Snapshot:
             ok = o.success
             if o.families:
                 try:
-                    pieces.append(piece(o.families))
+                    pieces += piece(o.families)
                 except Exception as e:
                     ok = False
                     if o.success and o.encoded is not None:
@@ -138,9 +138,9 @@ class Snapshot:
             success.add(labels, 1 if ok else 0)
             duration.add(labels, o.duration)
             available.add(labels, 1 if o.available else 0)
-        pieces.append(piece([success, duration, available]))
+        pieces += piece([success, duration, available])
         try:
-            pieces.append(piece(self.own))
+            pieces += piece(self.own)
         except Exception as e:  # a bug of ours; the collectors' series are still worth serving
             log_event(
                 log,
@@ -152,7 +152,7 @@ class Snapshot:
             pieces.append(_EOF)
         return pieces
 
-    async def encoded(self, fmt: str, compress: bool, worker: Submitter) -> bytes:
+    async def encoded(self, fmt: str, compress: bool, worker: Submitter) -> Body:
         key = (fmt, compress)
         body = self._encoded.get(key)
         if body is None:
@@ -161,7 +161,7 @@ class Snapshot:
             else:
                 future = worker.submit(lambda: self.encode(fmt, compress))
                 body = self._encoded[key] = asyncio.wrap_future(future)
-        if isinstance(body, bytes):
+        if not isinstance(body, asyncio.Future):
             return body
         return await asyncio.shield(body)
 

@@ -32,7 +32,7 @@ def rules() -> dict[str, dict]:
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
 
 
-def tested_times() -> dict[str, int]:
+def proven_times() -> dict[str, int]:
     """alert -> T from the test file, checked to be the shape described above."""
     out = {}
     for test in _yaml(TIMING)["tests"]:
@@ -67,14 +67,14 @@ def test_promtool_proves_each_time_to_fire():
 
 
 def test_every_alert_has_a_tested_time_and_the_runbook_states_it():
-    tested = tested_times()
+    tested = proven_times()
     assert set(tested) == set(rules())
     assert runbook_times() == tested
 
 
 @pytest.mark.parametrize("severity", sorted(TARGET))
 def test_pages_come_soon_enough(severity):
-    tested = tested_times()
+    tested = proven_times()
     slow = {
         a: tested[a]
         for a, r in rules().items()

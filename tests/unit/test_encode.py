@@ -98,3 +98,38 @@ def test_whole_numbers_print_as_integers():
         assert 'x_loaded{module="half"} 0.5' in lines
         assert 'x_loaded{module="big"} 1.152921504606847e+18' in lines  # beyond 2**53: as float
         assert 'x_loaded{module="tiny"} 1e-07' in lines
+
+
+def test_templated_column_families_encode_like_rows_and_follow_their_labels():
+    """A RowTemplate writes a ColumnFamily of integers by one % of a template kept across
+    encodings; the bytes are those of the same rows without it, a '%' in a label included,
+    and a new label list (a service added) makes a new template."""
+    from exporter.exposition import ColumnFamily, LabelSet, RowTemplate
+
+    def families(labels, template):
+        return [
+            ColumnFamily("x_backends", "Backends.", "gauge", labels, [3, 0, 2**70][: len(labels)], template),
+            ColumnFamily("x_packets", "Packets.", "counter", labels, [1, 2, 3][: len(labels)], template),
+            ColumnFamily(
+                "x_ratio", "A float column.", "gauge", labels, [0.5, 1.0, 2.0][: len(labels)], template
+            ),
+        ]
+
+    class Counted(RowTemplate):
+        uses = 0
+
+        def template(self, labels):
+            self.uses += 1
+            return super().template(labels)
+
+    labels = [LabelSet(address="10.0.0.1", port="80"), LabelSet(name='50%d "odd"\n')]
+    template = Counted()
+    for encode in (encode_text, encode_openmetrics):
+        assert encode(families(labels, template)) == encode(families(labels, None))
+    assert template.uses == 4  # the two integer families, in both formats; not the float one
+    kept = template.template(labels)
+    assert template.template(list(labels)) is kept  # an equal list: the same template
+    more = [*labels, LabelSet(address="10.0.0.2", port="80")]
+    assert encode_text(families(more, template)) == encode_text(families(more, None))
+    assert template.template(more) is not kept
+    assert b'x_packets_total{name="50%d \\"odd\\"\\n"} 2\n' in encode_text(families(more, template))

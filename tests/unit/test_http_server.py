@@ -89,9 +89,33 @@ async def echo(request: Request) -> Response:
         await asyncio.sleep(0.3)
     if request.path == "/big":
         return Response(b"x" * 4_000_000)
+    if request.path == "/pieces":
+        return Response(PIECES)
     if request.path == "/boom":
         raise KeyError("bug")
     return Response(f"{request.method} {request.path} {request.headers.get('x-n', '')}")
+
+
+# An exposition as the snapshot gives it: pieces of every size, some larger than a write slice.
+PIECES = tuple(bytes([65 + i % 26]) * (i * 37_001 % 300_000) for i in range(40)) + (b"end\n",)
+
+
+def test_an_answer_in_pieces_is_written_whole_and_in_order():
+    """Pieces are sent a slice at a time as the client reads (the transport never holds a copy
+    of the answer): the body is their concatenation, HEAD gives its length, a pipelined request
+    is answered after it, and Connection: close closes only once all of it is written."""
+    whole = b"".join(PIECES)
+    with serving(echo) as (port, _):
+        s, buf = connect(port), bytearray()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the answer waits for us
+        s.sendall(b"GET /pieces HTTP/1.1\r\n\r\nHEAD /pieces HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n")
+        status, headers, body = read_response(s, buf)
+        assert status == 200 and int(headers["content-length"]) == len(whole) and body == whole
+        assert read_response(s, buf, head_only=True)[1]["content-length"] == str(len(whole))
+        assert read_response(s, buf)[2] == b"GET /a "
+        s.sendall(b"GET /pieces HTTP/1.1\r\nConnection: close\r\n\r\n")
+        time.sleep(0.2)  # the server has written what the buffers take, and waits
+        assert read_response(s, buf)[2] == whole and closed(s)
 
 
 def test_keep_alive_head_and_http_1_0():

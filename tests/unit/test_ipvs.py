@@ -792,6 +792,33 @@ def test_auto_source_is_one_service_dump_and_one_proc_read(fake_kernel):
     netlink.close()
 
 
+def test_auto_source_read_failures_while_the_dump_runs(fake_kernel, tmp_path, monkeypatch):
+    """The auto source dumps the services on another thread while it reads /proc/net/ip_vs (a
+    failing dump: test_lasting_netlink_failure_is_logged_once): a table that vanished is still
+    "unavailable", one past the size limit a parse error, and the next collection works."""
+    fake_kernel()
+    tree = tmp_path / "proc"
+    shutil.copytree(FIX / "full", tree)
+    paths = Paths(procfs=str(tree), sysfs=str(FIX / "sysfs"))
+    collector = ipvs.IpvsCollector(Context(paths=paths, options={"source": "auto"}))
+    collector.probe()
+    assert collector.source == "netlink+procfs"
+    good = scrape(collector)
+    table = (tree / "net/ip_vs").read_bytes()
+    (tree / "net/ip_vs").unlink()
+    with pytest.raises(SourceUnavailable, match="ip_vs does not exist"):
+        list(collector.collect())
+    (tree / "net/ip_vs").write_bytes(table)
+    with monkeypatch.context() as patch:
+        patch.setattr(ipvs.read_table_text, "__defaults__", (100,))
+        with pytest.raises(ParseError, match="larger than"):
+            list(collector.collect())
+    assert scrape(collector) == good
+    assert collector.dump_thread is not None
+    collector.close()
+    assert collector.dump_thread is None
+
+
 def test_traffic_decoder_learns_the_layout_and_matches_the_full_decode(monkeypatch):
     msgs = [encode(1, "IPVS_CMD_ATTR_SERVICE", svc, 9) for svc, _ in TABLE]
     want = {ipvs._traffic_key(s): s.stats for s in ipvs.decode_services(chunked([*msgs, done(9)]), FAMILY)}
@@ -815,6 +842,70 @@ def test_traffic_decoder_learns_the_layout_and_matches_the_full_decode(monkeypat
             ("TCP", "10.96.0.2", 443): (1, 2, 3, 4, 5)
         }
     assert len(full) == 1
+
+
+def kube_proxy_dump(services: int = 300, per_datagram: int = 100, seq: int = 9) -> list[bytes]:
+    """A dump of one kind of service (TCP and UDP, IPv4, rr) in datagrams of many messages."""
+    msgs = [
+        encode(
+            1,
+            "IPVS_CMD_ATTR_SERVICE",
+            service_attrs(
+                f"10.96.{i // 250}.{i % 250 + 1}",
+                80,
+                protocol=17 if i % 10 == 9 else 6,
+                stats=(i, i + 1, 2, 1 << 40, 4),
+            ),
+            seq,
+        )
+        for i in range(services)
+    ]
+    return [*chunked(msgs, per_datagram), done(seq)]
+
+
+def test_traffic_decoder_reads_a_datagram_of_known_services_in_one_go(monkeypatch):
+    dump = kube_proxy_dump()
+    want = {ipvs._traffic_key(s): s.stats for s in ipvs.decode_services(dump, FAMILY)}
+    assert len(want) == 300 and want[("UDP", "10.96.0.10", 80)] == (9, 10, 2, 1 << 40, 4)
+    decoder = ipvs.TrafficDecoder()
+    assert decoder.decode(dump, FAMILY) == want  # learns, a message at a time
+    one_by_one = []
+    original = ipvs.TrafficDecoder._messages
+    monkeypatch.setattr(
+        ipvs.TrafficDecoder, "_messages", lambda self, c, *a: one_by_one.append(c) or original(self, c, *a)
+    )
+    assert decoder.decode(dump, FAMILY) == want
+    assert one_by_one == [dump[-1]]  # only the datagram with NLMSG_DONE
+    # new values at the known offsets; a service not seen before sends its datagram the slow way
+    changed = kube_proxy_dump(301)
+    got = decoder.decode(changed, FAMILY)
+    assert got[("TCP", "10.96.1.51", 80)] == (300, 301, 2, 1 << 40, 4) and len(got) == 301
+    assert one_by_one[1:] == [changed[3], changed[4]]
+
+
+def test_traffic_decoder_batch_sums_firewall_mark_pairs_and_checks_every_header():
+    pair = [
+        encode(1, "IPVS_CMD_ATTR_SERVICE", service_attrs(fwmark=7, family=f, stats=(1, 2, 3, 4, 5)), 9)
+        for f in (socket.AF_INET, socket.AF_INET6)
+    ]
+    decoder = ipvs.TrafficDecoder()
+    for _ in range(2):  # learnt, then in one go
+        assert decoder.decode([b"".join(pair * 3), done(9)], FAMILY) == {(7, "rr"): (6, 12, 18, 24, 30)}
+    # one counter header in the middle of the datagram changed its type: the batch must not
+    # read that message's bytes at the learnt offsets
+    dump = kube_proxy_dump(200)
+    decoder.decode(dump, FAMILY)
+    bad = bytearray(dump[1])
+    step = len(bad) // 100
+    identity, _, _, offsets = decoder.layouts[struct.unpack_from("=I", bad)[0] - 20]
+    at = 50 * step + 20 + identity + offsets[2]  # message 50's third counter header
+    assert struct.unpack_from("=HH", bad, at) == (12, 3)  # IPVS_STATS_ATTR_OUTPKTS, 8 bytes
+    struct.pack_into("=HH", bad, at, 12, 29)  # now an attribute the decoder does not know
+    want = {
+        ipvs._traffic_key(s): s.stats for s in ipvs.decode_services([dump[0], bytes(bad), done(9)], FAMILY)
+    }
+    assert want[("TCP", "10.96.0.151", 80)] == (150, 151, 0, 1 << 40, 4)  # no 64-bit OUTPKTS
+    assert decoder.decode([dump[0], bytes(bad), done(9)], FAMILY) == want
 
 
 HEADER = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"

@@ -242,6 +242,29 @@ def test_ipvs_service_decoder(data):
     holds_contract(ipvs.decode_services, chunks, FAMILY)
 
 
+@cache
+def kube_proxy_datagrams() -> list[bytes]:
+    """Datagrams of 20 services of one kind: what the traffic decoder reads in one struct call."""
+    from tests.unit.test_ipvs import kube_proxy_dump
+
+    return kube_proxy_dump(60, 20, seq=1)[:-1]
+
+
+@FUZZ
+@given(st.data())
+def test_ipvs_traffic_decoder_after_it_learnt_the_layout(data):
+    """Mutated datagrams of services the decoder knows: its one-call path must check them too."""
+    decoder = ipvs.TrafficDecoder()
+    seeds = kube_proxy_datagrams()
+    decoder.decode([*seeds, netlink_done()], FAMILY)
+    chunks = data.draw(st.lists(mutated(seeds), min_size=1, max_size=3))
+    holds_contract(decoder.decode, chunks, FAMILY)
+
+
+def netlink_done() -> bytes:
+    return struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
+
+
 @FUZZ
 @given(st.data(), st.sampled_from(["10.96.0.1", "2001:db8::1"]), st.booleans())
 def test_ipvs_destination_decoder(data, address, want_dests):

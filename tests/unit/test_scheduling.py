@@ -79,7 +79,7 @@ class Harness:
         return self.loop.run_until_complete(self.scheduler.snapshot(timeout))
 
     def scrape(self, timeout: float | None = None, fmt: str = TEXT) -> dict:
-        body = self.snapshot(timeout).encode(fmt, False).decode()
+        body = b"".join(self.snapshot(timeout).encode(fmt, False)).decode()
         if fmt == OPENMETRICS:
             assert body.endswith("# EOF\n")
             body = body[: -len("# EOF\n")]

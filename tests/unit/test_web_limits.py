@@ -35,8 +35,8 @@ def test_a_short_timeout_scrape_never_shortens_a_longer_ones_collection(harness)
         return await a, await b
 
     snap_a, snap_b = h.loop.run_until_complete(two_clients())
-    m_a = parse_metrics(snap_a.encode(TEXT, False).decode())
-    m_b = parse_metrics(snap_b.encode(TEXT, False).decode())
+    m_a = parse_metrics(b"".join(snap_a.encode(TEXT, False)).decode())
+    m_b = parse_metrics(b"".join(snap_b.encode(TEXT, False)).decode())
     assert status(m_a, "slow")[0] == 0  # A asked for 0.5 s and got what fit in it
     assert status(m_b, "slow")[0] == 1 and status(m_b, "fast")[0] == 1
     assert slow.collections == 1  # B joined the call A had started, no second thread
