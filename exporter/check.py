@@ -3,7 +3,7 @@
 It runs the enabled collectors through the exporter's own scheduler (same flags, same --path.*),
 waits --check.duration, runs them again for rates, and meanwhile runs one fsync probe in etcd's
 WAL pattern (fio --rw=write --ioengine=sync --fdatasync=1 --size=22m --bs=2300) in
---check.fsync-dir. The verdicts come from collectors.field_guide; this module only gathers the
+--check.fsync-dir. The verdicts come from exporter.field_guide; this module only gathers the
 two readings and prints them. Exit status: 0 nothing failed, 1 something failed (with --strict,
 a warning too), 2 bad usage.
 """
@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
-from collectors import available_collectors, field_guide
+from collectors import available_collectors
 
-from . import __version__, logs
+from . import __version__, field_guide, logs
 from .cli import Flag, load_config, parse_size
 from .contract import Context, Option, Paths
 from .scheduling import CollectorRunner, Scheduler

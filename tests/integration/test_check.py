@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from collectors import field_guide
+from exporter import field_guide
 from tests.bird import TwoNodes, config, mesh_name
 from tests.check_trees import run_check, verdict
 from tests.helpers import ROOT, Netns, need_root, need_tool, run

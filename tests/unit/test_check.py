@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from collectors import field_guide
-from exporter import check
+from exporter import check, field_guide
 from tests.check_trees import DURATION, HostTree, run_check, verdict
 
 

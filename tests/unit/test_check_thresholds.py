@@ -11,7 +11,7 @@ import copy
 import pytest
 import yaml
 
-from collectors import field_guide
+from exporter import field_guide
 from tests.helpers import ROOT, need
 
 RULES = ROOT / "alerts" / "netstack.rules.yml"

@@ -14,9 +14,9 @@ from tests.helpers import ROOT
 # exporter module -> the collectors modules it may import (and why, in docs/architecture.md)
 FRAMEWORK_USES_OF_COLLECTORS = {
     "exporter/main.py": {"collectors"},  # the registry: available_collectors()
-    # the check subcommand and the landing page's verdicts: the registry, the field guide's
-    # checks, and the fsync collector's safe probe-file handling for its one-off probe
-    "exporter/check.py": {"collectors", "collectors.field_guide", "collectors.fsync"},
+    # the check subcommand and the landing page's verdicts: the registry, and the fsync
+    # collector's safe probe-file handling for its one-off probe
+    "exporter/check.py": {"collectors", "collectors.fsync"},
 }
 # what collectors may import from the framework
 COLLECTOR_USES_OF_FRAMEWORK = {
