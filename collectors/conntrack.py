@@ -492,6 +492,12 @@ class ConntrackCollector(Collector):
             if not per_cpu:
                 family.add_metric([], total)
             yield family
+        yield CounterMetricFamily(
+            "netstack_conntrack_implausible_readings",
+            "Conntrack statistics readings held back as implausible (a drop or a jump of over a "
+            "quarter of the 32-bit range that the next reading did not confirm).",
+            value=self._wrap.rejected,
+        )
 
     def _by_state(self, limit: int | None):
         try:

@@ -281,6 +281,13 @@ def test_counters_stay_monotonic_when_a_cpu_counter_wraps(tmp_path):
     third = by_name(c.families(later))["netstack_conntrack_drop"].samples[0].value
     assert second == first  # a drop is held back until the next reading confirms the wrap
     assert third - first == 0x28
+    # a single 0 (a torn read) is held back and counted, never adopted
+    glitch = Snapshot("procfs", 1, 1, {0: {"drop": 0}, 1: {"drop": 7}})
+    back = Snapshot("procfs", 1, 1, {0: {"drop": 0x20}, 1: {"drop": 7}})
+    fams = by_name(c.families(glitch))
+    assert fams["netstack_conntrack_drop"].samples[0].value == third
+    assert fams["netstack_conntrack_implausible_readings"].samples[0].value == 2  # the wrap's and this
+    assert by_name(c.families(back))["netstack_conntrack_drop"].samples[0].value == third + 8
 
 
 def test_kernel_without_procfs_stats_still_gives_count_and_max(tmp_path):
@@ -293,6 +300,7 @@ def test_kernel_without_procfs_stats_still_gives_count_and_max(tmp_path):
         "netstack_conntrack_entries",
         "netstack_conntrack_entries_limit",
         "netstack_conntrack_buckets",
+        "netstack_conntrack_implausible_readings",
     }
 
 
