@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import itertools
@@ -161,8 +162,9 @@ def _service_sums(text: str, known: dict[str, tuple] | None) -> list[Service] | 
     3, 4 and 5 of every six are weight, ActiveConn and InActConn, as the line parser reads them.
 
     `known` keeps, besides the service lines (as the line parser does), each service's whole
-    block with its sums: a service whose backends and connection counts did not change since
-    the last collection costs one lookup."""
+    block with its Service: a service whose backends and connection counts did not change since
+    the last collection costs one lookup, and its Service is used again (its traffic counters
+    cleared: add_traffic sets them anew)."""
     if not text.startswith("IP Virtual Server version"):
         return None
     start = 0
@@ -179,33 +181,37 @@ def _service_sums(text: str, known: dict[str, tuple] | None) -> list[Service] | 
     try:
         for block in blocks:
             seen = previous.get(block)
-            if seen is not None and len(seen) == 3:  # (service line, its entry, sums): unchanged
-                line, current, sums = seen
+            if seen is not None and len(seen) == 3:  # (service line, its entry, Service): unchanged
+                line, current, svc = seen
                 found[block] = seen
                 found[line] = current
-            else:
-                line, _, rest = block.partition("\n")
-                if not line or line[0] == " ":
-                    return None  # a blank line, or a backend line before any service
-                current = previous.get(line) or found.get(line)
-                if current is None or len(current) != 2:
-                    identity = parse_service_line(line)
-                    current = (identity, _labels(*identity[:5]))
-                found[line] = current
-                sums = (0, 0, 0, 0)
-                if rest:
-                    fields = rest.split()
-                    backends = rest.count("\n") + 1
-                    if (
-                        len(fields) != 6 * backends
-                        or rest.count("->") != backends
-                        or fields[::6].count("->") != backends
-                    ):
-                        return None
-                    active, inactive = sum(map(int, fields[4::6])), sum(map(int, fields[5::6]))
-                    sums = (backends, active, inactive, fields[3::6].count("0"))
-                    found[block] = (line, current, sums)
-            services.append(Service(*current[0], *sums, None, None, b"", current[1]))  # type: ignore[call-arg]
+                svc.stats = None
+                services.append(svc)
+                continue
+            line, _, rest = block.partition("\n")
+            if not line or line[0] == " ":
+                return None  # a blank line, or a backend line before any service
+            current = previous.get(line) or found.get(line)
+            if current is None or len(current) != 2:
+                identity = parse_service_line(line)
+                current = (identity, _labels(*identity[:5]))
+            found[line] = current
+            sums = (0, 0, 0, 0)
+            if rest:
+                fields = rest.split()
+                backends = rest.count("\n") + 1
+                if (
+                    len(fields) != 6 * backends
+                    or rest.count("->") != backends
+                    or fields[::6].count("->") != backends
+                ):
+                    return None
+                active, inactive = sum(map(int, fields[4::6])), sum(map(int, fields[5::6]))
+                sums = (backends, active, inactive, fields[3::6].count("0"))
+            svc = Service(*current[0], *sums, None, None, b"", current[1])  # type: ignore[call-arg]
+            if rest:
+                found[block] = (line, current, svc)
+            services.append(svc)
     except (ValueError, IndexError, OSError):  # the line parser names the line
         return None
     if known is not None:
@@ -1168,8 +1174,9 @@ def _merge_fwmark_duplicates(services: list[Service]) -> list[Service]:
         key = (svc.fwmark, svc.scheduler)
         first = merged.get(key)
         if first is None:
-            merged[key] = svc
-            out.append(svc)
+            # a copy: the parser keeps its Services for the next collection, the sums are ours
+            merged[key] = first = dataclasses.replace(svc)
+            out.append(first)
             continue
         first.backends += svc.backends
         first.active += svc.active

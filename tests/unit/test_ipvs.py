@@ -253,6 +253,25 @@ def test_fwmark_shared_by_ipv4_and_ipv6_is_one_series():
     assert len(samples(m, "netstack_ipvs_backend_weight", fwmark="7")) == 2
 
 
+def test_services_kept_between_collections_are_not_summed_twice():
+    """The default parser uses a service's object again while its block is unchanged: merging a
+    firewall-mark pair must not add into it, and counters a collection set are not carried into
+    one that has none (netlink lost: procfs this time)."""
+    collector = make("fwmark_dup")  # no per-backend series: the summing parser
+    for _ in range(3):
+        m = scrape(collector)
+        assert value(m, "netstack_ipvs_service_backends", fwmark="7") == 2
+        assert value(m, "netstack_ipvs_service_connections_active", fwmark="7") == 3
+    text = (FIX / "full/net/ip_vs").read_text()
+    known: dict = {}
+    first = ipvs.parse_ip_vs(text, known=known)
+    for n, svc in enumerate(first):
+        svc.stats = (n, 0, 0, 0, 0)
+    again = ipvs.parse_ip_vs(text, known=known)
+    assert any(a is b for a, b in zip(first, again))  # kept
+    assert all(svc.stats is None for svc in again)
+
+
 def test_malformed_table_fails_the_collection_with_one_line():
     collector = make("malformed")
     with pytest.raises(ParseError) as e:
