@@ -59,6 +59,10 @@ async def serve(config, runners: list[CollectorRunner], live: LiveWebConfig | No
     except OSError as e:
         log_event(log, logging.ERROR, "cannot listen", address=address, error=e.strerror or str(e))
         return 1
+    # Everything allocated so far (modules, the collectors, the server) lives as long as the
+    # process: keep it out of the garbage collector's full passes, which otherwise walk it
+    # again after every few large collections.
+    gc.freeze()
     log_event(
         log,
         logging.INFO,
@@ -129,9 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         for cls in classes
         if config.enabled[cls.name]
     ]
-    # Everything allocated so far lives as long as the process: keep it out of the collector's
-    # full passes, which otherwise walk it again after every few large collections.
-    gc.freeze()
     try:
         return asyncio.run(serve(config, runners, live))
     except KeyboardInterrupt:  # a SIGINT between asyncio.run's start and the loop's handlers
