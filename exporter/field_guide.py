@@ -107,6 +107,7 @@ FAMILIES = frozenset(
         "netstack_virtualization_info",
         "netstack_kernel_modules_loadable",
         "netstack_softirq_wait_seconds",
+        "netstack_softirq_service_seconds",
     }
 )
 
@@ -286,16 +287,27 @@ def _steal_cpu(r: Readings):
     "Spread receive work (RSS queues, RPS, irqbalance); look for a packet flood on that CPU.",
 )
 def _softirq_share(r: Readings):
+    """NET_RX's own share where the eBPF softirq collector times it per CPU; else every
+    softirq vector's (the kernel accounts softirq time per CPU only as one sum)."""
     per_cpu: dict[str, float] = {}
     total: dict[str, float] = {}
     for labels, rate in r.rates("netstack_cpu_seconds_total"):
         total[labels["cpu"]] = total.get(labels["cpu"], 0.0) + rate
         if labels.get("mode") == "softirq":
             per_cpu[labels["cpu"]] = rate
+    net_rx = {
+        labels["cpu"]: rate
+        for labels, rate in r.rates("netstack_softirq_service_seconds_sum")
+        if labels.get("vector") == "NET_RX" and "cpu" in labels
+    }
+    source = "all softirq vectors, /proc/stat"
+    if net_rx:
+        per_cpu, source = net_rx, "NET_RX, eBPF"
     share = {cpu: per_cpu.get(cpu, 0.0) / t for cpu, t in total.items() if t > 0}
     if total and not share:
         raise Skip("no CPU time counted between the two readings")
-    return _worst_per(share, "softirq_share", _pct, "cpu")
+    status, value, threshold, details = _worst_per(share, "softirq_share", _pct, "cpu")
+    return status, f"{value} ({source})", threshold, details
 
 
 # --- softnet ------------------------------------------------------------------------------------

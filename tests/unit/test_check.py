@@ -88,8 +88,44 @@ def test_steal_spread_over_the_node(tree):
 def test_softirq_share(tree):
     status, report = run_check(tree, between=lambda: tree.tick(softirq={1: 0.7}, user=0.1))
     share = verdict(report, "softirq.share")
-    assert share["status"] == "warn" and share["value"] == "worst cpu 1: 70.0%"
+    assert (
+        share["status"] == "warn" and share["value"] == "worst cpu 1: 70.0% (all softirq vectors, /proc/stat)"
+    )
     assert status == 0
+
+
+def test_softirq_share_is_net_rx_own_where_ebpf_times_it_per_cpu():
+    """With the eBPF softirq collector's per-CPU service time, the share is NET_RX's alone: a CPU
+    busy with NET_TX (or timers) is not taken for a NET_RX one."""
+
+    def cpu(softirq: float, idle: float):
+        return [
+            ({"cpu": c, "mode": m}, v) for c in ("0", "1") for m, v in (("softirq", softirq), ("idle", idle))
+        ]
+
+    def service(net_rx_cpu1: float):
+        return [
+            ({"vector": "NET_RX", "cpu": "0"}, 0.0),
+            ({"vector": "NET_RX", "cpu": "1"}, net_rx_cpu1),
+            ({"vector": "NET_TX", "cpu": "0"}, 0.0),
+        ]
+
+    def share(service_after: float):
+        readings = field_guide.Readings(
+            {"netstack_cpu_seconds_total": cpu(0, 0), "netstack_softirq_service_seconds_sum": service(0)},
+            {
+                "netstack_cpu_seconds_total": cpu(6, 4),
+                "netstack_softirq_service_seconds_sum": service(service_after),
+            },
+            10.0,
+            {"cpu": "", "ebpf_softirq": ""},
+        )
+        (v,) = [v for v in field_guide.evaluate(readings) if v.check == "softirq.share"]
+        return v.status, v.value
+
+    # 60 % of both CPUs in softirqs, of which NET_RX on CPU 1 is 0.5 s of 10 s: 5 %
+    assert share(0.5) == ("ok", "worst cpu 1: 5.0% (NET_RX, eBPF)")
+    assert share(7.0) == ("warn", "worst cpu 1: 70.0% (NET_RX, eBPF)")
 
 
 def test_squeezes_and_backlog_drops(tree):
