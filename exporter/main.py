@@ -12,7 +12,6 @@ import sys
 from collectors import available_collectors
 
 from . import __version__, logs
-from .__main__ import SHUTDOWN_SIGNALS, quiet_signals
 from .check import VerdictHistory
 from .check import main as check_main
 from .cli import PROG, load_config
@@ -22,6 +21,7 @@ from .logs import log_event
 from .scheduling import CollectorRunner, Scheduler
 from .selfmetrics import SelfMetrics
 from .server import App
+from .signals import SHUTDOWN_SIGNALS, quiet_signals
 from .webconfig import LiveWebConfig, WebConfigError
 
 log = logging.getLogger("netstack.exporter")
