@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # traceback or a default action (SIGQUIT dumps core, SIGHUP and SIGUSR1 kill silently).
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:  # the field guide's verdicts for this node (exporter/check.py)
+        quiet_signals(cleanup=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # check handles Ctrl-C itself
         return check_main(argv[1:])
     quiet_signals()  # again: main() may be called without exporter/__main__.py
