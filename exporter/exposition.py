@@ -114,15 +114,18 @@ class RowTemplate:
     families of 5,000 services), with no string made per series."""
 
     def __init__(self):
-        self._labels: list[dict[str, str]] | None = None
-        self._template = b""
+        # (label list, its template), replaced as one: two snapshots of the collector may be
+        # encoded at once (a small one inline on the event loop, a large one on the encoder)
+        self._made: tuple[list[dict[str, str]], bytes] | None = None
 
     def template(self, labels: Sequence[dict[str, str]]) -> bytes:
-        if self._labels is None or labels != self._labels:  # the same LabelSets: compared by identity
-            rows = ((x.text if type(x) is LabelSet else format_labels(x)).replace("%", "%%") for x in labels)
-            self._template = "".join(f"%s{text} %d\n" for text in rows).encode()
-            self._labels = list(labels)
-        return self._template
+        made = self._made
+        if made is not None and labels == made[0]:  # the same LabelSets: compared by identity
+            return made[1]
+        rows = ((x.text if type(x) is LabelSet else format_labels(x)).replace("%", "%%") for x in labels)
+        template = "".join(f"%s{text} %d\n" for text in rows).encode()
+        self._made = (list(labels), template)
+        return template
 
 
 class ColumnFamily(CompactFamily):

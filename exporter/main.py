@@ -134,7 +134,4 @@ def main(argv: list[str] | None = None) -> int:
         for cls in classes
         if config.enabled[cls.name]
     ]
-    try:
-        return asyncio.run(serve(config, runners, live))
-    except KeyboardInterrupt:  # a SIGINT between asyncio.run's start and the loop's handlers
-        return 130
+    return asyncio.run(serve(config, runners, live))

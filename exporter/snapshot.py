@@ -93,7 +93,6 @@ class Snapshot:
         # made them (Prometheus asks for gzip: the text is then never held whole).
         gzipper = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
         out = [gzipper.compress(piece) for piece in (pieces or self._pieces(fmt))]
-        del pieces
         out.append(gzipper.flush())
         return b"".join(out)
 
